@@ -1,0 +1,90 @@
+"""Atomic file output and careful input: nothing half-written, errors that name the file."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+
+class InputError(ValueError):
+    """An input file is missing, unreadable or not what the stage expects."""
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary sibling path; on success it replaces `path` (a file or a directory)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent)) / path.name
+    try:
+        yield tmp
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+        os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp.parent, ignore_errors=True)
+
+
+def write_text(path: str | Path, text: str) -> None:
+    """Write `text` to `path` atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    """Write `obj` as indented JSON to `path` atomically."""
+    write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def write_jsonl(path: str | Path, rows: list[dict]) -> None:
+    """Write one JSON object per line to `path` atomically."""
+    write_text(path, "".join(json.dumps(r, sort_keys=False) + "\n" for r in rows))
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """Read a JSON-lines file; a malformed line is an `InputError` naming file and line."""
+    rows = []
+    with open(path) as f:
+        for n, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as err:
+                    raise InputError(f"{path}:{n}: not valid JSON ({err.msg})") from None
+    return rows
+
+
+def open_image(path: str | Path) -> Image.Image:
+    """Open and fully decode an image; a missing or corrupt file is an `InputError` naming it."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return im.copy() if im.mode == "P" else im.copy()
+    except FileNotFoundError:
+        raise InputError(f"{path}: file not found") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise InputError(f"{path}: unreadable or corrupt image ({err})") from None
+
+
+def read_rgb(path: str | Path) -> np.ndarray:
+    """Read an image as an (H, W, 3) uint8 RGB array."""
+    return np.asarray(open_image(path).convert("RGB"))
+
+
+def save_png(path: str | Path, image: Image.Image | np.ndarray) -> None:
+    """Save a PNG atomically."""
+    if isinstance(image, np.ndarray):
+        image = Image.fromarray(image)
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG")
