@@ -1,0 +1,80 @@
+"""Face-MoGLE: MoGLE condition tokens on a frozen FLUX transformer with condition-only LoRA.
+
+`FaceMoGLE` holds the trainable parts (the MoGLE mask encoder and the LoRA adapter, which lives
+inside the transformer) next to the frozen transformer, and predicts the flow velocity for one
+denoising step. The three modes of DESIGN.md section 4 differ only in the inputs:
+
+- multimodal: prompt embeddings + mask slot latents;
+- mask2face: embeddings of the empty prompt + mask slot latents;
+- text2face: prompt embeddings, no condition tokens at all (`cond_latents=None`).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from facemogle.config import LoraConfig, ModelConfig
+from facemogle.models.condition import attach_lora, condition_forward
+from facemogle.models.mogle import MoGLE, build_mogle
+
+
+class FaceMoGLE(nn.Module):
+    """The frozen FLUX transformer (with a condition LoRA) plus MoGLE."""
+
+    def __init__(self, transformer: nn.Module, mogle: MoGLE, *, condition_guidance: float = 1.0):
+        super().__init__()
+        self.transformer = transformer
+        self.mogle = mogle
+        self.condition_guidance = condition_guidance
+
+    @classmethod
+    def build(cls, transformer: nn.Module, model_cfg: ModelConfig, lora_cfg: LoraConfig, *,
+              experts: str, gating: str) -> FaceMoGLE:
+        """Attach the condition LoRA to `transformer` (frozen) and build MoGLE for its tokens."""
+        attach_lora(transformer, lora_cfg)
+        token_dim = transformer.config.in_channels
+        mogle = build_mogle(model_cfg, experts=experts, gating=gating, token_dim=token_dim)
+        return cls(transformer, mogle, condition_guidance=model_cfg.condition_guidance)
+
+    @property
+    def guidance_embeds(self) -> bool:
+        return bool(self.transformer.config.guidance_embeds)
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """LoRA and MoGLE parameters (everything else is frozen)."""
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def forward(self, z_t: Tensor, sigma: Tensor, text: Tensor, pooled: Tensor, *,
+                img_ids: Tensor, txt_ids: Tensor, cond_latents: Tensor | None = None,
+                cond_keep: Tensor | None = None, guidance: float | None = None,
+                checkpointing: bool = False) -> Tensor:
+        """Velocity for the packed noisy latents.
+
+        Args:
+            z_t: (B, L, C) packed noisy image latents.
+            sigma: (B,) flow time in [0, 1]; the same value reaches MoGLE's gate and the
+                transformer (which scales it by 1000 itself), in training and sampling alike.
+            text: (B, T, D) text sequence embeddings; pooled: (B, P).
+            img_ids: (L, 3) image token positions; txt_ids: (T, 3).
+            cond_latents: (B, 20, L, C) packed VAE latents of the 20 mask slots, or None for no
+                condition tokens (text2face).
+            cond_keep: (B,) bool; False drops the whole mask for that sample (training).
+            guidance: the guidance-embedding value, used only if the transformer has one.
+
+        Returns:
+            (B, L, C) predicted velocity (noise - data).
+        """
+        cond_tokens = None
+        if cond_latents is not None:
+            cond_tokens = self.mogle(cond_latents, z_t, sigma)  # (B, L, C)
+        guidance_t = None
+        if self.guidance_embeds:
+            value = 1.0 if guidance is None else guidance
+            guidance_t = torch.full_like(sigma, value)  # (B,)
+        return condition_forward(
+            self.transformer, hidden_states=z_t, encoder_hidden_states=text,
+            pooled_projections=pooled, timestep=sigma, img_ids=img_ids, txt_ids=txt_ids,
+            guidance=guidance_t, cond_tokens=cond_tokens, cond_keep=cond_keep,
+            cond_guidance=self.condition_guidance, checkpointing=checkpointing,
+        )

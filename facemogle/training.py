@@ -1,0 +1,159 @@
+"""LoRA + MoGLE training on cached latents (paper section 4.1; DESIGN.md section 6 "Training").
+
+The loop is split into small named pieces: batch assembly with condition dropout, one training
+step, checkpoint I/O (`facemogle.checkpoint`), and the driver `train` that the `train` stage calls.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+from facemogle import flow, latents
+from facemogle.cache import LatentCache
+from facemogle.checkpoint import (find_resumable, load_training_state, save_model,
+                                  save_training_state)
+from facemogle.config import Params, TrainConfig
+from facemogle.models.facemogle import FaceMoGLE
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Batch:
+    """One training batch, after condition dropout."""
+
+    x0: Tensor  # (B, L, C) clean packed image latents
+    text: Tensor  # (B, T, D)
+    pooled: Tensor  # (B, P)
+    cond_latents: Tensor  # (B, 20, L, C)
+    cond_keep: Tensor  # (B,) bool: False = the whole mask is dropped (text-only sample)
+
+
+def make_batch(cache: LatentCache, rows: Tensor, cfg: TrainConfig,
+               generator: torch.Generator) -> Batch:
+    """Gather cached tensors for `rows` and apply the three condition dropouts.
+
+    - text: with p = text_drop the caption is replaced by the empty prompt (as in the paper);
+    - local masks: each of slots 1..19 independently with p = local_mask_drop becomes the empty
+      slot (the official code zeroes each binary mask image the same way);
+    - whole mask: with p = mask_drop the sample has no condition tokens at all, so text-only
+      generation is trained rather than only advertised (official-implementation.md B4).
+    """
+    b = rows.shape[0]
+    u = lambda *shape: torch.rand(*shape, generator=generator)  # noqa: E731
+    counts = cache.num_captions(rows)  # (B,)
+    choice = (u(b) * counts).long().clamp(max=counts - 1)  # (B,)
+    text, pooled = cache.text(rows, choice)  # (B, T, D), (B, P)
+    drop_text = u(b) < cfg.text_drop  # (B,)
+    text = torch.where(drop_text[:, None, None], cache.empty_text_seq, text)
+    pooled = torch.where(drop_text[:, None], cache.empty_text_pooled, pooled)
+    slots = cache.slots(rows)  # (B, 20, L, C)
+    drop_local = u(b, slots.shape[1]) < cfg.local_mask_drop  # (B, 20)
+    drop_local[:, 0] = False  # the global colour mask is dropped only with the whole mask
+    slots = torch.where(drop_local[:, :, None, None], cache.empty_slot, slots)
+    cond_keep = u(b) >= cfg.mask_drop  # (B,)
+    return Batch(cache.image[rows], text, pooled, slots, cond_keep)
+
+
+def training_loss(model: FaceMoGLE, batch: Batch, cfg: TrainConfig, *, latent_size: int,
+                  generator: torch.Generator, checkpointing: bool = False) -> Tensor:
+    """Rectified-flow loss of one batch (DESIGN.md section 6)."""
+    device = batch.x0.device
+    b = batch.x0.shape[0]
+    sigma = flow.sample_sigmas(b, cfg.logit_normal_mean, cfg.logit_normal_std,
+                               generator=generator).to(device)  # (B,)
+    noise = torch.randn(batch.x0.shape, generator=generator).to(device)  # (B, L, C)
+    z_t = flow.add_noise(batch.x0, noise, sigma)  # (B, L, C)
+    img_ids = latents.image_ids(latent_size, latent_size, device=device)
+    txt_ids = latents.text_ids(batch.text.shape[1], device=device)
+    cond_keep = None if bool(batch.cond_keep.all()) else batch.cond_keep
+    pred = model(z_t, sigma, batch.text, batch.pooled, img_ids=img_ids, txt_ids=txt_ids,
+                 cond_latents=batch.cond_latents, cond_keep=cond_keep, guidance=cfg.guidance,
+                 checkpointing=checkpointing)
+    return flow.rectified_flow_loss(pred.float(), batch.x0.float(), noise.float())
+
+
+def make_optimizer(params: list[torch.nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
+    """Prodigy as in the paper (lr 1.0, weight decay 0.01, bias correction, safeguard warmup)."""
+    if cfg.optimizer == "prodigy":
+        from prodigyopt import Prodigy
+
+        return Prodigy(params, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                       use_bias_correction=True, safeguard_warmup=True)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def _to_device(batch: Batch, device: torch.device) -> Batch:
+    return Batch(*(t.to(device) for t in (batch.x0, batch.text, batch.pooled,
+                                          batch.cond_latents, batch.cond_keep)))
+
+
+def train(model: FaceMoGLE, cache: LatentCache, params: Params, out_dir: str | Path, *,
+          accelerator, resolved: dict, live=None) -> list[tuple[int, float]]:
+    """Train LoRA + MoGLE for `params.train.steps`, resuming from the last checkpoint.
+
+    `resolved` (the params the stage declares, plus the base manifest) is stored with every
+    checkpoint; a checkpoint is resumed only under an identical `resolved`. Returns the
+    (step, loss) history, which is also kept in every checkpoint so loss curves survive a resume.
+    """
+    cfg = params.train
+    out_dir = Path(out_dir)
+    trainable = model.trainable_parameters()
+    for p in trainable:
+        p.data = p.data.float()  # fp32 master weights; autocast handles bf16 compute
+    optimizer = make_optimizer(trainable, cfg)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    inner = accelerator.unwrap_model(model)
+    # One generator per rank: the official code seeds every DDP rank alike, so all ranks drew the
+    # same noise and timesteps; offsetting by the rank makes their batches independent.
+    generator = torch.Generator().manual_seed(params.seed + 1000003 * accelerator.process_index)
+    start, history = 0, []
+    resumable = find_resumable(out_dir / "checkpoints", resolved)
+    if resumable is not None:
+        start, history = load_training_state(resumable, inner, optimizer, generator)
+        log.info("resuming from %s at step %d", resumable, start)
+        for past_step, value in history if live is not None else ():
+            live.step = past_step  # the curve survives the resume
+            live.log_metric("loss", value)
+    n = len(cache.ids)
+    bar = tqdm(range(start, cfg.steps), desc="train", unit="step", initial=start, total=cfg.steps,
+               disable=not accelerator.is_main_process)
+    running = []
+    for step in bar:
+        with accelerator.accumulate(model):
+            rows = torch.randint(n, (cfg.batch_size,), generator=generator)
+            batch = _to_device(make_batch(cache, rows, cfg, generator), accelerator.device)
+            with accelerator.autocast():
+                loss = training_loss(model, batch, cfg, latent_size=cache.latent_size,
+                                     generator=generator,
+                                     checkpointing=cfg.gradient_checkpointing)
+            accelerator.backward(loss)
+            if accelerator.sync_gradients:
+                accelerator.clip_grad_norm_(trainable, cfg.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        running.append(loss.detach())
+        done = step + 1
+        if done % cfg.log_every == 0 or done == cfg.steps:
+            value = torch.stack(running).mean().item()  # one host sync per log interval
+            running = []
+            if not math.isfinite(value):
+                raise FloatingPointError(f"train: loss became {value} at step {done}")
+            history.append((done, value))
+            bar.set_postfix(loss=f"{value:.4f}")
+            if live is not None:
+                live.step = done
+                live.log_metric("loss", value)
+        if accelerator.is_main_process and (done % cfg.checkpoint_every == 0 or done == cfg.steps):
+            save_training_state(out_dir / "checkpoints", done, inner, optimizer, generator,
+                                history, resolved, keep=cfg.keep_checkpoints)
+    if accelerator.is_main_process:
+        save_model(out_dir, inner, resolved)
+    return history

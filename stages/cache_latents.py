@@ -1,0 +1,41 @@
+"""`cache_latents` stage: frozen VAE latents of faces and mask slots, text embeddings of captions.
+
+    python -m stages.cache_latents --data data/raw --labels data/labels --base data/base \
+        --out data/latents
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+import torch
+
+from facemogle.base import load_base
+from facemogle.cache import build_cache
+from facemogle.config import load_params, to_dict
+
+PARAMS = ("data",)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", required=True, help="download stage output")
+    parser.add_argument("--labels", required=True, help="parse_masks stage output")
+    parser.add_argument("--base", required=True, help="base stage output")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--batch-size", type=int, default=32)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    params = load_params(args.params, sections=PARAMS)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    base = load_base(args.base, device=device)
+    build_cache(base, args.data, args.labels, args.out, resolution=params.data.resolution,
+                batch_size=args.batch_size,
+                config={"data": to_dict(params.data), "base": str(args.base)})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

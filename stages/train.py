@@ -1,0 +1,69 @@
+"""`train` stage: LoRA + MoGLE on the frozen base, from cached latents (paper section 4.1).
+
+    python -m stages.train --latents data/latents --base data/base --out data/model \
+        --metrics-dir metrics/train
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from dvclive import Live
+
+from facemogle.base import load_base
+from facemogle.cache import load_cache
+from facemogle.config import load_params, to_dict
+from facemogle.models.facemogle import FaceMoGLE
+from facemogle.training import train
+from facemogle.viz import training_grid
+
+PARAMS = ("seed", "gating", "experts", "model", "lora", "train")
+
+
+def resolved_config(params, base_dir: str | Path) -> dict:
+    """The declared params plus the base manifest: enough to rebuild the model later."""
+    config = {name: to_dict(getattr(params, name)) for name in PARAMS}
+    config["base_manifest"] = json.loads((Path(base_dir) / "base.json").read_text())
+    return config
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--latents", required=True, help="cache_latents stage output")
+    parser.add_argument("--base", required=True, help="base stage output")
+    parser.add_argument("--out", required=True, help="model folder (kept between runs: resume)")
+    parser.add_argument("--metrics-dir", required=True, help="DVCLive directory (loss curve)")
+    parser.add_argument("--params", default="params.yaml")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    params = load_params(args.params, sections=PARAMS)
+    cfg = params.train
+    accelerator = Accelerator(mixed_precision=cfg.mixed_precision,
+                              gradient_accumulation_steps=cfg.grad_accum)
+    torch.manual_seed(params.seed)
+    base = load_base(args.base, device=accelerator.device, load_text_encoder=False)
+    model = FaceMoGLE.build(base.transformer, params.model, params.lora,
+                            experts=params.experts, gating=params.gating)
+    cache = load_cache(args.latents, "train")
+    resolved = resolved_config(params, args.base)
+    live = None
+    if accelerator.is_main_process:
+        live = Live(args.metrics_dir, dvcyaml=False, save_dvc_exp=False, report=None)
+    history = train(model, cache, params, args.out, accelerator=accelerator, resolved=resolved,
+                    live=live)
+    if accelerator.is_main_process:
+        live.make_summary()
+        live.end()
+        test_cache = load_cache(args.latents, "test")
+        training_grid(accelerator.unwrap_model(model), base, test_cache, params.seed,
+                      Path(args.metrics_dir) / "samples.png")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
