@@ -1,0 +1,158 @@
+"""The DVC pipeline: declared params, and a real `dvc repro` + `dvc exp run` on a smoke profile."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+DVC = [sys.executable, "-m", "dvc"]
+
+# Tiny sizes and few steps: the whole pipeline in well under a minute or two on 2 cores.
+SMOKE = {
+    "data": {"resolution": 64, "num_train": 24, "num_test": 6, "captions_per_image": 2},
+    "base": {
+        "vae": {"block_out_channels": [8, 16, 16, 16], "steps": 30, "batch_size": 8},
+        "transformer": {"num_layers": 1, "num_single_layers": 1, "attention_head_dim": 16,
+                        "num_attention_heads": 2, "axes_dims_rope": [4, 6, 6], "steps": 30,
+                        "batch_size": 8},
+        "parser": {"width": 8, "steps": 30, "batch_size": 8},
+    },
+    "train": {"steps": 8, "batch_size": 4, "checkpoint_every": 4, "log_every": 2},
+    "sample": {"steps": 4, "batch_size": 6},
+    "evaluate": {"kid_subsets": 10, "kid_subset_size": 4},
+}
+
+
+def _merge(base: dict, override: dict) -> dict:
+    out = dict(base)
+    for key, value in override.items():
+        out[key] = _merge(base[key], value) if isinstance(value, dict) else value
+    return out
+
+
+def _run(cmd: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = dict(os.environ, DVC_NO_ANALYTICS="1", HF_HUB_OFFLINE="1", OMP_NUM_THREADS="2",
+               GIT_AUTHOR_NAME="ci", GIT_AUTHOR_EMAIL="ci@example.invalid",
+               GIT_COMMITTER_NAME="ci", GIT_COMMITTER_EMAIL="ci@example.invalid")
+    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True,
+                            timeout=timeout)
+    assert result.returncode == 0, f"{cmd} failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
+    return result
+
+
+def _project_files() -> list[str]:
+    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+                            cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    return [f for f in listed.splitlines() if (ROOT / f).is_file()]
+
+
+def test_every_stage_declares_exactly_the_params_sections_it_reads():
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    for name, stage in stages.items():
+        module = importlib.import_module(f"stages.{name}")
+        assert f"stages.{name}" in stage["cmd"], name
+        assert set(stage.get("params", [])) == set(module.PARAMS), name
+
+
+@pytest.fixture(scope="module")
+def smoke_repo(tmp_path_factory) -> Path:
+    """A copy of the project, as its own git repo, with the smoke profile committed."""
+    repo = tmp_path_factory.mktemp("smoke") / "repo"
+    for rel in _project_files():
+        target = repo / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / rel, target)
+    for stale in ("dvc.lock",):
+        (repo / stale).unlink(missing_ok=True)
+    shutil.rmtree(repo / "metrics", ignore_errors=True)
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    (repo / "params.yaml").write_text(yaml.safe_dump(_merge(params, SMOKE), sort_keys=False))
+    _run(["git", "init", "-q"], repo)
+    _run(["git", "add", "-A"], repo)
+    _run(["git", "commit", "-qm", "smoke"], repo)
+    return repo
+
+
+@pytest.mark.slow
+def test_dvc_repro_then_exp_run_changes_params_and_metrics(smoke_repo):
+    repo = smoke_repo
+    _run(DVC + ["repro"], repo)
+    for mode in ("multimodal", "mask2face", "text2face"):
+        metrics = json.loads((repo / "metrics" / "eval" / f"{mode}.json").read_text())
+        assert metrics["mask_miou"] is not None
+        assert len(list((repo / "data" / "samples" / mode).glob("*.png"))) == SMOKE["data"]["num_test"]
+    assert (repo / "metrics" / "sheets" / "multimodal.png").exists()
+    # A second repro has nothing to do.
+    again = _run(DVC + ["repro"], repo)
+    assert "Running stage" not in again.stdout
+    _run(["git", "add", "-A"], repo)
+    _run(["git", "commit", "-qm", "baseline"], repo)
+    _run(DVC + ["exp", "run", "-n", "scalar", "-S", "gating=scalar"], repo)
+    diff = _run(DVC + ["exp", "diff", "--json"], repo)
+    changes = json.loads(diff.stdout)
+    assert changes["params"]["params.yaml"]["gating"]["new"] == "scalar"
+    assert any(changes["metrics"][f] for f in changes["metrics"]), "metrics did not change"
+
+
+@pytest.mark.slow
+def test_invalid_param_stops_the_stage_at_start_naming_the_key(smoke_repo):
+    env = dict(os.environ, DVC_NO_ANALYTICS="1")
+    params = yaml.safe_load((smoke_repo / "params.yaml").read_text())
+    bad = smoke_repo / "bad-params.yaml"
+    for override, key in (({"gating": "foo"}, "gating"), ({"train": {"steps": -1}}, "train.steps"),
+                          ({"data": {"resolution": 72}}, "data.resolution")):
+        bad.write_text(yaml.safe_dump(_merge(params, override)))
+        result = subprocess.run([sys.executable, "-m", "stages.train", "--latents", "x", "--base",
+                                 "x", "--out", "x", "--metrics-dir", "x", "--params", str(bad)],
+                                cwd=smoke_repo, env=env, capture_output=True, text=True)
+        assert result.returncode != 0
+        assert f"'{key}'" in result.stderr
+
+
+@pytest.mark.slow
+def test_killed_training_resumes_from_its_last_checkpoint(smoke_repo):
+    repo = smoke_repo
+    if not (repo / "data" / "latents" / "index.json").exists():
+        _run(DVC + ["repro", "cache_latents"], repo)
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    resume = repo / "resume-params.yaml"
+    resume.write_text(yaml.safe_dump(_merge(params, {"train": {"steps": 400,
+                                                               "checkpoint_every": 2}})))
+    out = repo / "resume-model"
+    cmd = [sys.executable, "-m", "stages.train", "--latents", "data/latents", "--base",
+           "data/base", "--out", str(out), "--metrics-dir", str(repo / "resume-metrics"),
+           "--params", str(resume)]
+    proc = subprocess.Popen(cmd, cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and len(list((out / "checkpoints").glob("step-*"))) < 1:
+        time.sleep(0.2)
+    time.sleep(1.0)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    checkpoints = sorted((out / "checkpoints").glob("step-*"))
+    assert checkpoints, "no checkpoint was written before the kill"
+    killed_at = int(checkpoints[-1].name.split("-")[1])
+    assert killed_at < 400
+    resume.write_text(yaml.safe_dump(_merge(params, {"train": {"steps": killed_at + 2,
+                                                               "checkpoint_every": 2}})))
+    # A different step count is a different config: resuming must refuse it...
+    result = _run(cmd, repo)
+    assert f"resuming from" not in result.stderr
+    # ...while the same config continues from the checkpoint.
+    proc2 = _run(cmd, repo)
+    assert "resuming from" in proc2.stderr
+    trainer = json.loads(sorted((out / "checkpoints").glob("step-*"))[-1].joinpath(
+        "trainer.json").read_text())
+    assert trainer["step"] == killed_at + 2
