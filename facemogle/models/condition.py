@@ -1,0 +1,461 @@
+"""Condition tokens as a third stream of a frozen FLUX transformer, with condition-only LoRA.
+
+Face-MoGLE (paper section 3; DESIGN.md section 6) feeds the MoGLE tokens of the mask into the
+frozen FLUX transformer as a third token stream beside the text and image tokens. How the official
+code does it (official-implementation.md section 3), and what this module reproduces:
+
+- The condition tokens reuse the image stream's modules (`x_embedder`, `norm1`, `attn.to_*`,
+  `norm_q/k`, `to_out`, `norm2`, `ff` in double blocks; `norm`, `proj_mlp`, `attn`, `proj_out` in
+  single blocks) with LoRA on; text and image tokens go through the same modules with LoRA off, so
+  they are computed by the frozen base weights.
+- Their modulation is `time_text_embed` at timestep 0 (the condition is clean; OminiControl #66)
+  with a constant guidance value (one value in training and sampling: official bug B3).
+- Their RoPE positions are the image positions (spatially aligned masks).
+- The three streams meet only inside attention: one attention over [text; image; condition] with
+  no mask among streams, except a key mask that drops the condition of chosen samples.
+
+Why a forward written over the blocks: `FluxTransformer2DModel.forward` and its blocks know two
+streams; a third stream needs its own modulation, norms, feed-forward and residual in every block,
+which an attention processor cannot add. The official code therefore rewrites the FLUX forward
+(pinned to diffusers 0.31, OminiControl #58) and zero-scales LoRA around every image-stream call,
+which still computes the LoRA branches. Here the forward is written over the stock modules of the
+installed diffusers, reusing their weights, and follows official-implementation.md section 9
+("per-branch LoRA via `base_layer` calls"): each frozen projection runs once over the joined
+streams and only the LoRA delta of the condition slice is added (`_project`). With no condition
+tokens the forward is the stock forward.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+
+import peft
+import torch
+import torch.nn.functional as F
+from diffusers import FluxTransformer2DModel
+from diffusers.models.embeddings import apply_rotary_emb
+from diffusers.models.transformers.transformer_flux import (FluxSingleTransformerBlock,
+                                                            FluxTransformerBlock)
+from peft.tuners.lora import LoraLayer
+from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from facemogle.config import ConfigError, LoraConfig
+
+# Layers the condition stream passes through (official-implementation.md section 3); LoRA
+# anywhere else would act on text or image tokens, or on nothing.
+DOUBLE_BLOCK_CONDITION_LAYERS: tuple[str, ...] = (
+    "norm1.linear", "attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0", "ff.net.0.proj",
+    "ff.net.2")
+SINGLE_BLOCK_CONDITION_LAYERS: tuple[str, ...] = (
+    "norm.linear", "proj_mlp", "proj_out", "attn.to_q", "attn.to_k", "attn.to_v")
+
+
+# ----------------------------------------------------------------------------------------------
+# LoRA: attach, count, save, load
+# ----------------------------------------------------------------------------------------------
+
+
+def condition_layer_names(transformer: FluxTransformer2DModel) -> set[str]:
+    """Names of the Linear layers that the condition stream passes through."""
+    names = {"x_embedder"}
+    for i in range(len(transformer.transformer_blocks)):
+        names.update(f"transformer_blocks.{i}.{s}" for s in DOUBLE_BLOCK_CONDITION_LAYERS)
+    for i in range(len(transformer.single_transformer_blocks)):
+        names.update(f"single_transformer_blocks.{i}.{s}" for s in SINGLE_BLOCK_CONDITION_LAYERS)
+    return names
+
+
+def _target_pattern(target_modules: tuple[str, ...]) -> str:
+    """One regex for peft's string form of `target_modules` (matched in full against names)."""
+    return "|".join(f"(?:{p})" for p in target_modules)
+
+
+def _check_targets(transformer: FluxTransformer2DModel, pattern: str) -> None:
+    matched = [name for name, _ in transformer.named_modules() if re.fullmatch(pattern, name)]
+    if not matched:
+        raise ConfigError(f"params: 'lora.target_modules' matched no layer of the transformer "
+                          f"(pattern {pattern!r})")
+    outside = sorted(set(matched) - condition_layer_names(transformer))
+    if outside:
+        raise ConfigError(
+            f"params: 'lora.target_modules' must match only layers of the condition stream "
+            f"(x_embedder; double blocks: {list(DOUBLE_BLOCK_CONDITION_LAYERS)}; single blocks: "
+            f"{list(SINGLE_BLOCK_CONDITION_LAYERS)}), but it also matches {outside[:5]}")
+
+
+def lora_parameters(transformer: nn.Module, adapter_name: str = "condition"
+                    ) -> Iterator[nn.Parameter]:
+    """The parameters of the LoRA adapter `adapter_name`."""
+    for module in transformer.modules():
+        if isinstance(module, LoraLayer) and adapter_name in module.lora_A:
+            yield from module.lora_A[adapter_name].parameters()
+            yield from module.lora_B[adapter_name].parameters()
+
+
+def attach_lora(transformer: FluxTransformer2DModel, cfg: LoraConfig,
+                adapter_name: str = "condition") -> int:
+    """Freeze `transformer` and add a peft LoRA adapter for the condition stream.
+
+    `cfg.target_modules` are regexes, joined with `|` and matched in full against module names
+    (peft's string form); they may only match layers that the condition stream uses. Returns the
+    number of LoRA parameters; afterwards only those require grad.
+    """
+    pattern = _target_pattern(cfg.target_modules)
+    _check_targets(transformer, pattern)
+    transformer.requires_grad_(False)
+    config = peft.LoraConfig(
+        r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=pattern,
+        init_lora_weights="gaussian" if cfg.init == "gaussian" else True)
+    transformer.add_adapter(config, adapter_name=adapter_name)
+    params = list(lora_parameters(transformer, adapter_name))
+    for p in params:
+        p.requires_grad_(True)
+    return sum(p.numel() for p in params)
+
+
+def lora_state_dict(transformer: nn.Module, adapter_name: str = "condition") -> dict[str, Tensor]:
+    """The adapter's weights, keyed without the adapter name (peft's saved form)."""
+    return get_peft_model_state_dict(transformer, adapter_name=adapter_name)
+
+
+def load_lora_state_dict(transformer: nn.Module, state: dict[str, Tensor],
+                         adapter_name: str = "condition") -> None:
+    """Load adapter weights saved by `lora_state_dict`; missing, unexpected or misshapen keys
+    raise a ValueError naming them."""
+    expected = lora_state_dict(transformer, adapter_name)
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise ValueError(f"LoRA state for adapter '{adapter_name}' does not fit the transformer: "
+                         f"missing keys {missing[:5]} ({len(missing)}), unexpected keys "
+                         f"{unexpected[:5]} ({len(unexpected)})")
+    wrong = [k for k in expected if tuple(state[k].shape) != tuple(expected[k].shape)]
+    if wrong:
+        k = wrong[0]
+        raise ValueError(f"LoRA state for adapter '{adapter_name}': '{k}' has shape "
+                         f"{tuple(state[k].shape)}, expected {tuple(expected[k].shape)}")
+    set_peft_model_state_dict(transformer, state, adapter_name=adapter_name)
+
+
+# ----------------------------------------------------------------------------------------------
+# Small helpers
+# ----------------------------------------------------------------------------------------------
+
+
+def _lora_delta(layer: LoraLayer, x: Tensor) -> Tensor | None:
+    """Sum over the active adapters of `lora_B(lora_A(dropout(x))) * scaling`, or None."""
+    delta = None
+    for name in layer.active_adapters:
+        if name not in layer.lora_A:
+            continue
+        if name in getattr(layer, "lora_variant", {}):
+            raise NotImplementedError(f"adapter '{name}' is a LoRA variant (e.g. DoRA); the "
+                                      "condition stream supports plain LoRA only")
+        lora_a, lora_b = layer.lora_A[name], layer.lora_B[name]
+        xa = x.to(lora_a.weight.dtype)
+        d = lora_b(lora_a(layer.lora_dropout[name](xa))) * layer.scaling[name]
+        delta = d if delta is None else delta + d
+    return delta
+
+
+def _project(module: nn.Module, x: Tensor, cond_start: int, dim: int = 1) -> Tensor:
+    """Frozen projection of all of `x`, plus the LoRA delta on its condition part.
+
+    `x` holds the streams joined along `dim` (tokens: dim 1; modulation embeddings: dim 0), the
+    condition part being indices >= `cond_start`; it may be empty (no condition tokens). For a
+    peft LoRA layer the base layer runs once over everything and LoRA only on the condition part
+    (DESIGN.md section 6); any other module is simply called.
+    """
+    if not isinstance(module, LoraLayer):
+        return module(x)
+    if module.merged:
+        raise RuntimeError("a LoRA adapter is merged into the base weights, so image and text "
+                           "tokens would see it; unmerge it before condition_forward")
+    out = module.base_layer(x)
+    n_cond = x.shape[dim] - cond_start
+    if n_cond <= 0 or module.disable_adapters:
+        return out
+    delta = _lora_delta(module, x.narrow(dim, cond_start, n_cond))
+    if delta is not None:
+        # In place on the condition slice of the fresh base output: no copy of the whole output.
+        out.narrow(dim, cond_start, n_cond).add_(delta.to(out.dtype))
+    return out
+
+
+def _per_token(mod: Tensor, n_main: int, n_cond: int) -> Tensor:
+    """Modulation rows to per-token form.
+
+    `mod` is (B, D) without condition tokens, else (2B, D) = [main; condition]. Returns a tensor
+    broadcastable over (B, n_main + n_cond, D): the main rows for the first `n_main` tokens, the
+    condition rows for the last `n_cond`.
+    """
+    if n_cond == 0:
+        return mod[:, None]  # (B, 1, D)
+    main, cond = mod.chunk(2)  # (B, D) each
+    return torch.cat([main[:, None].expand(-1, n_main, -1),
+                      cond[:, None].expand(-1, n_cond, -1)], dim=1)  # (B, n_main + n_cond, D)
+
+
+def _modulation(linear: nn.Module, silu: nn.Module, temb: Tensor, chunks: int, n_main: int,
+                n_cond: int) -> list[Tensor]:
+    """adaLN-Zero parameters: `linear(silu(temb))` split in `chunks`, per token.
+
+    temb (B or 2B, D); the condition rows (the second half) get the LoRA delta.
+    """
+    batch = temb.shape[0] // 2 if n_cond else temb.shape[0]
+    emb = _project(linear, silu(temb), batch, dim=0)  # (B or 2B, chunks * D)
+    return [_per_token(m, n_main, n_cond) for m in emb.chunk(chunks, dim=1)]
+
+
+def _heads(attn: nn.Module, x: Tensor) -> Tensor:
+    """(B, S, H * Dh) -> (B, S, H, Dh), as the stock `FluxAttnProcessor` splits heads."""
+    return x.unflatten(-1, (-1, attn.head_dim))
+
+
+def _attention(q: Tensor, k: Tensor, v: Tensor, rope: tuple[Tensor, Tensor],
+               key_mask: Tensor | None) -> Tensor:
+    """RoPE on q, k (B, S, H, Dh) as the stock processor applies it, then one SDPA call.
+
+    Returns (B, S, H * Dh).
+    """
+    q = apply_rotary_emb(q, rope, sequence_dim=1)  # (B, S, H, Dh)
+    k = apply_rotary_emb(k, rope, sequence_dim=1)  # (B, S, H, Dh)
+    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                         attn_mask=key_mask)  # (B, H, S, Dh)
+    return out.transpose(1, 2).flatten(2, 3).to(q.dtype)  # (B, S, H * Dh)
+
+
+def _key_mask(cond_keep: Tensor | None, n_other: int, n_cond: int, device: torch.device
+              ) -> Tensor | None:
+    """(B, 1, 1, n_other + n_cond) boolean key mask hiding the condition of dropped samples, or
+    None when every sample keeps its condition (no mask among streams otherwise)."""
+    if cond_keep is None or n_cond == 0 or bool(cond_keep.all()):
+        return None
+    keep = torch.ones(cond_keep.shape[0], n_other + n_cond, dtype=torch.bool,
+                      device=device)  # (B, S)
+    keep[:, n_other:] = cond_keep.to(device)[:, None]
+    return keep[:, None, None, :]  # (B, 1, 1, S)
+
+
+def _clip_fp16(x: Tensor) -> Tensor:
+    """The stock blocks clip float16 activations to the float16 range."""
+    return x.clip(-65504, 65504) if x.dtype == torch.float16 else x
+
+
+# ----------------------------------------------------------------------------------------------
+# Blocks
+# ----------------------------------------------------------------------------------------------
+
+
+def _double_attention(attn: nn.Module, h: Tensor, context: Tensor, rope: tuple[Tensor, Tensor],
+                      key_mask: Tensor | None, n_img: int) -> tuple[Tensor, Tensor]:
+    """Joint attention of a double block.
+
+    h (B, L + Lc, D) normalised image then condition tokens; context (B, T, D) normalised text.
+    Returns the attention outputs (B, L + Lc, D) and (B, T, D).
+    """
+    q, k, v = (_heads(attn, _project(p, h, n_img)) for p in (attn.to_q, attn.to_k, attn.to_v))
+    q, k = attn.norm_q(q), attn.norm_k(k)  # (B, L + Lc, H, Dh)
+    tq, tk, tv = (_heads(attn, p(context)) for p in
+                  (attn.add_q_proj, attn.add_k_proj, attn.add_v_proj))  # (B, T, H, Dh)
+    tq, tk = attn.norm_added_q(tq), attn.norm_added_k(tk)
+    out = _attention(torch.cat([tq, q], 1), torch.cat([tk, k], 1), torch.cat([tv, v], 1),
+                     rope, key_mask)  # (B, T + L + Lc, H * Dh)
+    n_text = context.shape[1]
+    out_text, out_x = out[:, :n_text], out[:, n_text:]
+    out_x = attn.to_out[1](_project(attn.to_out[0], out_x.contiguous(), n_img))  # (B, L + Lc, D)
+    return out_x, attn.to_add_out(out_text.contiguous())  # (B, T, D)
+
+
+def _feed_forward(ff: nn.Module, h: Tensor, n_img: int) -> Tensor:
+    """The stock `FeedForward` (GELU proj, dropout, Linear, ...) with `_project` on its Linears."""
+    act = ff.net[0]
+    h = act.gelu(_project(act.proj, h, n_img))  # (B, L + Lc, 4D)
+    for layer in ff.net[1:]:  # dropout, Linear (LoRA target), optional final dropout
+        h = _project(layer, h, n_img)
+    return h  # (B, L + Lc, D)
+
+
+def _double_block(block: FluxTransformerBlock, context: Tensor, x: Tensor, temb: Tensor,
+                  rope: tuple[Tensor, Tensor], key_mask: Tensor | None, n_img: int
+                  ) -> tuple[Tensor, Tensor]:
+    """`FluxTransformerBlock.forward` with the condition tokens as a third stream.
+
+    context (B, T, D) text; x (B, L + Lc, D) image then condition tokens; temb (B, D), or
+    (2B, D) = [image/text; condition] when Lc > 0. Returns the updated (context, x).
+    """
+    n_cond = x.shape[1] - n_img
+    norm1 = block.norm1
+    shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = _modulation(
+        norm1.linear, norm1.silu, temb, 6, n_img, n_cond)  # each (B, 1 or L + Lc, D)
+    h = norm1.norm(x) * (1 + scale_msa) + shift_msa  # (B, L + Lc, D)
+    main_temb = temb[:context.shape[0]]  # (B, D)
+    h_text, c_gate_msa, c_shift_mlp, c_scale_mlp, c_gate_mlp = block.norm1_context(
+        context, emb=main_temb)
+    attn_x, attn_text = _double_attention(block.attn, h, h_text, rope, key_mask, n_img)
+
+    x = x + gate_msa * attn_x
+    h = block.norm2(x) * (1 + scale_mlp) + shift_mlp  # (B, L + Lc, D)
+    x = x + gate_mlp * _feed_forward(block.ff, h, n_img)
+
+    context = context + c_gate_msa.unsqueeze(1) * attn_text  # (B, T, D)
+    h_text = block.norm2_context(context) * (1 + c_scale_mlp[:, None]) + c_shift_mlp[:, None]
+    context = context + c_gate_mlp.unsqueeze(1) * block.ff_context(h_text)
+    return _clip_fp16(context), x
+
+
+def _single_block(block: FluxSingleTransformerBlock, x: Tensor, temb: Tensor,
+                  rope: tuple[Tensor, Tensor], key_mask: Tensor | None, n_main: int) -> Tensor:
+    """`FluxSingleTransformerBlock.forward` with the condition tokens as a third stream.
+
+    x (B, T + L + Lc, D) text, image, condition tokens; the first `n_main` = T + L tokens use the
+    base weights and temb[:B], the condition tokens LoRA and temb[B:]. Returns the updated x.
+    """
+    n_cond = x.shape[1] - n_main
+    shift, scale, gate = _modulation(block.norm.linear, block.norm.silu, temb, 3, n_main, n_cond)
+    h = block.norm.norm(x) * (1 + scale) + shift  # (B, S, D)
+    mlp = block.act_mlp(_project(block.proj_mlp, h, n_main))  # (B, S, 4D)
+    attn = block.attn
+    q, k, v = (_heads(attn, _project(p, h, n_main)) for p in (attn.to_q, attn.to_k, attn.to_v))
+    out = _attention(attn.norm_q(q), attn.norm_k(k), v, rope, key_mask)  # (B, S, D)
+    out = gate * _project(block.proj_out, torch.cat([out, mlp], dim=2), n_main)  # (B, S, D)
+    return _clip_fp16(x + out)
+
+
+def _run(fn, checkpointing: bool, *args):
+    """Call a block function, under non-reentrant activation checkpointing if asked (and grad is
+    on, as the stock model does); the numerics are the same."""
+    if checkpointing and torch.is_grad_enabled():
+        return checkpoint(fn, *args, use_reentrant=False)
+    return fn(*args)
+
+
+# ----------------------------------------------------------------------------------------------
+# The model forward
+# ----------------------------------------------------------------------------------------------
+
+
+def _expect(t: Tensor | None, shape: tuple[int | None, ...], name: str) -> None:
+    """Raise a ValueError unless `t` has `shape` (None = any size)."""
+    ok = t is not None and t.ndim == len(shape) and all(
+        s is None or s == n for s, n in zip(shape, t.shape))
+    if not ok:
+        got = None if t is None else tuple(t.shape)
+        want = tuple("*" if s is None else s for s in shape)
+        raise ValueError(f"condition_forward: '{name}' must have shape {want}, got {got}")
+
+
+def _check_inputs(transformer: FluxTransformer2DModel, hidden_states: Tensor,
+                  encoder_hidden_states: Tensor, pooled_projections: Tensor, timestep: Tensor,
+                  img_ids: Tensor, txt_ids: Tensor, guidance: Tensor | None,
+                  cond_tokens: Tensor | None, cond_ids: Tensor | None,
+                  cond_keep: Tensor | None) -> None:
+    cfg = transformer.config
+    _expect(hidden_states, (None, None, cfg.in_channels), "hidden_states")
+    batch, length = hidden_states.shape[:2]
+    _expect(encoder_hidden_states, (batch, None, cfg.joint_attention_dim), "encoder_hidden_states")
+    _expect(pooled_projections, (batch, cfg.pooled_projection_dim), "pooled_projections")
+    _expect(timestep, (batch,), "timestep")
+    n_axes = len(transformer.pos_embed.axes_dim)
+    _expect(img_ids, (length, n_axes), "img_ids")
+    _expect(txt_ids, (encoder_hidden_states.shape[1], n_axes), "txt_ids")
+    if encoder_hidden_states.shape[1] == 0:
+        raise ValueError("condition_forward: 'encoder_hidden_states' needs at least one token")
+    if cfg.guidance_embeds != (guidance is not None):
+        has, want = ("has", "a (B,) tensor") if cfg.guidance_embeds else ("has no", "None")
+        raise ValueError(f"condition_forward: the transformer {has} guidance embedding, so "
+                         f"'guidance' must be {want}")
+    if guidance is not None:
+        _expect(guidance, (batch,), "guidance")
+    if cond_tokens is None:
+        return
+    _expect(cond_tokens, (batch, None, cfg.in_channels), "cond_tokens")
+    if cond_tokens.shape[1] == 0:
+        raise ValueError("condition_forward: 'cond_tokens' needs at least one token (pass None "
+                         "for no condition)")
+    if cond_ids is None and cond_tokens.shape[1] != length:
+        raise ValueError("condition_forward: 'cond_ids' is required when the condition has a "
+                         "different number of tokens than the image")
+    _expect(img_ids if cond_ids is None else cond_ids, (cond_tokens.shape[1], n_axes), "cond_ids")
+    if cond_keep is not None:
+        _expect(cond_keep, (batch,), "cond_keep")
+        if cond_keep.dtype != torch.bool:
+            raise ValueError(f"condition_forward: 'cond_keep' must be bool, got {cond_keep.dtype}")
+
+
+def _embed_time(transformer: FluxTransformer2DModel, dtype: torch.dtype, timestep: Tensor,
+                guidance: Tensor | None, pooled: Tensor, cond_guidance: float | None) -> Tensor:
+    """`temb` as the stock forward computes it (B, D); with `cond_guidance`, the condition
+    stream's `cond_temb` (timestep 0, guidance `cond_guidance`) stacked below it: (2B, D)."""
+    t = timestep.to(dtype) * 1000  # (B,) the stock forward's scaling of sigma
+    g = None if guidance is None else guidance.to(dtype) * 1000  # (B,)
+    if cond_guidance is not None:
+        # The condition is clean: timestep 0 (official-implementation.md section 3, OminiControl
+        # #66); its guidance value is one constant for training and sampling (bug B3).
+        t = torch.cat([t, torch.zeros_like(t)])  # (2B,)
+        if g is not None:
+            g = torch.cat([g, torch.full_like(g, cond_guidance) * 1000])  # (2B,)
+        pooled = torch.cat([pooled, pooled])  # (2B, P)
+    if g is None:
+        return transformer.time_text_embed(t, pooled)
+    return transformer.time_text_embed(t, g, pooled)
+
+
+def condition_forward(transformer: FluxTransformer2DModel, *, hidden_states: Tensor,
+                      encoder_hidden_states: Tensor, pooled_projections: Tensor, timestep: Tensor,
+                      img_ids: Tensor, txt_ids: Tensor, guidance: Tensor | None = None,
+                      cond_tokens: Tensor | None = None, cond_ids: Tensor | None = None,
+                      cond_keep: Tensor | None = None, cond_guidance: float = 1.0,
+                      checkpointing: bool = False) -> Tensor:
+    """FLUX velocity prediction with the condition tokens as a third stream.
+
+    Args:
+        hidden_states: (B, L, Cin) packed noisy image tokens.
+        encoder_hidden_states: (B, T, Dtxt) text embeddings, T >= 1 (an empty prompt's too).
+        pooled_projections: (B, P).
+        timestep: (B,) sigma in [0, 1]; scaled by 1000 inside, as the stock forward does.
+        img_ids: (L, 3) image positions; txt_ids: (T, 3).
+        guidance: (B,) raw guidance value (e.g. 3.5) if the transformer has a guidance
+            embedding, else None; scaled by 1000 inside, as the stock forward does.
+        cond_tokens: (B, Lc, Cin) MoGLE tokens, or None for none at all (then this is the stock
+            forward).
+        cond_ids: (Lc, 3) condition positions; default `img_ids` (spatially aligned).
+        cond_keep: (B,) bool; samples with False have their condition hidden from every query
+            (whole-mask dropout in a mixed batch), so their outputs equal the no-condition ones.
+        cond_guidance: guidance value of the condition stream's modulation (used when the
+            transformer has a guidance embedding).
+        checkpointing: recompute each block in the backward pass (same numerics).
+
+    Returns:
+        (B, L, Cout) velocity for the image tokens.
+    """
+    _check_inputs(transformer, hidden_states, encoder_hidden_states, pooled_projections,
+                  timestep, img_ids, txt_ids, guidance, cond_tokens, cond_ids, cond_keep)
+    batch, n_img = hidden_states.shape[:2]
+    n_text = encoder_hidden_states.shape[1]
+    ids = [txt_ids, img_ids]
+    x = hidden_states
+    if cond_tokens is not None:
+        ids.append(img_ids if cond_ids is None else cond_ids)
+        x = torch.cat([hidden_states, cond_tokens.to(hidden_states.dtype)], dim=1)  # (B, L+Lc, Cin)
+    n_cond = x.shape[1] - n_img
+
+    x = _project(transformer.x_embedder, x, n_img)  # (B, L + Lc, D)
+    temb = _embed_time(transformer, x.dtype, timestep, guidance, pooled_projections,
+                       cond_guidance if n_cond else None)  # (B or 2B, D)
+    context = transformer.context_embedder(encoder_hidden_states)  # (B, T, D)
+    rope = transformer.pos_embed(torch.cat(ids, dim=0))  # 2 x (T + L + Lc, Dh)
+    key_mask = _key_mask(cond_keep, n_text + n_img, n_cond, x.device)  # (B, 1, 1, S) or None
+
+    for block in transformer.transformer_blocks:
+        context, x = _run(_double_block, checkpointing, block, context, x, temb, rope, key_mask,
+                          n_img)
+    x = torch.cat([context, x], dim=1)  # (B, T + L + Lc, D)
+    for block in transformer.single_transformer_blocks:
+        x = _run(_single_block, checkpointing, block, x, temb, rope, key_mask, n_text + n_img)
+
+    image = transformer.norm_out(x[:, n_text:n_text + n_img], temb[:batch])  # (B, L, D)
+    return transformer.proj_out(image)  # (B, L, Cout)
