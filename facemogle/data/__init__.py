@@ -1,0 +1,13 @@
+"""Data sets: SynthFaces (embedded default) and readers of the real face data sets.
+
+- `layout`: the normalized layout the data stages write (DESIGN.md section 4).
+- `readers`: MM-CelebA-HQ, CelebAMask-HQ, FFHQ-Text and SynthFaces readers; hub or local source.
+- `parsers`: face parsers for images without masks (mediapipe, segformer, tiny).
+- `prepare`: the `download` and `parse_masks` stages as functions.
+- `synthfaces`: the procedural face renderer.
+"""
+
+from facemogle.data.layout import ItemError, Sample
+from facemogle.data.prepare import download, parse_masks
+
+__all__ = ["ItemError", "Sample", "download", "parse_masks"]

@@ -1,0 +1,1 @@
+"""Stage scripts: one thin CLI per DVC stage (`python -m stages.<name> ...`), paths from dvc.yaml."""

@@ -1,0 +1,35 @@
+"""`parse_masks` stage: a validated label map, slot presence and class statistics per image.
+
+    python -m stages.parse_masks --data data/raw --out data/labels \
+        --metrics metrics/classes.json [--parser-dir data/base/parser]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from facemogle.config import load_params
+from facemogle.data.prepare import parse_masks
+
+PARAMS = ("data", "masks")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", required=True, help="download stage output")
+    parser.add_argument("--out", required=True, help="output folder (replaced atomically)")
+    parser.add_argument("--metrics", required=True, help="class statistics (JSON)")
+    parser.add_argument("--parser-dir", default=None,
+                        help="the base stage's trained parser (masks.parser 'tiny')")
+    parser.add_argument("--params", default="params.yaml")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    params = load_params(args.params, sections=PARAMS)
+    parse_masks(args.data, args.out, args.metrics, masks=params.masks,
+                on_error=params.data.on_error, parser_dir=args.parser_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
