@@ -111,7 +111,7 @@ def build_cache(base, data_dir: str | Path, labels_dir: str | Path, out_dir: str
         config: what the cache depends on; stored as a fingerprint to invalidate old shards.
     """
     data_dir, labels_dir, out_dir = Path(data_dir), Path(labels_dir), Path(out_dir)
-    split = json.loads((data_dir / "split.json").read_text())
+    split = json.loads((labels_dir / "split.json").read_text())  # ids that have a label map
     ids = list(split["train"]) + list(split["test"])
     captions = {row["id"]: row["captions"] for row in read_jsonl(data_dir / "captions.jsonl")}
     stamp = fingerprint({"config": config or {}, "ids": ids})

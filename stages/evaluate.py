@@ -1,0 +1,40 @@
+"""`evaluate` stage: metrics per mode into metrics/eval/<mode>.json, and a paper-style table.
+
+    python -m stages.evaluate --samples data/samples --data data/raw --labels data/labels \
+        --base data/base --out metrics/eval
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import torch
+
+from facemogle.config import MODES, load_params
+from facemogle.evaluation import evaluate
+from facemogle.models.parser import load_parser
+
+PARAMS = ("seed", "evaluate")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    for name in ("samples", "data", "labels", "base", "out"):
+        parser.add_argument(f"--{name}", required=True)
+    parser.add_argument("--params", default="params.yaml")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    params = load_params(args.params, sections=PARAMS)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    parser_dir = Path(args.base) / "parser"
+    face_parser = load_parser(parser_dir, device=device).eval() if parser_dir.exists() else None
+    modes = [m for m in MODES if (Path(args.samples) / m).is_dir()]
+    evaluate(args.samples, args.data, args.labels, args.out, params.evaluate, modes=modes,
+             parser=face_parser, seed=params.seed, device=device)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
