@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
@@ -27,24 +27,34 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Batch:
-    """One training batch, after condition dropout."""
+    """One training batch after condition dropout, with its flow time and noise."""
 
     x0: Tensor  # (B, L, C) clean packed image latents
     text: Tensor  # (B, T, D)
     pooled: Tensor  # (B, P)
     cond_latents: Tensor  # (B, 20, L, C)
-    cond_keep: Tensor  # (B,) bool: False = the whole mask is dropped (text-only sample)
+    cond_keep: Tensor | None  # (B,) bool: False = whole mask dropped; None = all kept
+    sigma: Tensor  # (B,) flow time in [0, 1]
+    noise: Tensor  # (B, L, C)
+
+    def shard(self, index: int, count: int) -> Batch:
+        """This process's contiguous 1/count of the batch."""
+        size = self.x0.shape[0] // count
+        part = slice(index * size, (index + 1) * size)
+        return Batch(*(None if getattr(self, f.name) is None else getattr(self, f.name)[part]
+                       for f in fields(self)))
 
 
 def make_batch(cache: LatentCache, rows: Tensor, cfg: TrainConfig,
                generator: torch.Generator) -> Batch:
-    """Gather cached tensors for `rows` and apply the three condition dropouts.
+    """Gather cached tensors for `rows`, apply the three condition dropouts, draw time and noise.
 
     - text: with p = text_drop the caption is replaced by the empty prompt (as in the paper);
     - local masks: each of slots 1..19 independently with p = local_mask_drop becomes the empty
       slot (the official code zeroes each binary mask image the same way);
     - whole mask: with p = mask_drop the sample has no condition tokens at all, so text-only
-      generation is trained rather than only advertised (official-implementation.md B4).
+      generation is trained rather than only advertised (official-implementation.md B4);
+    - sigma ~ logit-normal(mean, std), one per sample (paper section 4.1).
     """
     b = rows.shape[0]
     u = lambda *shape: torch.rand(*shape, generator=generator)  # noqa: E731
@@ -59,25 +69,24 @@ def make_batch(cache: LatentCache, rows: Tensor, cfg: TrainConfig,
     drop_local[:, 0] = False  # the global colour mask is dropped only with the whole mask
     slots = torch.where(drop_local[:, :, None, None], cache.empty_slot, slots)
     cond_keep = u(b) >= cfg.mask_drop  # (B,)
-    return Batch(cache.image[rows], text, pooled, slots, cond_keep)
+    x0 = cache.image[rows]  # (B, L, C)
+    sigma = flow.sample_sigmas(b, cfg.logit_normal_mean, cfg.logit_normal_std,
+                               generator=generator)  # (B,)
+    noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype)  # (B, L, C)
+    return Batch(x0, text, pooled, slots, cond_keep, sigma, noise)
 
 
-def training_loss(model: FaceMoGLE, batch: Batch, cfg: TrainConfig, *, latent_size: int,
-                  generator: torch.Generator, checkpointing: bool = False) -> Tensor:
+def training_loss(model: FaceMoGLE, batch: Batch, *, latent_size: int, guidance: float = 1.0,
+                  checkpointing: bool = False) -> Tensor:
     """Rectified-flow loss of one batch (DESIGN.md section 6)."""
     device = batch.x0.device
-    b = batch.x0.shape[0]
-    sigma = flow.sample_sigmas(b, cfg.logit_normal_mean, cfg.logit_normal_std,
-                               generator=generator).to(device)  # (B,)
-    noise = torch.randn(batch.x0.shape, generator=generator).to(device)  # (B, L, C)
-    z_t = flow.add_noise(batch.x0, noise, sigma)  # (B, L, C)
+    z_t = flow.add_noise(batch.x0, batch.noise, batch.sigma)  # (B, L, C)
     img_ids = latents.image_ids(latent_size, latent_size, device=device)
     txt_ids = latents.text_ids(batch.text.shape[1], device=device)
-    cond_keep = None if bool(batch.cond_keep.all()) else batch.cond_keep
-    pred = model(z_t, sigma, batch.text, batch.pooled, img_ids=img_ids, txt_ids=txt_ids,
-                 cond_latents=batch.cond_latents, cond_keep=cond_keep, guidance=cfg.guidance,
-                 checkpointing=checkpointing)
-    return flow.rectified_flow_loss(pred.float(), batch.x0.float(), noise.float())
+    pred = model(z_t, batch.sigma, batch.text, batch.pooled, img_ids=img_ids, txt_ids=txt_ids,
+                 cond_latents=batch.cond_latents, cond_keep=batch.cond_keep,
+                 guidance=guidance, checkpointing=checkpointing)
+    return flow.rectified_flow_loss(pred, batch.x0, batch.noise)
 
 
 def make_optimizer(params: list[torch.nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -91,8 +100,8 @@ def make_optimizer(params: list[torch.nn.Parameter], cfg: TrainConfig) -> torch.
 
 
 def _to_device(batch: Batch, device: torch.device) -> Batch:
-    return Batch(*(t.to(device) for t in (batch.x0, batch.text, batch.pooled,
-                                          batch.cond_latents, batch.cond_keep)))
+    return Batch(*(None if getattr(batch, f.name) is None else getattr(batch, f.name).to(device)
+                   for f in fields(batch)))
 
 
 def train(model: FaceMoGLE, cache: LatentCache, params: Params, out_dir: str | Path, *,
@@ -111,9 +120,12 @@ def train(model: FaceMoGLE, cache: LatentCache, params: Params, out_dir: str | P
     optimizer = make_optimizer(trainable, cfg)
     model, optimizer = accelerator.prepare(model, optimizer)
     inner = accelerator.unwrap_model(model)
-    # One generator per rank: the official code seeds every DDP rank alike, so all ranks drew the
-    # same noise and timesteps; offsetting by the rank makes their batches independent.
-    generator = torch.Generator().manual_seed(params.seed + 1000003 * accelerator.process_index)
+    # Every process draws the same global batch (rows, dropout, time, noise) and trains on its own
+    # slice of it: ranks see different samples (the official code seeded every DDP rank alike, so
+    # all ranks drew identical noise and time), and N processes x batch b reproduce one process
+    # with batch N*b.
+    generator = torch.Generator().manual_seed(params.seed)
+    world, rank = accelerator.num_processes, accelerator.process_index
     start, history = 0, []
     resumable = find_resumable(out_dir / "checkpoints", resolved)
     if resumable is not None:
@@ -127,22 +139,27 @@ def train(model: FaceMoGLE, cache: LatentCache, params: Params, out_dir: str | P
                disable=not accelerator.is_main_process)
     running = []
     for step in bar:
-        with accelerator.accumulate(model):
-            rows = torch.randint(n, (cfg.batch_size,), generator=generator)
-            batch = _to_device(make_batch(cache, rows, cfg, generator), accelerator.device)
-            with accelerator.autocast():
-                loss = training_loss(model, batch, cfg, latent_size=cache.latent_size,
-                                     generator=generator,
-                                     checkpointing=cfg.gradient_checkpointing)
-            accelerator.backward(loss)
-            if accelerator.sync_gradients:
-                accelerator.clip_grad_norm_(trainable, cfg.grad_clip)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-        running.append(loss.detach())
+        for _ in range(cfg.grad_accum):
+            with accelerator.accumulate(model):
+                rows = torch.randint(n, (cfg.batch_size * world,), generator=generator)
+                batch = make_batch(cache, rows, cfg, generator).shard(rank, world)
+                if bool(batch.cond_keep.all()):
+                    batch.cond_keep = None  # no key mask needed (decided on the CPU copy)
+                batch = _to_device(batch, accelerator.device)
+                with accelerator.autocast():
+                    loss = training_loss(model, batch, latent_size=cache.latent_size,
+                                         guidance=cfg.guidance,
+                                         checkpointing=cfg.gradient_checkpointing)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(trainable, cfg.grad_clip)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            running.append(loss.detach())
         done = step + 1
         if done % cfg.log_every == 0 or done == cfg.steps:
-            value = torch.stack(running).mean().item()  # one host sync per log interval
+            mean = accelerator.reduce(torch.stack(running).mean(), reduction="mean")
+            value = mean.item()  # one host sync per log interval
             running = []
             if not math.isfinite(value):
                 raise FloatingPointError(f"train: loss became {value} at step {done}")
@@ -154,6 +171,7 @@ def train(model: FaceMoGLE, cache: LatentCache, params: Params, out_dir: str | P
         if accelerator.is_main_process and (done % cfg.checkpoint_every == 0 or done == cfg.steps):
             save_training_state(out_dir / "checkpoints", done, inner, optimizer, generator,
                                 history, resolved, keep=cfg.keep_checkpoints)
+        accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         save_model(out_dir, inner, resolved)
     return history

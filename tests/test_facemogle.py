@@ -7,7 +7,7 @@ import torch
 from diffusers import FluxTransformer2DModel
 
 from facemogle import flow, latents
-from facemogle.config import LoraConfig, ModelConfig, TrainConfig
+from facemogle.config import LoraConfig, ModelConfig
 from facemogle.models.facemogle import FaceMoGLE
 from facemogle.sampling import Conditions, generate_latents
 from facemogle.training import Batch, training_loss
@@ -44,16 +44,16 @@ def test_only_lora_and_mogle_are_trainable():
 def test_a_fixed_batch_is_overfit():
     model = tiny_model()
     g = torch.Generator().manual_seed(3)
+    # The same noise and time every step: the model can memorise this one batch.
     batch = Batch(x0=torch.randn(2, TOKENS, 64, generator=g), text=torch.randn(2, 5, 24, generator=g),
                   pooled=torch.randn(2, 24, generator=g),
-                  cond_latents=torch.randn(2, 20, TOKENS, 64, generator=g),
-                  cond_keep=torch.ones(2, dtype=torch.bool))
+                  cond_latents=torch.randn(2, 20, TOKENS, 64, generator=g), cond_keep=None,
+                  sigma=flow.sample_sigmas(2, generator=g), noise=torch.randn(2, TOKENS, 64,
+                                                                              generator=g))
     optimizer = torch.optim.Adam(model.trainable_parameters(), lr=3e-2)
     losses = []
     for _ in range(300):
-        # The same noise and time every step: the model can memorise this one batch.
-        loss = training_loss(model, batch, TrainConfig(), latent_size=LATENT,
-                             generator=torch.Generator().manual_seed(7))
+        loss = training_loss(model, batch, latent_size=LATENT)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
