@@ -104,7 +104,10 @@ def sample_rows(model: FaceMoGLE, base, cache, rows: Tensor, mode: str, cfg, *, 
     device = next(model.parameters()).device
     seeds = [flow.seed_for(cache.ids[int(r)], seed) for r in rows]
     cond = mode_conditions(cache, rows, mode, device)
-    packed = generate_latents(model, cond, seeds, latent_size=cache.latent_size, steps=cfg.steps,
-                              guidance=cfg.guidance, cfg_scale=cfg.cfg_scale,
-                              scheduler_config=base.scheduler_config, progress=progress)
-    return decode_images(base.vae, packed, cache.latent_size)
+    # A bf16 base (FLUX.1-dev) computes in bf16 while the fp32 cached inputs and MoGLE stay fp32.
+    dtype = base.transformer.dtype
+    with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+        packed = generate_latents(model, cond, seeds, latent_size=cache.latent_size,
+                                  steps=cfg.steps, guidance=cfg.guidance, cfg_scale=cfg.cfg_scale,
+                                  scheduler_config=base.scheduler_config, progress=progress)
+        return decode_images(base.vae, packed.float(), cache.latent_size)

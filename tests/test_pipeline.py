@@ -30,7 +30,8 @@ SMOKE = {
     },
     "train": {"steps": 8, "batch_size": 4, "checkpoint_every": 4, "log_every": 2},
     "sample": {"steps": 4, "batch_size": 6},
-    "evaluate": {"kid_subsets": 10, "kid_subset_size": 4},
+    "evaluate": {"kid_subsets": 10, "kid_subset_size": 4, "detector_folds": 2,
+                 "detector_steps": 5},
 }
 
 
