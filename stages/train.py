@@ -43,7 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     params = load_params(args.params, sections=PARAMS)
     cfg = params.train
-    accelerator = Accelerator(mixed_precision=cfg.mixed_precision,
+    # cpu=True when there is no GPU: only then does accelerate join CPU processes (gloo) started
+    # by torchrun; on GPUs it picks the device of each process.
+    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=not torch.cuda.is_available(),
                               gradient_accumulation_steps=cfg.grad_accum)
     torch.manual_seed(params.seed)
     base = load_base(args.base, device=accelerator.device, load_text_encoder=False)

@@ -159,3 +159,26 @@ def test_killed_training_resumes_from_its_last_checkpoint(smoke_repo):
     trainer = json.loads(sorted((out / "checkpoints").glob("step-*"))[-1].joinpath(
         "trainer.json").read_text())
     assert trainer["step"] == killed_at + 2
+
+
+@pytest.mark.slow
+def test_two_processes_reproduce_one_process_with_the_same_global_batch(smoke_repo, tmp_path):
+    """DDP over gloo on CPU: 2 x batch 2 gives the losses of 1 x batch 4 (DESIGN.md section 6)."""
+    repo = smoke_repo
+    if not (repo / "data" / "latents" / "index.json").exists():
+        _run(DVC + ["repro", "cache_latents"], repo)
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    curves = {}
+    for procs, batch in ((2, 2), (1, 4)):
+        path = tmp_path / f"p{procs}.yaml"
+        path.write_text(yaml.safe_dump(_merge(params, {"train": {
+            "steps": 4, "batch_size": batch, "log_every": 1, "num_processes": procs}})))
+        metrics = tmp_path / f"metrics{procs}"
+        _run([str(Path(sys.executable).parent / "torchrun"), "--standalone", "--nproc_per_node",
+              str(procs), "-m", "stages.train", "--latents", "data/latents", "--base",
+              "data/base", "--out", str(tmp_path / f"model{procs}"), "--metrics-dir",
+              str(metrics), "--params", str(path)], repo)
+        rows = (metrics / "plots" / "metrics" / "loss.tsv").read_text().split()[2:]
+        curves[procs] = [float(v) for v in rows[1::2]]
+    assert len(curves[1]) == 4
+    assert curves[2] == pytest.approx(curves[1], rel=1e-4)
