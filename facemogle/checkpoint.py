@@ -26,7 +26,8 @@ from facemogle.models.condition import load_lora_state_dict, lora_state_dict
 STEP_PREFIX = "step-"
 
 
-def _write_weights(folder: Path, model, config: dict) -> None:
+def write_weights(folder: Path, model, config: dict) -> None:
+    """Write `lora.safetensors`, `mogle.safetensors` and `config.json` into `folder`."""
     save_file({k: v.detach().cpu().contiguous() for k, v in
                lora_state_dict(model.transformer).items()}, str(folder / "lora.safetensors"))
     save_file({k: v.detach().cpu().contiguous() for k, v in model.mogle.state_dict().items()},
@@ -35,14 +36,18 @@ def _write_weights(folder: Path, model, config: dict) -> None:
 
 
 def save_model(out_dir: str | Path, model, config: dict) -> None:
-    """Write the trained weights and resolved config into `out_dir` (files replaced atomically)."""
+    """Write the trained weights and resolved config into `out_dir`, each file atomically."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out_dir / ".model") as tmp:
-        tmp.mkdir()
-        _write_weights(tmp, model, config)
-        for f in tmp.iterdir():
+    staging = out_dir / ".staging"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    try:
+        write_weights(staging, model, config)
+        for f in staging.iterdir():
             f.replace(out_dir / f.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def load_model_weights(folder: str | Path, model) -> dict:
@@ -83,7 +88,7 @@ def save_training_state(ckpt_root: str | Path, step: int, model, optimizer,
     target = ckpt_root / f"{STEP_PREFIX}{step:06d}"
     with atomic_path(target) as tmp:
         tmp.mkdir()
-        _write_weights(tmp, model, config)
+        write_weights(tmp, model, config)
         tensors, meta = _split_optimizer_state(optimizer.state_dict())
         save_file(tensors, str(tmp / "optimizer.safetensors"))
         save_file({"state": generator.get_state()}, str(tmp / "rng.safetensors"))

@@ -51,13 +51,13 @@ class DataConfig:
     variant: Literal["standard", "zeroshot"] = "standard"  # SynthFaces distribution
     resolution: int = 512
     seed: int = 0  # data generation seed, separate from the training seed
-    num_train: int = 27000  # SynthFaces: images rendered; real sets: first ids used for training
-    num_test: int = 3000
-    captions_per_image: int = 10
+    num_train: int = 27000  # SynthFaces: train images rendered; real sets: ids below it train
+    num_test: int = 3000  # SynthFaces: test images rendered; real sets: first test ids kept
+    captions_per_image: int = 10  # SynthFaces: rendered; real sets: the first ones kept
     hub_repo: str | None = None
     hub_revision: str | None = None
     local_path: str | None = None
-    max_images: int | None = None  # cap on real data sets, for quick runs
+    max_images: int | None = None  # real data sets: at most this many ids per split
     on_error: Literal["stop", "skip"] = "stop"
 
     def __post_init__(self) -> None:
@@ -96,14 +96,26 @@ class TinyVAEConfig:
     batch_size: int = 16
     lr: float = 1e-3
     kl_weight: float = 1e-6
+    warmup_steps: int = 50
+    mask_fraction: float = 0.5  # share of each batch that is decoupled mask images, not faces
 
     def __post_init__(self) -> None:
         # Four blocks give three downsamplings: x8, like the FLUX VAE.
         check(len(self.block_out_channels) == 4, "base.vae.block_out_channels",
               "a list of 4 widths (x8 downsampling)", self.block_out_channels)
+        check(all(w >= 4 and w % 4 == 0 for w in self.block_out_channels),
+              "base.vae.block_out_channels", "widths that are multiples of 4 (GroupNorm groups)",
+              self.block_out_channels)
+        check(self.layers_per_block >= 1, "base.vae.layers_per_block", "a positive integer",
+              self.layers_per_block)
         check(self.steps >= 0, "base.vae.steps", "a non-negative integer", self.steps)
         check(self.batch_size >= 1, "base.vae.batch_size", "a positive integer", self.batch_size)
         check(self.lr > 0, "base.vae.lr", "a positive number", self.lr)
+        check(self.kl_weight >= 0, "base.vae.kl_weight", "a non-negative number", self.kl_weight)
+        check(self.warmup_steps >= 0, "base.vae.warmup_steps", "a non-negative integer",
+              self.warmup_steps)
+        check(0.0 <= self.mask_fraction <= 1.0, "base.vae.mask_fraction", "in [0, 1]",
+              self.mask_fraction)
 
 
 @dataclass(frozen=True)
@@ -120,6 +132,8 @@ class TinyTransformerConfig:
     batch_size: int = 16
     lr: float = 3e-4
     text_dropout: float = 0.1
+    warmup_steps: int = 100
+    grad_clip: float = 1.0
 
     def __post_init__(self) -> None:
         check(self.num_layers >= 1, "base.transformer.num_layers", "a positive integer",
@@ -134,6 +148,11 @@ class TinyTransformerConfig:
               self.batch_size)
         check(0.0 <= self.text_dropout < 1.0, "base.transformer.text_dropout", "in [0, 1)",
               self.text_dropout)
+        check(self.lr > 0, "base.transformer.lr", "a positive number", self.lr)
+        check(self.warmup_steps >= 0, "base.transformer.warmup_steps", "a non-negative integer",
+              self.warmup_steps)
+        check(self.grad_clip > 0, "base.transformer.grad_clip", "a positive number",
+              self.grad_clip)
 
 
 @dataclass(frozen=True)
@@ -144,10 +163,17 @@ class TinyParserConfig:
     steps: int = 800
     batch_size: int = 16
     lr: float = 2e-3
+    warmup_steps: int = 20
+    class_weighted: bool = True  # cross-entropy weights ~ 1/sqrt(class frequency)
 
     def __post_init__(self) -> None:
         check(self.width >= 4, "base.parser.width", "an integer >= 4", self.width)
         check(self.steps >= 0, "base.parser.steps", "a non-negative integer", self.steps)
+        check(self.batch_size >= 1, "base.parser.batch_size", "a positive integer",
+              self.batch_size)
+        check(self.lr > 0, "base.parser.lr", "a positive number", self.lr)
+        check(self.warmup_steps >= 0, "base.parser.warmup_steps", "a non-negative integer",
+              self.warmup_steps)
 
 
 @dataclass(frozen=True)
@@ -286,6 +312,10 @@ class EvaluateConfig:
     cmmd_model: str | None = None  # e.g. openai/clip-vit-large-patch14-336
     dino_model: str | None = None  # e.g. facebook/dino-vitb8
     imagereward_path: str | None = None
+    cmmd_estimator: Literal["biased", "unbiased"] = "biased"  # CMMD paper's code: biased
+    detector_folds: int = 5  # cross-fitting folds of the embedded real-vs-generated detector
+    detector_steps: int = 200
+    detector_size: int = 64  # px the detector sees
 
     def __post_init__(self) -> None:
         check(self.batch_size >= 1, "evaluate.batch_size", "a positive integer", self.batch_size)
@@ -293,6 +323,12 @@ class EvaluateConfig:
               self.kid_subsets)
         check(self.kid_subset_size >= 2, "evaluate.kid_subset_size", "an integer >= 2",
               self.kid_subset_size)
+        check(self.detector_folds >= 2, "evaluate.detector_folds", "an integer >= 2",
+              self.detector_folds)
+        check(self.detector_steps >= 1, "evaluate.detector_steps", "a positive integer",
+              self.detector_steps)
+        check(8 <= self.detector_size <= 512, "evaluate.detector_size",
+              "an integer in [8, 512]", self.detector_size)
 
 
 @dataclass(frozen=True)

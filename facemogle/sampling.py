@@ -27,7 +27,7 @@ class Conditions:
     empty_pooled: Tensor  # (P,)
 
 
-def _velocity_fn(model: FaceMoGLE, cond: Conditions, *, latent_size: int, guidance: float,
+def velocity_fn(model: FaceMoGLE, cond: Conditions, *, latent_size: int, guidance: float,
                  cfg_scale: float):
     device = cond.text.device
     img_ids = latents.image_ids(latent_size, latent_size, device=device)
@@ -72,7 +72,7 @@ def generate_latents(model: FaceMoGLE, cond: Conditions, seeds: list[int], *, la
     generators = [torch.Generator().manual_seed(s) for s in seeds]
     noise = flow.initial_noise((num_tokens, channels), generators, device=device,
                                dtype=cond.text.dtype)  # (B, L, C)
-    velocity = _velocity_fn(model, cond, latent_size=latent_size, guidance=guidance,
+    velocity = velocity_fn(model, cond, latent_size=latent_size, guidance=guidance,
                             cfg_scale=cfg_scale)
     scheduler = flow.make_scheduler(scheduler_config)
     return flow.euler_sample(velocity, noise, steps, scheduler=scheduler,

@@ -1,0 +1,255 @@
+"""`FaceMoGLEPipeline` on a tiny checkpoint trained through the real stages (tests/conftest.py)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from facemogle import flow, labels
+from facemogle.base import build_base, load_base, save_flux_standin
+from facemogle.checkpoint import save_model
+from facemogle.config import BaseConfig, Params, load_params
+from facemogle.gating import GatingTrace, gating_grid
+from facemogle.io import InputError, read_jsonl, write_json
+from facemogle.labels import MaskColorError
+from facemogle.models.facemogle import FaceMoGLE
+from facemogle.pipeline import FaceMoGLEPipeline, mask_to_label_map
+from stages import sample
+from stages.train import resolved_config
+
+STEPS = 3
+
+
+@pytest.fixture(scope="module")
+def pipe(trained_run):
+    pipe = FaceMoGLEPipeline.from_pretrained(trained_run.model)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture(scope="module")
+def sampled(trained_run, tmp_path_factory):
+    """The `sample` stage's output for the run (its test ids in the three modes)."""
+    out = tmp_path_factory.mktemp("sampled")
+    r = trained_run
+    assert sample.main(["--latents", str(r.latents), "--labels", str(r.labels), "--data",
+                        str(r.raw), "--base", str(r.base), "--model", str(r.model), "--out",
+                        str(out / "samples"), "--sheets", str(out / "sheets"), "--params",
+                        str(r.params)]) == 0
+    return out / "samples"
+
+
+def first_captions(run) -> dict[str, str]:
+    return {row["id"]: row["captions"][0] for row in read_jsonl(run.raw / "captions.jsonl")}
+
+
+def mask_file(run, image_id: str):
+    return run.labels / "masks" / f"{image_id}.png"
+
+
+def test_pipeline_equals_the_sample_stage_for_each_id_seed_and_mode(pipe, trained_run, sampled):
+    params = load_params(trained_run.params)
+    captions = first_captions(trained_run)
+    ids = json.loads((sampled / "ids.json").read_text())
+    assert len(ids) == 2
+    for mode in params.sample.modes:
+        for image_id in ids:
+            out = pipe(prompt=None if mode == "mask2face" else captions[image_id],
+                       mask=None if mode == "text2face" else mask_file(trained_run, image_id),
+                       seed=flow.seed_for(image_id, params.seed),
+                       num_inference_steps=params.sample.steps,
+                       guidance_scale=params.sample.guidance,
+                       true_cfg_scale=params.sample.cfg_scale)
+            expected = np.asarray(Image.open(sampled / mode / f"{image_id}.png"))
+            np.testing.assert_array_equal(np.asarray(out.images[0]), expected,
+                                          err_msg=f"{mode} {image_id}")
+
+
+def test_batch_of_two_equals_two_single_calls(pipe, trained_run):
+    captions = first_captions(trained_run)
+    ids = ["000008", "000009"]
+    prompts = [captions[i] for i in ids]
+    masks = [mask_file(trained_run, ids[0]), None]  # a multimodal and a text2face sample
+    batch = pipe(prompt=prompts, mask=masks, seed=[11, 12], num_inference_steps=STEPS,
+                 output_type="pt").images
+    singles = [pipe(prompt=p, mask=m, seed=s, num_inference_steps=STEPS, output_type="pt"
+                    ).images[0] for p, m, s in zip(prompts, masks, [11, 12])]
+    assert batch.shape == (2, 3, 64, 64)
+    # Not bitwise: on CPU a matrix product's rounding depends on how many rows it has.
+    torch.testing.assert_close(batch, torch.stack(singles), rtol=0, atol=1e-5)
+    assert (batch[0] - batch[1]).abs().max() > 0.05
+
+
+def test_seed_generator_and_batch_broadcasting(pipe, trained_run):
+    mask = mask_file(trained_run, "000010")
+    by_seed = pipe(prompt="a face", mask=mask, seed=7, num_inference_steps=2,
+                   output_type="pt").images
+    by_generator = pipe(prompt="a face", mask=mask, generator=torch.Generator().manual_seed(7),
+                        num_inference_steps=2, output_type="pt").images
+    assert torch.equal(by_seed, by_generator)
+    # One prompt and mask, two seeds: a batch of two different images, the first as above.
+    two = pipe(prompt="a face", mask=mask, seed=[7, 8], num_inference_steps=2,
+               output_type="pt").images
+    assert two.shape[0] == 2
+    torch.testing.assert_close(two[0], by_seed[0], rtol=0, atol=1e-5)
+    assert not torch.allclose(two[0], two[1])
+    with pytest.raises(ValueError, match="one length"):
+        pipe(prompt=["a", "b", "c"], mask=[mask, mask], seed=0)
+    with pytest.raises(ValueError, match="either seed or generator"):
+        pipe(prompt="a", seed=1, generator=torch.Generator())
+
+
+def test_the_four_input_combinations_give_different_faces(pipe, trained_run):
+    mask = mask_file(trained_run, "000008")
+    images = [pipe(prompt=p, mask=m, seed=3, num_inference_steps=2, output_type="np").images[0]
+              for p, m in (("a face", mask), (None, mask), ("a face", None), (None, None))]
+    for a in range(4):
+        assert images[a].shape == (64, 64, 3) and 0.0 <= images[a].min() <= images[a].max() <= 1
+        for b in range(a):
+            assert np.abs(images[a] - images[b]).max() > 1e-3, (a, b)
+
+
+def test_masks_are_accepted_as_label_maps_or_palette_colours(pipe, trained_run, tmp_path):
+    label_map = labels.load_label_map(mask_file(trained_run, "000009"))
+    color = labels.label_map_to_color(label_map)
+    rgb_png = tmp_path / "color.png"
+    Image.fromarray(color).save(rgb_png)
+    forms = [mask_file(trained_run, "000009"), rgb_png, label_map, label_map.astype(np.int64),
+             torch.tensor(label_map), color, Image.fromarray(color),
+             labels.label_map_image(label_map)]
+    for form in forms:
+        np.testing.assert_array_equal(mask_to_label_map(form, size=(64, 64)), label_map)
+    a = pipe(mask=label_map, seed=1, num_inference_steps=2, output_type="pt").images
+    b = pipe(mask=rgb_png, seed=1, num_inference_steps=2, output_type="pt").images
+    assert torch.equal(a, b)
+
+
+def test_bad_masks_are_refused_naming_the_problem(pipe, trained_run):
+    label_map = labels.load_label_map(mask_file(trained_run, "000009"))
+    color = labels.label_map_to_color(label_map)
+    color[0, :3] = (5, 200, 8)
+    with pytest.raises(MaskColorError, match=r"\(5, 200, 8\) \(3 px\)"):
+        pipe(mask=color, seed=0, num_inference_steps=1)
+    # Within a tolerance the colour snaps to the palette's (0, 204, 0) "cloth".
+    snapped = mask_to_label_map(color, size=(64, 64), tolerance=10)
+    assert (snapped[0, :3] == labels.LABEL_INDEX["cloth"]).all()
+    small = labels.resize_label_map(label_map, 32)
+    with pytest.raises(InputError, match="32x32 px, the model generates 64x64"):
+        pipe(mask=small, seed=0, num_inference_steps=1)
+    resized = mask_to_label_map(small, size=(64, 64), resize=True)
+    np.testing.assert_array_equal(resized, labels.resize_label_map(small, 64))
+    with pytest.raises(InputError, match="label indices must be in 0..18"):
+        pipe(mask=np.full((64, 64), 19), seed=0, num_inference_steps=1)
+    with pytest.raises(ValueError, match="multiples of 16"):
+        pipe(prompt="a", height=72, width=72, seed=0, num_inference_steps=1)
+
+
+def test_gating_weights_are_recorded_per_step_and_drawn(pipe, trained_run):
+    out = pipe(prompt="a face", mask=mask_file(trained_run, "000008"), seed=2,
+               num_inference_steps=4, return_gating=True)
+    trace = out.gating
+    assert isinstance(trace, GatingTrace)
+    assert trace.weights.shape == (4, 1, 16, 20)  # steps, batch, 4x4 tokens, 20 experts
+    # Matrix gating: a softmax over experts per token, and the time changes the weights.
+    torch.testing.assert_close(trace.weights.sum(-1), torch.ones(4, 1, 16))
+    assert trace.sigmas[0] == 1.0 and bool((trace.sigmas.diff() < 0).all())
+    assert (trace.weights[0] - trace.weights[-1]).abs().max() > 0
+    assert trace.names[:3] == ["global", "background", "skin"]
+    grid = gating_grid(trace, experts=["global", "l_eye"], steps=[0, 3], cell=32)
+    assert grid.size == (84 + 2 * 34, 30 + 2 * 34)
+    assert gating_grid(trace).size == (84 + 4 * 66, 30 + 6 * 66)  # 6 experts, all 4 steps
+    with pytest.raises(ValueError, match="unknown experts"):
+        gating_grid(trace, experts=["nose_ring"])
+    assert pipe(prompt="a face", seed=2, num_inference_steps=1, return_gating=True).gating is None
+
+
+def test_save_pretrained_round_trips_into_a_self_contained_folder(pipe, trained_run, tmp_path):
+    saved = tmp_path / "saved"
+    pipe.save_pretrained(saved)
+    assert {p.name for p in saved.iterdir()} == {"lora.safetensors", "mogle.safetensors",
+                                                 "config.json", "base"}
+    for name in ("lora.safetensors", "mogle.safetensors"):
+        original, copy = load_file(str(trained_run.model / name)), load_file(str(saved / name))
+        assert original.keys() == copy.keys()
+        assert all(torch.equal(original[k], copy[k]) for k in original)
+    # Moved away from the run, the folder still loads: the base comes from its base/ copy.
+    moved = shutil.move(str(saved), str(tmp_path / "elsewhere" / "face-mogle"))
+    again = FaceMoGLEPipeline.from_pretrained(moved)
+    assert again.base_dir is not None and again.base_dir.parent == tmp_path / "elsewhere" / \
+        "face-mogle"
+    kwargs = dict(prompt="a face", mask=mask_file(trained_run, "000011"), seed=4,
+                  num_inference_steps=2, output_type="pt")
+    assert torch.equal(pipe(**kwargs).images, again(**kwargs).images)
+
+
+def test_from_pretrained_errors_name_the_folder(trained_run, tmp_path):
+    with pytest.raises(InputError, match="no such folder"):
+        FaceMoGLEPipeline.from_pretrained(tmp_path / "missing")
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    shutil.copy(trained_run.model / "config.json", partial / "config.json")
+    with pytest.raises(InputError, match=r"missing \['lora.safetensors', 'mogle.safetensors'\]"):
+        FaceMoGLEPipeline.from_pretrained(partial)
+    # A checkpoint copied away from its run without a base: the base must be named.
+    lonely = tmp_path / "lonely" / "model"
+    shutil.copytree(trained_run.model, lonely)
+    with pytest.raises(InputError, match="no base folder found"):
+        FaceMoGLEPipeline.from_pretrained(lonely)
+    other = tmp_path / "other-base"
+    shutil.copytree(trained_run.base, other)
+    manifest = json.loads((other / "base.json").read_text())
+    write_json(other / "base.json", {**manifest, "seed": manifest["seed"] + 1})
+    with pytest.raises(InputError, match="not the base this model was trained on"):
+        FaceMoGLEPipeline.from_pretrained(lonely, base_dir=other)
+
+
+def test_to_moves_every_component_to_a_dtype(trained_run):
+    pipe = FaceMoGLEPipeline.from_pretrained(trained_run.model)
+    pipe.set_progress_bar_config(disable=True)
+    kwargs = dict(prompt="a face", mask=mask_file(trained_run, "000009"), seed=5,
+                  num_inference_steps=2, output_type="pt")
+    reference = pipe(**kwargs).images
+    assert pipe.to(torch.float64) is pipe
+    modules = [pipe.model, pipe.vae, pipe.text_encoder.model]
+    assert all(p.dtype == torch.float64 for m in modules for p in m.parameters())
+    assert pipe.dtype == torch.float64 and pipe.device == torch.device("cpu")
+    wide = pipe.to("cpu", dtype=torch.float64)(**kwargs).images
+    torch.testing.assert_close(wide, reference, rtol=0, atol=1e-3)
+
+
+def test_flux_checkpoint_uses_its_recorded_folder_and_saves_only_a_manifest(tmp_path):
+    """The full-setting code path on a tiny FLUX.1-dev stand-in (guidance embedding, CLIP + T5):
+    a checkpoint with no base folder finds FLUX through its config's base_manifest."""
+    flux = save_flux_standin(tmp_path / "FLUX.1-dev")
+    cfg = BaseConfig(kind="flux", flux_path=str(flux), dtype="float32", text_max_tokens=8)
+    build_base(cfg, None, tmp_path / "base", seed=0)
+    base = load_base(tmp_path / "base", load_text_encoder=False)
+    params = Params(base=cfg)
+    model = FaceMoGLE.build(base.transformer, params.model, params.lora, experts=params.experts,
+                            gating=params.gating)
+    save_model(tmp_path / "run" / "model", model, resolved_config(params, tmp_path / "base"))
+
+    pipe = FaceMoGLEPipeline.from_pretrained(tmp_path / "run" / "model")
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe.kind == "flux" and pipe.base_dir is None and pipe.resolution == 512
+    label_map = np.zeros((64, 64), dtype=np.uint8)
+    label_map[16:48, 16:48] = labels.LABEL_INDEX["skin"]
+    kwargs = dict(prompt="a face", mask=label_map, seed=0, num_inference_steps=2, height=64,
+                  width=64, output_type="pt")
+    images = pipe(**kwargs).images
+    assert images.shape == (1, 3, 64, 64)
+    # The guidance embedding is used: another guidance value gives another image.
+    assert not torch.equal(images, pipe(**{**kwargs, "guidance_scale": 1.0}).images)
+
+    pipe.save_pretrained(tmp_path / "saved")
+    assert sorted(p.name for p in (tmp_path / "saved" / "base").iterdir()) == [
+        "base.json", "text_encoder.json"]
+    again = FaceMoGLEPipeline.from_pretrained(tmp_path / "saved")
+    again.set_progress_bar_config(disable=True)
+    assert torch.equal(images, again(**kwargs).images)
