@@ -1,0 +1,273 @@
+"""The base stage: the tiny base trained end to end at toy size, FLUX resolution and loading."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from facemogle import base as base_mod
+from facemogle import latents
+from facemogle.base import (FLIP_LABELS, CaptionTable, augment, build_base, class_weights,
+                            load_base, resolve_flux, save_flux_standin, vae_norm_groups)
+from facemogle.config import (BaseConfig, ConfigError, DataConfig, TinyParserConfig,
+                              TinyTransformerConfig, TinyVAEConfig, to_dict)
+from facemogle.data.prepare import download
+from facemogle.io import InputError
+from facemogle.labels import LABEL_INDEX, NUM_LABELS
+from facemogle.models.parser import load_parser
+from facemogle.models.text import FluxTextEncoder, MiniLMTextEncoder
+from stages import base as stage
+
+TINY = BaseConfig(
+    kind="tiny", dtype="float32", text_max_tokens=8,
+    vae=TinyVAEConfig(block_out_channels=(4, 8, 8, 8), steps=2, batch_size=4, warmup_steps=1),
+    transformer=TinyTransformerConfig(num_layers=1, num_single_layers=1, attention_head_dim=16,
+                                      num_attention_heads=2, axes_dims_rope=(4, 6, 6), steps=3,
+                                      batch_size=2, warmup_steps=1),
+    parser=TinyParserConfig(width=4, steps=2, batch_size=2, warmup_steps=1))
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("data") / "raw"
+    download(DataConfig(source="synthfaces", resolution=64, num_train=6, num_test=2,
+                        captions_per_image=2), out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_base(data_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny")
+    build_base(TINY, data_dir, root / "base", seed=3, metrics_dir=root / "metrics")
+    return root
+
+
+@pytest.fixture(scope="module")
+def flux_dir(tmp_path_factory):
+    return save_flux_standin(tmp_path_factory.mktemp("flux") / "FLUX.1-dev")
+
+
+def _weights(directory):
+    return load_file(str(next(directory.glob("*.safetensors"))))
+
+
+# ---- kind: tiny ------------------------------------------------------------------------------
+
+
+def test_tiny_writes_the_layout(tiny_base):
+    out = tiny_base / "base"
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["base.json", "parser", "scheduler", "text_encoder.json", "transformer",
+                     "vae"]
+    manifest = json.loads((out / "base.json").read_text())
+    assert manifest["kind"] == "tiny" and manifest["resolution"] == 64
+    assert manifest["config"] == to_dict(TINY)
+    assert set(manifest["metrics"]) == {"vae_psnr_faces", "vae_psnr_color", "vae_psnr_binary",
+                                        "parser_miou"}
+    assert json.loads((out / "text_encoder.json").read_text()) == {
+        "name": "all-MiniLM-L6-v2", "max_tokens": 8}
+    assert not list(out.parent.glob(".base.*")), "temporary directory left behind"
+
+
+def test_tiny_logs_losses_and_quality(tiny_base):
+    metrics = tiny_base / "metrics"
+    for name in ("vae/l1", "vae/kl", "transformer/loss", "parser/loss"):
+        rows = (metrics / "plots" / "metrics" / f"{name}.tsv").read_text().splitlines()
+        assert rows[0].split("\t")[0] == "step" and len(rows) >= 2, name
+    summary = json.loads((metrics / "metrics.json").read_text())
+    assert 0.0 <= summary["parser_miou"] <= 1.0 and summary["vae_psnr_faces"] > 0
+    assert (metrics / "plots" / "images" / "base_previews.png").is_file()
+    assert not (tiny_base / "metrics" / "dvc.yaml").exists()
+
+
+def test_load_tiny_base(tiny_base, data_dir):
+    base = load_base(tiny_base / "base")
+    assert base.kind == "tiny" and base.guidance_embeds is False
+    assert isinstance(base.text_encoder, MiniLMTextEncoder) and base.text_encoder.max_tokens == 8
+    assert base.vae.dtype == base.transformer.dtype == torch.float32
+    assert not base.vae.training and not any(p.requires_grad for p in base.vae.parameters())
+    # the latent normalization was measured on the training faces, not left at (0, 1)
+    assert base.vae.config.shift_factor != 0.0 and base.vae.config.scaling_factor != 1.0
+    assert base.scheduler_config["use_dynamic_shifting"] is True
+    # the parts fit together: text encoder -> transformer on VAE latents of a 64 px image
+    seq, pooled = base.text_encoder.encode(["a woman", ""])
+    z = latents.pack(latents.encode(base.vae, torch.rand(2, 3, 64, 64)))  # (2, 16, 64)
+    out = base.transformer(hidden_states=z, encoder_hidden_states=seq, pooled_projections=pooled,
+                           timestep=torch.tensor([0.5, 0.5]), img_ids=latents.image_ids(8, 8),
+                           txt_ids=latents.text_ids(8)).sample
+    assert out.shape == z.shape and torch.isfinite(out).all()
+    parser = load_parser(tiny_base / "base" / "parser")
+    assert parser.parse(torch.rand(1, 3, 64, 64)).shape == (1, 64, 64)
+
+
+def test_load_tiny_base_casts_and_skips_text(tiny_base):
+    base = load_base(tiny_base / "base", dtype=torch.bfloat16, load_text_encoder=False)
+    assert base.text_encoder is None
+    assert base.vae.dtype == base.transformer.dtype == torch.bfloat16
+
+
+def test_stage_cli_is_deterministic(tiny_base, data_dir, tmp_path):
+    """`python -m stages.base` with the same params and seed gives bitwise the same weights."""
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"seed": 3, "base": to_dict(TINY)}))
+    assert stage.main(["--data", str(data_dir), "--out", str(tmp_path / "base"),
+                       "--params", str(params)]) == 0
+    for part in ("vae", "transformer", "parser"):
+        a, b = _weights(tiny_base / "base" / part), _weights(tmp_path / "base" / part)
+        assert a.keys() == b.keys()
+        assert all(torch.equal(a[k], b[k]) for k in a), part
+    assert not (tmp_path / "metrics").exists()
+
+
+def test_stage_declares_its_params():
+    assert stage.PARAMS == ("seed", "base")
+
+
+def test_bad_data_dir_names_the_file(tmp_path):
+    with pytest.raises(InputError, match="split.json"):
+        build_base(TINY, tmp_path, tmp_path / "base", seed=0)
+    assert not (tmp_path / "base").exists()
+
+
+# ---- kind: flux ------------------------------------------------------------------------------
+
+
+def test_flux_manifest_copies_no_weights(flux_dir, tmp_path):
+    cfg = BaseConfig(kind="flux", flux_path=str(flux_dir), text_max_tokens=8)
+    build_base(cfg, None, tmp_path / "base", seed=0)
+    assert sorted(p.name for p in (tmp_path / "base").iterdir()) == ["base.json",
+                                                                     "text_encoder.json"]
+    manifest = json.loads((tmp_path / "base" / "base.json").read_text())
+    assert manifest["kind"] == "flux" and manifest["dir"] == str(flux_dir.resolve())
+    assert manifest["flux_path"] == str(flux_dir) and manifest["guidance_embeds"] is True
+
+
+@pytest.mark.parametrize("dtype", [None, torch.float32])
+def test_flux_loads(flux_dir, tmp_path, dtype):
+    build_base(BaseConfig(kind="flux", flux_path=str(flux_dir), text_max_tokens=8), None,
+               tmp_path / "base", seed=0)
+    base = load_base(tmp_path / "base", dtype=dtype)
+    expected = dtype or torch.bfloat16  # base.dtype's default: FLUX.1-dev runs in bf16
+    assert base.kind == "flux" and base.guidance_embeds is True
+    assert base.vae.dtype == base.transformer.dtype == expected
+    assert base.vae.config.shift_factor == pytest.approx(0.1159)
+    assert isinstance(base.text_encoder, FluxTextEncoder)
+    assert base.text_encoder.t5.dtype == base.text_encoder.clip.dtype == expected
+    seq, pooled = base.text_encoder.encode(["a face"])
+    assert seq.shape == (1, 8, 32) and pooled.shape == (1, 32)
+    z = torch.randn(1, 4, 64, dtype=expected)
+    out = base.transformer(hidden_states=z, encoder_hidden_states=seq.to(expected),
+                           pooled_projections=pooled.to(expected),
+                           timestep=torch.tensor([0.5], dtype=expected),
+                           guidance=torch.tensor([3.5], dtype=expected),
+                           img_ids=latents.image_ids(4, 4), txt_ids=latents.text_ids(8)).sample
+    assert out.shape == z.shape and out.dtype == expected
+
+
+def test_flux_folder_missing_a_part(flux_dir, tmp_path):
+    broken = tmp_path / "flux"
+    broken.mkdir()
+    for part in ("transformer", "vae", "text_encoder", "tokenizer", "scheduler"):
+        (broken / part).symlink_to(flux_dir / part)
+    with pytest.raises(ConfigError, match=r"base\.flux_path.*\['text_encoder_2', 'tokenizer_2'\]"):
+        resolve_flux(str(broken))
+
+
+def test_flux_offline_hub_id_is_a_clear_error(tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cfg = BaseConfig(kind="flux", flux_path="black-forest-labs/FLUX.1-dev")
+    with pytest.raises(ConfigError, match=r"'base\.flux_path'.*set base\.flux_path to a local "
+                                          r"directory"):
+        build_base(cfg, None, tmp_path / "base", seed=0)
+    assert not (tmp_path / "base").exists()
+
+
+def test_flux_missing_local_dir(tmp_path):
+    with pytest.raises(ConfigError, match="neither an existing directory"):
+        resolve_flux(str(tmp_path / "no-such-flux"))
+
+
+def test_load_base_errors(tmp_path, flux_dir):
+    with pytest.raises(InputError, match="base.json"):
+        load_base(tmp_path)
+    build_base(BaseConfig(kind="flux", flux_path=str(flux_dir)), None, tmp_path / "b", seed=0)
+    manifest = json.loads((tmp_path / "b" / "base.json").read_text())
+    manifest["dir"] = str(tmp_path / "moved")
+    (tmp_path / "b" / "base.json").write_text(json.dumps(manifest))
+    with pytest.raises(InputError, match="re-run the base stage"):
+        load_base(tmp_path / "b", load_text_encoder=False)
+
+
+# ---- helpers ---------------------------------------------------------------------------------
+
+
+def test_vae_norm_groups():
+    assert vae_norm_groups((128, 256, 512, 512)) == 32  # FLUX's VAE
+    assert vae_norm_groups((32, 64, 64, 64)) == 8
+    assert vae_norm_groups((4, 8, 8, 8)) == 1
+
+
+def test_flip_swaps_left_and_right():
+    pairs = [("l_eye", "r_eye"), ("l_brow", "r_brow"), ("l_ear", "r_ear")]
+    for left, right in pairs:
+        assert FLIP_LABELS[LABEL_INDEX[left]] == LABEL_INDEX[right]
+        assert FLIP_LABELS[LABEL_INDEX[right]] == LABEL_INDEX[left]
+    assert torch.equal(FLIP_LABELS[FLIP_LABELS], torch.arange(NUM_LABELS))
+    assert FLIP_LABELS[LABEL_INDEX["hair"]] == LABEL_INDEX["hair"]
+
+
+def test_augment_keeps_labels_aligned():
+    """A mirrored face carries mirrored, side-swapped labels; images stay in [0, 1]."""
+    images = torch.zeros(64, 3, 8, 8)
+    images[:, :, :, :4] = 1.0  # bright left half
+    labels = torch.zeros(64, 8, 8, dtype=torch.long)
+    labels[:, :, :4] = LABEL_INDEX["l_eye"]
+    out_images, out_labels = augment(images, labels, torch.Generator().manual_seed(0))
+    flipped = out_labels[:, 0, 7] == LABEL_INDEX["r_eye"]
+    assert 0 < int(flipped.sum()) < 64  # some, not all, mirrored
+    assert (out_labels[flipped][:, :, 4:] == LABEL_INDEX["r_eye"]).all()
+    assert (out_labels[~flipped][:, :, :4] == LABEL_INDEX["l_eye"]).all()
+    right, left = out_images[..., 4:].mean((1, 2, 3)), out_images[..., :4].mean((1, 2, 3))
+    assert torch.equal(right > left, flipped)
+    assert out_images.min() >= 0 and out_images.max() <= 1
+
+
+def test_class_weights_favour_rare_classes():
+    labels = torch.zeros(1, 10, 10, dtype=torch.uint8)
+    labels[0, :1, :1] = 4  # 1 pixel of l_eye, 99 background
+    weights = class_weights(labels)
+    assert weights.shape == (NUM_LABELS,)
+    assert weights[4] > weights[0]
+    freq = torch.bincount(labels.flatten().long(), minlength=NUM_LABELS).float() / 100
+    assert float((weights * freq).sum()) == pytest.approx(1.0)
+
+
+def test_caption_table_draw_and_dropout():
+    table = CaptionTable(seq=torch.arange(3.0)[:, None, None].expand(3, 2, 4),
+                         pooled=torch.arange(3.0)[:, None].expand(3, 4),
+                         owners=torch.tensor([[0, 1], [2, 0]]), counts=torch.tensor([2, 1]),
+                         empty_seq=torch.full((1, 2, 4), -1.0),
+                         empty_pooled=torch.full((1, 4), -1.0))
+    g = torch.Generator().manual_seed(0)
+    seq, pooled = table.draw(torch.tensor([0, 1] * 50), 0.0, g)
+    assert seq.shape == (100, 2, 4) and pooled.shape == (100, 4)
+    assert set(pooled[0::2, 0].tolist()) == {0.0, 1.0}  # image 0 owns captions 0 and 1
+    assert set(pooled[1::2, 0].tolist()) == {2.0}  # image 1 owns only caption 2
+    assert torch.equal(seq[:, 0, 0], pooled[:, 0])
+    _, dropped = table.draw(torch.tensor([0, 1] * 500), 0.3, g)
+    share = float((dropped[:, 0] == -1).float().mean())
+    assert 0.2 < share < 0.4
+
+
+def test_tiny_manifest_rejects_unknown_kind(tmp_path):
+    (tmp_path / "base.json").write_text('{"kind": "sdxl", "dtype": "float32"}')
+    with pytest.raises(InputError, match="kind"):
+        base_mod.read_manifest(tmp_path)
