@@ -257,9 +257,8 @@ class TrainConfig:
     log_every: int = 10
     mixed_precision: Precision = "bf16"
     gradient_checkpointing: bool = True
-    compile: bool = False
+    compile: bool = False  # torch.compile the transformer blocks (GPU; slow to start on CPU)
     num_processes: int = 1
-    num_workers: int = 0
 
     def __post_init__(self) -> None:
         for key in ("steps", "batch_size", "grad_accum", "checkpoint_every", "keep_checkpoints",
@@ -274,8 +273,6 @@ class TrainConfig:
             check(0.0 <= value < 1.0, f"train.{key}", "a probability in [0, 1)", value)
         check(self.logit_normal_std > 0, "train.logit_normal_std", "positive",
               self.logit_normal_std)
-        check(self.num_workers >= 0, "train.num_workers", "a non-negative integer",
-              self.num_workers)
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from facemogle.cache import LatentCache
 from facemogle.checkpoint import (find_resumable, load_training_state, save_model,
                                   save_training_state)
 from facemogle.config import Params, TrainConfig
+from facemogle.models.condition import enable_compile
 from facemogle.models.facemogle import FaceMoGLE
 
 log = logging.getLogger(__name__)
@@ -118,6 +119,8 @@ def train(model: FaceMoGLE, cache: LatentCache, params: Params, out_dir: str | P
     for p in trainable:
         p.data = p.data.float()  # fp32 master weights; autocast handles bf16 compute
     optimizer = make_optimizer(trainable, cfg)
+    if cfg.compile:
+        enable_compile()
     model, optimizer = accelerator.prepare(model, optimizer)
     inner = accelerator.unwrap_model(model)
     # Every process draws the same global batch (rows, dropout, time, noise) and trains on its own

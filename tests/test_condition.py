@@ -386,3 +386,26 @@ def test_paper_lora_on_full_flux_dev_architecture():
     assert n_layers == 343
     assert n_lora == 14_487_808
     assert sum(p.numel() for p in model.parameters() if p.requires_grad) == n_lora
+
+
+def test_compiled_blocks_give_the_same_output(monkeypatch):
+    """train.compile swaps in torch.compile'd block functions; the numerics must not change."""
+    import facemogle.models.condition as condition
+
+    transformer = FluxTransformer2DModel(
+        patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16,
+        num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32,
+        axes_dims_rope=[4, 4, 8])
+    g = torch.Generator().manual_seed(0)
+    inputs = dict(hidden_states=torch.randn(2, 4, 16, generator=g),
+                  encoder_hidden_states=torch.randn(2, 3, 32, generator=g),
+                  pooled_projections=torch.randn(2, 32, generator=g),
+                  timestep=torch.tensor([0.3, 0.7]), img_ids=torch.zeros(4, 3),
+                  txt_ids=torch.zeros(3, 3), cond_tokens=torch.randn(2, 4, 16, generator=g))
+    with torch.no_grad():
+        eager = condition.condition_forward(transformer, **inputs)
+        monkeypatch.setattr(condition, "_BLOCK_FNS", dict(condition._BLOCK_FNS))
+        condition.enable_compile(backend="eager")  # the compile path without a C++ toolchain run
+        assert condition._BLOCK_FNS["double"] is not condition._double_block
+        compiled = condition.condition_forward(transformer, **inputs)
+    torch.testing.assert_close(compiled, eager, atol=1e-5, rtol=1e-5)

@@ -325,6 +325,20 @@ def _single_block(block: FluxSingleTransformerBlock, x: Tensor, temb: Tensor,
     return _clip_fp16(x + out)
 
 
+# The block functions `condition_forward` calls; `enable_compile` swaps in compiled versions.
+_BLOCK_FNS = {"double": _double_block, "single": _single_block}
+
+
+def enable_compile(**options) -> None:
+    """Use `torch.compile`d block functions in every later `condition_forward` (train.compile).
+
+    The blocks are compiled rather than the whole forward: the Python loop over blocks and the
+    optional checkpointing stay eager, each block's projections, norms, RoPE and attention fuse.
+    """
+    _BLOCK_FNS["double"] = torch.compile(_double_block, **options)
+    _BLOCK_FNS["single"] = torch.compile(_single_block, **options)
+
+
 def _run(fn, checkpointing: bool, *args):
     """Call a block function, under non-reentrant activation checkpointing if asked (and grad is
     on, as the stock model does); the numerics are the same."""
@@ -451,11 +465,11 @@ def condition_forward(transformer: FluxTransformer2DModel, *, hidden_states: Ten
     key_mask = _key_mask(cond_keep, n_text + n_img, n_cond, x.device)  # (B, 1, 1, S) or None
 
     for block in transformer.transformer_blocks:
-        context, x = _run(_double_block, checkpointing, block, context, x, temb, rope, key_mask,
+        context, x = _run(_BLOCK_FNS["double"], checkpointing, block, context, x, temb, rope, key_mask,
                           n_img)
     x = torch.cat([context, x], dim=1)  # (B, T + L + Lc, D)
     for block in transformer.single_transformer_blocks:
-        x = _run(_single_block, checkpointing, block, x, temb, rope, key_mask, n_text + n_img)
+        x = _run(_BLOCK_FNS["single"], checkpointing, block, x, temb, rope, key_mask, n_text + n_img)
 
     image = transformer.norm_out(x[:, n_text:n_text + n_img], temb[:batch])  # (B, L, D)
     return transformer.proj_out(image)  # (B, L, Cout)
