@@ -22,7 +22,9 @@ import yaml
 Gating = Literal["matrix", "scalar", "static", "none"]
 Experts = Literal["global_local", "global", "local", "none"]
 Mode = Literal["multimodal", "mask2face", "text2face"]
-Precision = Literal["no", "bf16", "fp16"]
+# "fp32", not accelerate's "no": YAML 1.1 reads an unquoted no as false, and `dvc exp run -S`
+# rewrites params.yaml without quotes.
+Precision = Literal["fp32", "bf16", "fp16"]
 DType = Literal["float32", "bfloat16", "float16"]
 
 MODES: tuple[str, ...] = get_args(Mode)
@@ -98,6 +100,7 @@ class TinyVAEConfig:
     kl_weight: float = 1e-6
     warmup_steps: int = 50
     mask_fraction: float = 0.5  # share of each batch that is decoupled mask images, not faces
+    color_weight: float = 1.0  # pulls latent channels 0-2 to the mean colour of their 8x8 cell
 
     def __post_init__(self) -> None:
         # Four blocks give three downsamplings: x8, like the FLUX VAE.
@@ -116,6 +119,8 @@ class TinyVAEConfig:
               self.warmup_steps)
         check(0.0 <= self.mask_fraction <= 1.0, "base.vae.mask_fraction", "in [0, 1]",
               self.mask_fraction)
+        check(self.color_weight >= 0, "base.vae.color_weight", "a non-negative number",
+              self.color_weight)
 
 
 @dataclass(frozen=True)

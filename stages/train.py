@@ -45,7 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg = params.train
     # cpu=True when there is no GPU: only then does accelerate join CPU processes (gloo) started
     # by torchrun; on GPUs it picks the device of each process.
-    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=not torch.cuda.is_available(),
+    precision = "no" if cfg.mixed_precision == "fp32" else cfg.mixed_precision
+    accelerator = Accelerator(mixed_precision=precision, cpu=not torch.cuda.is_available(),
                               gradient_accumulation_steps=cfg.grad_accum)
     torch.manual_seed(params.seed)
     base = load_base(args.base, device=accelerator.device, load_text_encoder=False)

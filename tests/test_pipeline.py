@@ -139,8 +139,10 @@ def test_killed_training_resumes_from_its_last_checkpoint(smoke_repo):
     proc = subprocess.Popen(cmd, cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True, start_new_session=True)
     deadline = time.time() + 300
-    while time.time() < deadline and len(list((out / "checkpoints").glob("step-*"))) < 1:
+    while (time.time() < deadline and proc.poll() is None
+           and len(list((out / "checkpoints").glob("step-*"))) < 1):
         time.sleep(0.2)
+    assert proc.poll() is None, f"training exited early:\n{proc.stderr.read()[-3000:]}"
     time.sleep(1.0)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()

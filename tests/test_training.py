@@ -73,7 +73,7 @@ def test_resuming_from_a_checkpoint_equals_training_straight_through(tmp_path, o
         return params_from_dict({"train": {"steps": steps, "batch_size": 2, "checkpoint_every": 2,
                                            "log_every": 1, "optimizer": optimizer,
                                            "lr": 1.0 if optimizer == "prodigy" else 1e-3,
-                                           "mixed_precision": "no"}})
+                                           "mixed_precision": "fp32"}})
 
     def run(out, steps):
         p = params(steps)
