@@ -13,7 +13,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from facemogle import bench, latents
-from facemogle.config import LoraConfig, ModelConfig
+from facemogle.config import LoraConfig, ModelConfig, load_params
 from facemogle.models.facemogle import FaceMoGLE
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,9 +71,10 @@ def test_tiny_run_training_sampling_caching(tiny_result):
     cache = r["cache"]
     assert cache["encodes_per_image"] == 21 and cache["images_per_s"] > 0
     shard = cache["shard"]
-    # float16 tokens: 16 image tokens x 64, 20 slots, 4 captions x 32 tokens x 384 (params.yaml)
+    # float16 tokens: 16 image tokens x 64, 20 slots, the captions of params.yaml x 32 tokens x 384
+    captions = load_params(ROOT / "params.yaml").data.captions_per_image
     assert shard["image_bytes"] == 16 * 64 * 2 and shard["slot_latents_bytes"] == 20 * 16 * 64 * 2
-    assert shard["text_seq_bytes"] == 4 * 32 * 384 * 2 and shard["captions"] == 4
+    assert shard["text_seq_bytes"] == captions * 32 * 384 * 2 and shard["captions"] == captions
     parts = sum(v for k, v in shard.items() if k.endswith("_bytes") and k != "total_bytes")
     assert parts < shard["total_bytes"] < parts + 2048  # plus the safetensors header
 
