@@ -129,7 +129,8 @@ def _read_square(path: Path) -> np.ndarray:
 
 
 class LossLog:
-    """Running means of losses: tqdm postfix, and one DVCLive TSV per loss every `LOG_EVERY` steps."""
+    """Running means of losses: the tqdm postfix, and one DVCLive TSV per loss every `LOG_EVERY`
+    steps."""
 
     def __init__(self, live: Any, prefix: str, bar: tqdm):
         self.live, self.prefix, self.bar = live, prefix, bar
@@ -247,12 +248,25 @@ def train_vae(cfg: TinyVAEConfig, faces: FaceSet, *, generator: torch.Generator,
 
 
 @torch.no_grad()
+def encode_faces(vae: AutoencoderKL, faces: FaceSet) -> Tensor:
+    """Normalized posterior-mean latents (N, 16, H/8, W/8) of every face, without gradients."""
+    return latents.encode_batched(vae, faces.images01(slice(None)), EVAL_BATCH)
+
+
+@torch.no_grad()
+def decode_faces(vae: AutoencoderKL, faces: FaceSet) -> Tensor:
+    """Every face through encode -> decode: (N, 3, H, W) in [0, 1]."""
+    return torch.cat([_reconstruct(vae, faces.images01(slice(i, i + EVAL_BATCH)))
+                      for i in range(0, len(faces), EVAL_BATCH)])
+
+
+@torch.no_grad()
 def set_latent_normalization(vae: AutoencoderKL, faces: FaceSet) -> tuple[float, float]:
     """Write shift_factor = mean and scaling_factor = 1 / std of the faces' posterior means into
-    the VAE config (FLUX's VAE: 0.1159 and 0.3611), so normalized latents are ~zero-mean, unit-std."""
+    the VAE config (FLUX's VAE: 0.1159 and 0.3611), so normalized latents are ~zero-mean and
+    unit-std."""
     vae.register_to_config(shift_factor=0.0, scaling_factor=1.0)
-    raw = torch.cat([latents.encode(vae, faces.images01(slice(i, i + EVAL_BATCH)))
-                     for i in range(0, len(faces), EVAL_BATCH)])  # (N, 16, h, w)
+    raw = encode_faces(vae, faces)  # (N, 16, h, w)
     shift, scale = raw.mean().item(), 1.0 / raw.std().item()
     vae.register_to_config(shift_factor=shift, scaling_factor=scale)
     return shift, scale
@@ -318,10 +332,18 @@ class CaptionTable:
 
 def encode_texts(encoder: TextEncoder, texts: list[str], batch_size: int = EVAL_BATCH
                  ) -> tuple[Tensor, Tensor]:
-    """Encode `texts` in batches: (N, T, D) token states and (N, P) pooled vectors."""
-    chunks = [encoder.encode(texts[i:i + batch_size])
-              for i in tqdm(range(0, len(texts), batch_size), desc="base: text", mininterval=5)]
-    return torch.cat([c[0] for c in chunks]), torch.cat([c[1] for c in chunks])
+    """Encode `texts` in batches: (N, T, D) token states and (N, P) pooled vectors.
+
+    Texts are batched in order of length, so a batch pads to similar lengths (each text's
+    encoding does not depend on its batch, see `MiniLMTextEncoder`).
+    """
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    chunks = [encoder.encode([texts[i] for i in order[s:s + batch_size]])
+              for s in tqdm(range(0, len(texts), batch_size), desc="base: text", mininterval=5)]
+    inverse = torch.empty(len(texts), dtype=torch.long)
+    inverse[torch.tensor(order)] = torch.arange(len(texts))
+    seq, pooled = torch.cat([c[0] for c in chunks]), torch.cat([c[1] for c in chunks])
+    return seq[inverse], pooled[inverse]  # (N, T, D), (N, P)
 
 
 def caption_table(encoder: TextEncoder, captions: list[list[str]]) -> CaptionTable:
@@ -444,9 +466,14 @@ def class_weights(label_maps: Tensor) -> Tensor:
     return (weights / (weights * freq).sum()).float()  # (19,)
 
 
-def train_parser(cfg: TinyParserConfig, faces: FaceSet, *, generator: torch.Generator,
-                 live: Any = None) -> FaceParser:
-    """Train the parser with (optionally class-weighted) cross-entropy on augmented faces."""
+def train_parser(cfg: TinyParserConfig, faces: FaceSet, decoded: Tensor | None = None, *,
+                 generator: torch.Generator, live: Any = None) -> FaceParser:
+    """Train the parser with (optionally class-weighted) cross-entropy on augmented faces.
+
+    `decoded` (N, 3, H, W) uint8 are the faces after VAE encode -> decode: a
+    `cfg.decoded_fraction` of each batch uses them, so the parser also reads the soft, decoded
+    look of generated faces, which `evaluate` parses (same geometry, so the labels still fit).
+    """
     parser = FaceParser(cfg.width).train()
     opt, schedule = _optimizer(parser, cfg.lr, cfg.warmup_steps, cfg.steps)
     weights = class_weights(faces.label_maps) if cfg.class_weighted else None
@@ -454,7 +481,11 @@ def train_parser(cfg: TinyParserConfig, faces: FaceSet, *, generator: torch.Gene
     log = LossLog(live, "parser", bar)
     for step in bar:
         index = torch.randint(len(faces), (cfg.batch_size,), generator=generator)  # (B,)
-        images, targets = augment(faces.images01(index), faces.label_maps[index].long(),
+        images = faces.images01(index)  # (B, 3, H, W)
+        if decoded is not None:
+            use = torch.rand(cfg.batch_size, generator=generator) < cfg.decoded_fraction  # (B,)
+            images = torch.where(use[:, None, None, None], decoded[index].float() / 255, images)
+        images, targets = augment(images, faces.label_maps[index].long(),
                                   generator)  # (B, 3, H, W), (B, H, W)
         loss = F.cross_entropy(parser(images), targets, weight=weights)
         opt.zero_grad(set_to_none=True)
@@ -467,12 +498,13 @@ def train_parser(cfg: TinyParserConfig, faces: FaceSet, *, generator: torch.Gene
 
 
 @torch.no_grad()
-def parser_miou(parser: FaceParser, faces: FaceSet) -> float:
-    """Mean over classes present (in prediction or truth) of the IoU, over the whole split."""
+def parser_miou(parser: FaceParser, images01: Tensor, label_maps: Tensor) -> float:
+    """IoU per class over all of (N, 3, H, W) images vs (N, H, W) label maps, averaged over the
+    classes present in the prediction or the truth."""
     metric = MulticlassJaccardIndex(NUM_LABELS, average="none", zero_division=float("nan"))
-    for i in range(0, len(faces), EVAL_BATCH):
-        index = slice(i, i + EVAL_BATCH)
-        metric.update(parser.parse(faces.images01(index)).long(), faces.label_maps[index].long())
+    for i in range(0, len(images01), EVAL_BATCH):
+        metric.update(parser.parse(images01[i:i + EVAL_BATCH]).long(),
+                      label_maps[i:i + EVAL_BATCH].long())
     return float(metric.compute().nanmean())
 
 
@@ -486,24 +518,33 @@ def _tiny_parts(cfg: BaseConfig, train: FaceSet, seed: int, live: Any
     encoder = MiniLMTextEncoder(cfg.text_max_tokens)
     vae = train_vae(cfg.vae, train, generator=_generator(seed, 1), live=live)
     h = w = train.resolution // 8
-    tokens = latents.pack(torch.cat([latents.encode(vae, train.images01(slice(i, i + EVAL_BATCH)))
-                                     for i in range(0, len(train), EVAL_BATCH)]))  # (N, L, 64)
+    tokens = latents.pack(encode_faces(vae, train))  # (N, L, 64)
+    captions = [caps[:cfg.transformer.captions_per_image] for caps in train.captions]
     transformer = train_transformer(cfg.transformer, tokens, (h, w),
-                                    caption_table(encoder, train.captions),
+                                    caption_table(encoder, captions),
                                     generator=_generator(seed, 2), live=live)
-    parser = train_parser(cfg.parser, train, generator=_generator(seed, 3), live=live)
+    decoded = (decode_faces(vae, train) * 255).round().byte()  # (N, 3, H, W)
+    parser = train_parser(cfg.parser, train, decoded, generator=_generator(seed, 3), live=live)
     return vae, transformer, parser, encoder
 
 
 def _evaluate_tiny(base: Base, parser: FaceParser, test: FaceSet, seed: int, live: Any
                    ) -> dict[str, float]:
-    metrics = {**vae_psnr(base.vae, test), "parser_miou": parser_miou(parser, test)}
+    """Held-out quality: VAE PSNR, parser mIoU on renders and on VAE-decoded renders (the look of
+    generated faces); with DVCLive also a preview row of test faces over samples of their first
+    caption."""
+    images = test.images01(slice(None))  # (N, 3, H, W)
+    metrics = {**vae_psnr(base.vae, test),
+               "parser_miou": parser_miou(parser, images, test.label_maps),
+               "parser_miou_decoded": parser_miou(parser, decode_faces(base.vae, test),
+                                                  test.label_maps)}
     if live is not None:
         for key, value in metrics.items():
             live.log_metric(key, value, plot=False)
         previews = sample_previews(base, [caps[0] for caps in test.captions[:NUM_PREVIEWS]],
                                    test.resolution, seed)  # (P, 3, H, W)
-        live.log_image("base_previews.png", _grid(previews))
+        live.log_image("base_previews.png", _grid(torch.cat([images[:NUM_PREVIEWS], previews],
+                                                            dim=2)))
     return metrics
 
 

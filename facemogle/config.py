@@ -92,11 +92,11 @@ class MasksConfig:
 class TinyVAEConfig:
     """The small AutoencoderKL the embedded `base` stage trains (16 latent channels, x8 down)."""
 
-    block_out_channels: tuple[int, ...] = (32, 64, 64, 64)
+    block_out_channels: tuple[int, ...] = (8, 16, 32, 64)
     layers_per_block: int = 1
     steps: int = 1500
     batch_size: int = 16
-    lr: float = 1e-3
+    lr: float = 2e-3
     kl_weight: float = 1e-6
     warmup_steps: int = 50
     mask_fraction: float = 0.5  # share of each batch that is decoupled mask images, not faces
@@ -133,12 +133,13 @@ class TinyTransformerConfig:
     num_attention_heads: int = 4
     axes_dims_rope: tuple[int, int, int] = (8, 12, 12)
     guidance_embeds: bool = False
-    steps: int = 3000
+    steps: int = 1500
     batch_size: int = 16
-    lr: float = 3e-4
+    lr: float = 1e-3
     text_dropout: float = 0.1
     warmup_steps: int = 100
     grad_clip: float = 1.0
+    captions_per_image: int = 2  # the first k captions of each image are encoded and drawn from
 
     def __post_init__(self) -> None:
         check(self.num_layers >= 1, "base.transformer.num_layers", "a positive integer",
@@ -158,18 +159,21 @@ class TinyTransformerConfig:
               self.warmup_steps)
         check(self.grad_clip > 0, "base.transformer.grad_clip", "a positive number",
               self.grad_clip)
+        check(self.captions_per_image >= 1, "base.transformer.captions_per_image",
+              "a positive integer", self.captions_per_image)
 
 
 @dataclass(frozen=True)
 class TinyParserConfig:
     """The small face parser (19-class segmentation net) the embedded `base` stage trains."""
 
-    width: int = 32
-    steps: int = 800
+    width: int = 16
+    steps: int = 500
     batch_size: int = 16
     lr: float = 2e-3
     warmup_steps: int = 20
     class_weighted: bool = True  # cross-entropy weights ~ 1/sqrt(class frequency)
+    decoded_fraction: float = 0.5  # share of each batch shown as VAE encode -> decode output
 
     def __post_init__(self) -> None:
         check(self.width >= 4, "base.parser.width", "an integer >= 4", self.width)
@@ -179,6 +183,8 @@ class TinyParserConfig:
         check(self.lr > 0, "base.parser.lr", "a positive number", self.lr)
         check(self.warmup_steps >= 0, "base.parser.warmup_steps", "a non-negative integer",
               self.warmup_steps)
+        check(0.0 <= self.decoded_fraction <= 1.0, "base.parser.decoded_fraction", "in [0, 1]",
+              self.decoded_fraction)
 
 
 @dataclass(frozen=True)

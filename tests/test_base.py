@@ -12,13 +12,14 @@ from safetensors.torch import load_file
 from facemogle import base as base_mod
 from facemogle import latents
 from facemogle.base import (FLIP_LABELS, CaptionTable, augment, build_base, class_weights,
-                            load_base, resolve_flux, save_flux_standin, vae_norm_groups)
+                            color_latent_loss, encode_texts, load_base, parser_miou, resolve_flux,
+                            save_flux_standin, vae_norm_groups)
 from facemogle.config import (BaseConfig, ConfigError, DataConfig, TinyParserConfig,
                               TinyTransformerConfig, TinyVAEConfig, to_dict)
 from facemogle.data.prepare import download
 from facemogle.io import InputError
 from facemogle.labels import LABEL_INDEX, NUM_LABELS
-from facemogle.models.parser import load_parser
+from facemogle.models.parser import FaceParser, load_parser
 from facemogle.models.text import FluxTextEncoder, MiniLMTextEncoder
 from stages import base as stage
 
@@ -67,7 +68,7 @@ def test_tiny_writes_the_layout(tiny_base):
     assert manifest["kind"] == "tiny" and manifest["resolution"] == 64
     assert manifest["config"] == to_dict(TINY)
     assert set(manifest["metrics"]) == {"vae_psnr_faces", "vae_psnr_color", "vae_psnr_binary",
-                                        "parser_miou"}
+                                        "parser_miou", "parser_miou_decoded"}
     assert json.loads((out / "text_encoder.json").read_text()) == {
         "name": "all-MiniLM-L6-v2", "max_tokens": 8}
     assert not list(out.parent.glob(".base.*")), "temporary directory left behind"
@@ -271,3 +272,40 @@ def test_tiny_manifest_rejects_unknown_kind(tmp_path):
     (tmp_path / "base.json").write_text('{"kind": "sdxl", "dtype": "float32"}')
     with pytest.raises(InputError, match="kind"):
         base_mod.read_manifest(tmp_path)
+
+
+def test_parser_miou_counts_present_classes():
+    """A parser that always answers background: IoU 1 on an all-background map; on a map half
+    background, half skin: background 0.5, skin 0, mean 0.25 (absent classes do not count)."""
+    parser = FaceParser(width=4).eval()
+    with torch.no_grad():
+        parser.head.weight.zero_()
+        parser.head.bias.zero_()
+        parser.head.bias[0] = 10.0
+    images = torch.rand(2, 3, 8, 8)
+    labels = torch.zeros(2, 8, 8, dtype=torch.uint8)
+    assert parser_miou(parser, images, labels) == pytest.approx(1.0)
+    labels[:, :, 4:] = LABEL_INDEX["skin"]
+    assert parser_miou(parser, images, labels) == pytest.approx(0.25)
+
+
+def test_color_latent_loss_targets_cell_means():
+    x = torch.rand(2, 3, 16, 16) * 2 - 1
+    cells = torch.nn.functional.avg_pool2d(x, 8)  # (2, 3, 2, 2)
+    mean = torch.cat([cells, torch.randn(2, 13, 2, 2)], dim=1)  # free channels 3..15
+    assert float(color_latent_loss(mean, x)) == pytest.approx(0.0, abs=1e-12)
+    assert float(color_latent_loss(mean + 0.1, x)) == pytest.approx(0.01, rel=1e-4)
+
+
+def test_encode_texts_keeps_the_input_order():
+    """Texts are batched by length; the rows come back in the caller's order."""
+
+    class Echo:
+        def encode(self, prompts):  # (B, 1, 1) and (B, 1): the prompt's length
+            lengths = torch.tensor([[float(len(p))] for p in prompts])
+            return lengths[:, None], lengths
+
+    texts = ["ccc", "a", "bbbbb", "dd", ""]
+    seq, pooled = encode_texts(Echo(), texts, batch_size=2)
+    assert pooled[:, 0].tolist() == [3.0, 1.0, 5.0, 2.0, 0.0]
+    assert seq[:, 0, 0].tolist() == [3.0, 1.0, 5.0, 2.0, 0.0]

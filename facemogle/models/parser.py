@@ -62,7 +62,8 @@ class FaceParser(nn.Module):
         w = width
         self.enc = nn.ModuleList([ConvBlock(3, w), ConvBlock(w, 2 * w), ConvBlock(2 * w, 4 * w),
                                   ConvBlock(4 * w, 4 * w)])
-        self.down = nn.ModuleList([nn.Conv2d(c, c, 3, stride=2, padding=1) for c in (w, 2 * w, 4 * w)])
+        self.down = nn.ModuleList([nn.Conv2d(c, c, 3, stride=2, padding=1)
+                                   for c in (w, 2 * w, 4 * w)])
         self.dec = nn.ModuleList([ConvBlock(8 * w, 4 * w), ConvBlock(6 * w, 2 * w),
                                   ConvBlock(3 * w, w)])
         self.head = nn.Conv2d(w, num_classes, 1)

@@ -1,4 +1,4 @@
-"""Text encoders: a sequence of token states plus one pooled vector per prompt (DESIGN.md section 2).
+"""Text encoders: token states plus one pooled vector per prompt (DESIGN.md section 2).
 
 FLUX conditions its transformer on two text encodings: a token sequence (T5-XXL, the joint-attention
 stream) and a pooled vector (CLIP-L, added to the timestep embedding). Both settings expose the same
@@ -38,7 +38,7 @@ MINILM_POOLED_MAX_TOKENS = 256
 
 @runtime_checkable
 class TextEncoder(Protocol):
-    """What the base exposes for text: `encode` gives (B, T, seq_dim) and (B, pooled_dim) float32."""
+    """The base's text encoder: `encode` gives (B, T, seq_dim) and (B, pooled_dim) float32."""
 
     seq_dim: int
     pooled_dim: int
