@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 from tqdm import tqdm
@@ -36,6 +37,27 @@ STORE_DTYPE = torch.float16  # latents and embeddings are stored in half precisi
 def fingerprint(config: dict) -> str:
     """A short stable hash of a JSON-serialisable configuration."""
     return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def folder_fingerprint(folder: str | Path) -> str:
+    """A short hash of every file's relative path and bytes under `folder` (the base stage's
+    output: a few MB for the embedded base, a manifest for FLUX.1-dev)."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
+        digest.update(path.relative_to(folder).as_posix().encode() + b"\0")
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def _stamp_of(path: Path) -> str | None:
+    """The configuration fingerprint stored in a shard's metadata (None: unreadable)."""
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return (handle.metadata() or {}).get("fingerprint")
+    except (SafetensorError, OSError):  # a truncated or foreign file is re-made
+        return None
 
 
 def _save(path: Path, tensors: dict[str, Tensor], metadata: dict[str, str]) -> None:
@@ -117,10 +139,10 @@ def build_cache(base, data_dir: str | Path, labels_dir: str | Path, out_dir: str
     stamp = fingerprint({"config": config or {}, "ids": ids})
     out_dir.mkdir(parents=True, exist_ok=True)
     index_path = out_dir / "index.json"
-    if index_path.exists() and json.loads(index_path.read_text()).get("fingerprint") != stamp:
-        for old in out_dir.glob("*.safetensors"):
-            old.unlink()  # made under another configuration
-        index_path.unlink()
+    index_path.unlink(missing_ok=True)  # rewritten when every shard is there
+    for old in out_dir.glob("*.safetensors"):
+        if _stamp_of(old) != stamp:
+            old.unlink()  # made under another configuration, or unreadable
 
     shards = [ids[s:s + shard_size] for s in range(0, len(ids), shard_size)]
     empty_path = out_dir / "empty.safetensors"

@@ -73,6 +73,51 @@ class DataConfig:
               "null or a positive integer", self.max_images)
 
 
+EVAL_SETS: tuple[str, ...] = ("test", "zeroshot")  # pipeline entries of the per-set stages
+
+
+@dataclass(frozen=True)
+class ZeroShotConfig:
+    """The zero-shot test set (paper Table 2: MM-FFHQ-Female): faces from a distribution the
+    model was not trained on, sampled and evaluated like the test split of `data`.
+
+    It takes `data`'s resolution, data seed, caption count and on_error; only the test split of
+    its source is read (FFHQ-Text: every image; SynthFaces: `variant`, test faces only).
+    """
+
+    source: Literal["synthfaces", "mmcelebahq", "celebamaskhq", "ffhq_text"] = "ffhq_text"
+    variant: Literal["standard", "zeroshot"] = "zeroshot"  # SynthFaces distribution
+    num_test: int = 3000
+    hub_repo: str | None = None
+    hub_revision: str | None = None
+    local_path: str | None = None
+    parser: Literal["none", "mediapipe", "segformer", "tiny"] = "mediapipe"  # its label maps
+    parser_path: str | None = None
+
+    def __post_init__(self) -> None:
+        check(self.num_test >= 1, "zeroshot.num_test", "a positive integer", self.num_test)
+        check(self.parser != "segformer" or self.parser_path is not None, "zeroshot.parser_path",
+              "a hub id or directory when zeroshot.parser is 'segformer'", self.parser_path)
+
+    def data_config(self, data: DataConfig) -> DataConfig:
+        """`data` with this set's source: what `download` reads for the zero-shot entry."""
+        return dataclasses.replace(
+            data, source=self.source, variant=self.variant, num_test=self.num_test,
+            hub_repo=self.hub_repo, hub_revision=self.hub_revision, local_path=self.local_path,
+            max_images=None)
+
+    def masks_config(self, masks: MasksConfig) -> MasksConfig:
+        """`masks` with this set's parser: what `parse_masks` uses for the zero-shot entry."""
+        return dataclasses.replace(masks, parser=self.parser, parser_path=self.parser_path)
+
+
+def set_sections(sections: tuple[str, ...], eval_set: str) -> tuple[str, ...]:
+    """The params sections a per-set stage reads: its own, plus `zeroshot` for that entry."""
+    if eval_set not in EVAL_SETS:
+        raise ConfigError(f"unknown evaluation set {eval_set!r}; valid: {list(EVAL_SETS)}")
+    return sections + ("zeroshot",) if eval_set == "zeroshot" else sections
+
+
 @dataclass(frozen=True)
 class MasksConfig:
     """How every image gets its label map (`parse_masks` stage)."""
@@ -348,6 +393,7 @@ class Params:
     experts: Experts = "global_local"
     data: DataConfig = field(default_factory=DataConfig)
     masks: MasksConfig = field(default_factory=MasksConfig)
+    zeroshot: ZeroShotConfig = field(default_factory=ZeroShotConfig)
     base: BaseConfig = field(default_factory=BaseConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)

@@ -25,7 +25,6 @@ from facemogle.io import read_jsonl, read_rgb, write_json
 from facemogle.metrics.attributes import attribute_accuracy, attribute_metric_values
 from facemogle.metrics.base import MetricValue, metrics_json, pair_by_id, skip_all
 from facemogle.metrics.distances import feature_space_metrics
-from facemogle.metrics.report import write_report
 from facemogle.metrics.segmentation import mask_iou, mask_metric_values
 from facemogle.metrics.suite import ModelSuite, small_detector_metrics
 
@@ -122,7 +121,7 @@ def _stated(attributes: dict, mode: str) -> dict:
 def evaluate(samples_dir: str | Path, data_dir: str | Path, labels_dir: str | Path,
              out_dir: str | Path, cfg: EvaluateConfig, *, modes: list[str], parser, seed: int,
              device: torch.device | None = None) -> dict[str, dict]:
-    """Write `out_dir/<mode>.json` for each mode and the paper-style `out_dir/table.md`."""
+    """Write `out_dir/<mode>.json` for each mode (`stages.report` lays them out as tables)."""
     samples_dir, data_dir, labels_dir, out_dir = map(Path, (samples_dir, data_dir, labels_dir,
                                                              out_dir))
     test_ids = set(json.loads((labels_dir / "split.json").read_text())["test"])
@@ -131,17 +130,15 @@ def evaluate(samples_dir: str | Path, data_dir: str | Path, labels_dir: str | Pa
     if unknown:
         raise ValueError(f"{samples_dir / 'ids.json'}: ids not in the test split: {unknown[:10]}")
     suite = ModelSuite(cfg, device=device)
-    results, files = {}, {}
+    results = {}
     for mode in modes:
         values = evaluate_mode(mode, samples_dir, data_dir, labels_dir, expected_ids, cfg,
                                parser=parser, suite=suite, seed=seed)
         results[mode] = metrics_json(values)
-        files[mode] = out_dir / f"{mode}.json"
-        write_json(files[mode], results[mode])
+        write_json(out_dir / f"{mode}.json", results[mode])
         ran = [v.name for v in values if v.skipped is None]
         skipped = {v.name: v.skipped for v in values if v.skipped is not None}
         log.info("%s: computed %s", mode, ", ".join(ran))
         for name, reason in skipped.items():
             log.info("%s: skipped %s (%s)", mode, name, reason)
-    write_report(files, out_dir / "table.md")
     return results

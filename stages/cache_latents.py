@@ -12,7 +12,7 @@ import logging
 import torch
 
 from facemogle.base import load_base
-from facemogle.cache import build_cache
+from facemogle.cache import build_cache, folder_fingerprint
 from facemogle.config import load_params, to_dict
 
 PARAMS = ("data",)
@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     base = load_base(args.base, device=device)
     build_cache(base, args.data, args.labels, args.out, resolution=params.data.resolution,
                 batch_size=args.batch_size,
-                config={"data": to_dict(params.data), "base": str(args.base)})
+                config={"data": to_dict(params.data), "base": folder_fingerprint(args.base)})
     return 0
 
 

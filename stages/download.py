@@ -1,6 +1,7 @@
-"""`download` stage: a data set (`data.source`) -> the normalized layout (DESIGN.md section 4).
+"""`download` stage: a data set -> the normalized layout (DESIGN.md section 4).
 
-    python -m stages.download --out data/raw [--variant zeroshot]
+    python -m stages.download --set test --out data/raw          # `data`: train and test
+    python -m stages.download --set zeroshot --out data/zeroshot/raw   # `zeroshot`: test only
 """
 
 from __future__ import annotations
@@ -8,7 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from facemogle.config import load_params
+from facemogle.config import EVAL_SETS, load_params, set_sections
 from facemogle.data.prepare import download
 
 PARAMS = ("data",)
@@ -17,13 +18,17 @@ PARAMS = ("data",)
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="output folder (replaced atomically)")
-    parser.add_argument("--variant", choices=["standard", "zeroshot"], default=None,
-                        help="SynthFaces distribution; overrides data.variant")
+    parser.add_argument("--set", choices=EVAL_SETS, default="test", dest="eval_set",
+                        help="test: the `data` section (train + test splits); zeroshot: the "
+                             "`zeroshot` section (its test split only)")
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    params = load_params(args.params, sections=PARAMS)
-    download(params.data, args.out, variant=args.variant)
+    params = load_params(args.params, sections=set_sections(PARAMS, args.eval_set))
+    if args.eval_set == "zeroshot":
+        download(params.zeroshot.data_config(params.data), args.out, splits=("test",))
+    else:
+        download(params.data, args.out)
     return 0
 
 

@@ -1,7 +1,9 @@
 """`parse_masks` stage: a validated label map, slot presence and class statistics per image.
 
     python -m stages.parse_masks --data data/raw --out data/labels \
-        --metrics metrics/classes.json [--parser-dir data/base/parser]
+        --metrics metrics/classes.json [--parser-dir data/base/parser] [--set zeroshot]
+
+The zero-shot entry (`--set zeroshot`) takes its parser from the `zeroshot` section.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from facemogle.config import load_params
+from facemogle.config import EVAL_SETS, load_params, set_sections
 from facemogle.data.prepare import parse_masks
 
 PARAMS = ("data", "masks")
@@ -22,11 +24,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--metrics", required=True, help="class statistics (JSON)")
     parser.add_argument("--parser-dir", default=None,
                         help="the base stage's trained parser (masks.parser 'tiny')")
+    parser.add_argument("--set", choices=EVAL_SETS, default="test", dest="eval_set",
+                        help="zeroshot: label maps by `zeroshot.parser` instead of `masks.parser`")
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    params = load_params(args.params, sections=PARAMS)
-    parse_masks(args.data, args.out, args.metrics, masks=params.masks,
+    params = load_params(args.params, sections=set_sections(PARAMS, args.eval_set))
+    masks = (params.zeroshot.masks_config(params.masks) if args.eval_set == "zeroshot"
+             else params.masks)
+    parse_masks(args.data, args.out, args.metrics, masks=masks,
                 on_error=params.data.on_error, parser_dir=args.parser_dir)
     return 0
 

@@ -25,10 +25,12 @@ from facemogle.viz import training_grid
 PARAMS = ("seed", "gating", "experts", "model", "lora", "train")
 
 
-def resolved_config(params, base_dir: str | Path) -> dict:
-    """The declared params plus the base manifest: enough to rebuild the model later."""
+def resolved_config(params, base_dir: str | Path, latents_dir: str | Path) -> dict:
+    """The declared params plus the base manifest (enough to rebuild the model later) and the
+    latent cache's fingerprint (a checkpoint made on other data is not resumed)."""
     config = {name: to_dict(getattr(params, name)) for name in PARAMS}
     config["base_manifest"] = json.loads((Path(base_dir) / "base.json").read_text())
+    config["latents"] = json.loads((Path(latents_dir) / "index.json").read_text())["fingerprint"]
     return config
 
 
@@ -53,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     model = FaceMoGLE.build(base.transformer, params.model, params.lora,
                             experts=params.experts, gating=params.gating)
     cache = load_cache(args.latents, "train")
-    resolved = resolved_config(params, args.base)
+    resolved = resolved_config(params, args.base, args.latents)
     live = None
     if accelerator.is_main_process:
         live = Live(args.metrics_dir, dvcyaml=False, save_dvc_exp=False, report=None)

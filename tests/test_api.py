@@ -233,7 +233,10 @@ def test_flux_checkpoint_uses_its_recorded_folder_and_saves_only_a_manifest(tmp_
     params = Params(base=cfg)
     model = FaceMoGLE.build(base.transformer, params.model, params.lora, experts=params.experts,
                             gating=params.gating)
-    save_model(tmp_path / "run" / "model", model, resolved_config(params, tmp_path / "base"))
+    (tmp_path / "latents").mkdir()
+    (tmp_path / "latents" / "index.json").write_text('{"fingerprint": "0123"}')
+    save_model(tmp_path / "run" / "model", model,
+               resolved_config(params, tmp_path / "base", tmp_path / "latents"))
 
     pipe = FaceMoGLEPipeline.from_pretrained(tmp_path / "run" / "model")
     pipe.set_progress_bar_config(disable=True)

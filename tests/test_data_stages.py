@@ -78,13 +78,26 @@ def test_download_synthfaces(tmp_path):
     assert json.loads((out / layout.SKIPPED).read_text()) == []
 
 
-def test_download_synthfaces_variant_flag_overrides_params(tmp_path):
-    data = {"source": "synthfaces", "variant": "standard", "num_train": 2, "num_test": 1}
+def test_download_zeroshot_set_reads_its_section_and_only_the_test_split(tmp_path):
+    data = {"source": "synthfaces", "variant": "standard", "num_train": 2, "num_test": 3}
     standard = run_download(tmp_path, **data)
-    zeroshot = run_download(tmp_path, "--variant", "zeroshot", out_name="zeroshot", **data)
-    images = [[np.asarray(Image.open(layout.image_path(out, f"{i:06d}"))) for i in range(3)]
-              for out in (standard, zeroshot)]
-    assert not all(np.array_equal(a, b) for a, b in zip(*images))
+    params = write_params(tmp_path / "params.yaml", data)
+    raw = yaml.safe_load(params.read_text())
+    raw["zeroshot"].update({"source": "synthfaces", "variant": "zeroshot", "num_test": 2})
+    params.write_text(yaml.safe_dump(raw))
+    zeroshot = tmp_path / "zeroshot"
+    assert download.main(["--set", "zeroshot", "--out", str(zeroshot), "--params",
+                          str(params)]) == 0
+    # Test faces only, as many as zeroshot.num_test, drawn from the zero-shot distribution.
+    assert json.loads((zeroshot / layout.SPLIT).read_text()) == {"train": [],
+                                                                 "test": ["000002", "000003"]}
+    for i in (2, 3):
+        ours, theirs = (np.asarray(Image.open(layout.image_path(out, f"{i:06d}")))
+                        for out in (standard, zeroshot))
+        assert not np.array_equal(ours, theirs)
+    attributes = [json.loads(line)["attributes"]
+                  for line in (zeroshot / layout.ATTRIBUTES).read_text().splitlines()]
+    assert all(a["gender"] == "woman" for a in attributes)
 
 
 def test_download_mmcelebahq_resizes_and_splits(tmp_path):

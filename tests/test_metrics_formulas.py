@@ -14,6 +14,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 from torchmetrics.image.fid import _compute_fid
 from torchmetrics.image.kid import poly_mmd
 
+from facemogle.io import InputError
 from facemogle.labels import LABEL_INDEX, LABELS
 from facemogle.metrics import (
     MetricValue,
@@ -335,11 +336,19 @@ def test_report_table_shows_values_dashes_and_extra_columns(tmp_path):
     assert header.split(" | ")[1:7] == ["FID ↓", "KID ↓", "CMMD ↓", "Mask ↓", "Text ↑", "IR ↑"]
     assert "FD-parser ↓" in header and "mIoU ↑" in header and "Det-AUC" not in header
     assert "| ours | 12.35 | - | 0.500 | - | - | - | 1.50 | - | 0.750 |" == row
-    for mode in ("multimodal", "text2face"):
-        (tmp_path / f"{mode}.json").write_text(json.dumps(full))
-    write_report({m: tmp_path / f"{m}.json" for m in ("multimodal", "text2face")},
-                 tmp_path / "report.md")
+    zeroshot = {**full, "fid": 20.0}
+    for folder, values in (("test", full), ("zs", zeroshot)):
+        for mode in ("multimodal", "text2face"):
+            (tmp_path / folder).mkdir(exist_ok=True)
+            (tmp_path / folder / f"{mode}.json").write_text(json.dumps(values))
+    write_report({"in-distribution": tmp_path / "test", "zero-shot": tmp_path / "zs"},
+                 tmp_path / "report.md", modes=("multimodal", "text2face"))
     text = (tmp_path / "report.md").read_text()
     assert "## multimodal" in text and "## text2face" in text
+    assert "| Face-MoGLE (zero-shot) | 20.00 |" in text
     assert "- skipped clip_score: no CLIP weights" in text
-    assert text == markdown_report({m: {"Face-MoGLE": full} for m in ("multimodal", "text2face")})
+    assert text == markdown_report({m: {"Face-MoGLE (in-distribution)": full,
+                                        "Face-MoGLE (zero-shot)": zeroshot}
+                                    for m in ("multimodal", "text2face")})
+    with pytest.raises(InputError, match="mask2face.json"):
+        write_report({"in-distribution": tmp_path / "test"}, tmp_path / "r.md")

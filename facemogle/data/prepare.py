@@ -167,17 +167,18 @@ def write_layout(reader: Reader, out: str | Path, *, resolution: int, on_error: 
     return skipped
 
 
-def download(data: DataConfig, out: str | Path, *, variant: str | None = None) -> list[dict]:
-    """The `download` stage: `data.source` -> the normalized layout at `out`.
+def download(data: DataConfig, out: str | Path, *, variant: str | None = None,
+             splits: tuple[str, ...] = layout.SPLITS) -> list[dict]:
+    """The `download` stage: the `splits` of `data.source` -> the normalized layout at `out`.
 
-    `variant` overrides `data.variant` for SynthFaces (the zero-shot pipeline entry passes
-    "zeroshot"). Each image keeps its first `data.captions_per_image` captions. Returns the skip
-    report.
+    `variant` overrides `data.variant` for SynthFaces. The zero-shot entry passes
+    `splits=("test",)`: only test faces are read (or rendered). Each image keeps its first
+    `data.captions_per_image` captions. Returns the skip report.
     """
     reader = open_reader(data, variant=variant)
-    entries = select_entries(reader.entries(), data)
+    entries = [e for e in select_entries(reader.entries(), data) if e.split in splits]
     if not entries:
-        raise InputError(f"data set {data.source!r} has no images")
+        raise InputError(f"data set {data.source!r} has no images in split(s) {list(splits)}")
     skipped = write_layout(reader, out, resolution=data.resolution, on_error=data.on_error,
                            max_captions=data.captions_per_image, entries=entries)
     log.info("download: wrote %d images to %s, skipped %d%s", len(entries) - len(skipped), out,

@@ -1,4 +1,4 @@
-"""Paper-style Markdown tables from metrics JSON files (layout of the paper's Table 1).
+"""Paper-style Markdown tables from metrics JSON files (layout of the paper's Tables 1 and 2).
 
 One table per generation mode; rows are methods or runs; columns are the paper's FID, KID,
 CMMD, Mask, Text and IR, then the embedded metrics that any row has (feature-space distances,
@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from facemogle.config import MODES
 from facemogle.io import InputError, write_text
 
 MISSING = "-"
@@ -126,8 +127,10 @@ def read_metrics(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def write_report(metrics_files: Mapping[str, str | Path], out_path: str | Path,
-                 method: str = "Face-MoGLE") -> None:
-    """Write the Markdown report for mode -> metrics file, one row (`method`) per mode."""
-    by_mode = {mode: {method: read_metrics(path)} for mode, path in metrics_files.items()}
+def write_report(eval_dirs: Mapping[str, str | Path], out_path: str | Path, *,
+                 modes: tuple[str, ...] = MODES, method: str = "Face-MoGLE") -> None:
+    """Write the Markdown report of evaluation sets side by side: set name -> the folder of its
+    `<mode>.json` files; one table per mode, one row per set ("Face-MoGLE (zero-shot)")."""
+    by_mode = {mode: {f"{method} ({name})": read_metrics(Path(folder) / f"{mode}.json")
+                      for name, folder in eval_dirs.items()} for mode in modes}
     write_text(out_path, markdown_report(by_mode))

@@ -1,0 +1,39 @@
+"""`report` stage: the evaluation sets side by side, one paper-style table per mode.
+
+    python -m stages.report --eval in-distribution=metrics/eval \
+        --eval zero-shot=metrics/zeroshot/eval --out metrics/report.md
+
+Columns follow the paper's Table 1 (FID, KID, CMMD, Mask, Text, IR), then the embedded metrics;
+the zero-shot row is the paper's Table 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from facemogle.metrics.report import write_report
+
+PARAMS: tuple[str, ...] = ()
+
+
+def _named_dir(text: str) -> tuple[str, str]:
+    name, sep, folder = text.partition("=")
+    if not sep or not name or not folder:
+        raise argparse.ArgumentTypeError(f"expected NAME=FOLDER, got {text!r}")
+    return name, folder
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--eval", type=_named_dir, action="append", required=True,
+                        metavar="NAME=FOLDER", help="an evaluate stage output, as a table row")
+    parser.add_argument("--out", required=True, help="the Markdown report")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    write_report(dict(args.eval), args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

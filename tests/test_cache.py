@@ -1,0 +1,51 @@
+"""The latent cache keeps only shards made under its current configuration."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from facemogle.cache import folder_fingerprint, load_cache
+from stages import cache_latents
+
+
+def _stamp(path) -> str:
+    with safe_open(str(path), framework="pt") as handle:
+        return handle.metadata()["fingerprint"]
+
+
+def test_shards_of_another_base_are_remade_even_without_an_index(trained_run, tmp_path):
+    """An interrupted run leaves shards but no index.json; after the base changed, a re-run
+    must not reuse them (DVC keeps `persist` outputs when a dependency changes)."""
+    out = tmp_path / "latents"
+    shutil.copytree(trained_run.latents, out)
+    shard = out / "shard-00000.safetensors"
+    good = _stamp(shard)
+    save_file({"x": torch.zeros(1)}, str(shard), metadata={"fingerprint": "another-base"})
+    (out / "truncated.safetensors").write_bytes(b"\x00\x01")
+    (out / "index.json").unlink()
+    assert cache_latents.main(["--data", str(trained_run.raw), "--labels",
+                               str(trained_run.labels), "--base", str(trained_run.base),
+                               "--out", str(out), "--batch-size", "1",
+                               "--params", str(trained_run.params)]) == 0
+    assert _stamp(shard) == good
+    assert not (out / "truncated.safetensors").exists()
+    assert json.loads((out / "index.json").read_text())["fingerprint"] == good
+    fresh, reference = load_cache(out), load_cache(trained_run.latents)
+    assert fresh.ids == reference.ids
+    assert torch.equal(fresh.image, reference.image)
+    assert torch.equal(fresh.slot_latents, reference.slot_latents)
+
+
+def test_folder_fingerprint_follows_content(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "w.bin").write_bytes(b"123")
+    first = folder_fingerprint(tmp_path)
+    (tmp_path / "a" / "w.bin").write_bytes(b"124")
+    assert folder_fingerprint(tmp_path) != first
+    (tmp_path / "a" / "w.bin").write_bytes(b"123")
+    assert folder_fingerprint(tmp_path) == first
