@@ -133,6 +133,8 @@ def test_params_flux_is_the_paper_setting():
                                                               None)
     assert (p.base.kind, p.base.dtype, p.base.text_max_tokens) == ("flux", "bfloat16", 512)
     assert p.base.flux_path == "black-forest-labs/FLUX.1-dev" and p.masks.parser == "none"
+    assert (p.zeroshot.source, p.zeroshot.parser, p.zeroshot.local_path) == (
+        "ffhq_text", "segformer", None)
     t = p.train
     assert (t.steps, t.batch_size, t.optimizer, t.lr, t.weight_decay, t.grad_clip) == (
         4000, 4, "prodigy", 1.0, 0.01, 0.5)
@@ -149,15 +151,19 @@ def test_doc_overrides_on_params_yaml_give_params_flux(tmp_path):
     from dvc.utils.hydra import apply_overrides
 
     overrides = _doc_overrides()
-    location = [o for o in overrides if o.startswith("data.local_path=")]
-    assert len(location) == 1, "the switch must set data.local_path once"
+    locations = {o.split("=", 1)[0]: o.split("=", 1)[1] for o in overrides
+                 if o.startswith(("data.local_path=", "zeroshot.local_path="))}
+    assert len(locations) == 2, "the switch must set data.local_path and zeroshot.local_path"
     edited = tmp_path / "params.yaml"
     shutil.copy(ROOT / "params.yaml", edited)
     apply_overrides(edited, overrides)
     switched = load_params(edited)
-    assert switched.data.local_path == location[0].split("=", 1)[1]
-    assert dataclasses.replace(switched, data=dataclasses.replace(
-        switched.data, local_path=None)) == load_params(PARAMS_FLUX), (
+    assert (switched.data.local_path, switched.zeroshot.local_path) == (
+        locations["data.local_path"], locations["zeroshot.local_path"])
+    unlocated = dataclasses.replace(
+        switched, data=dataclasses.replace(switched.data, local_path=None),
+        zeroshot=dataclasses.replace(switched.zeroshot, local_path=None))
+    assert unlocated == load_params(PARAMS_FLUX), (
         "params.yaml + the -S list of docs/full-setting.md differs from params-flux.yaml: a key "
         "changed in one file and not in the other (or in the doc)")
 
