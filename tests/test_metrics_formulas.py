@@ -270,9 +270,10 @@ def test_attribute_accuracy_known_case():
                              accessory_labels={"hat": "hat"})
     assert out["per_attribute"] == {"hair_color": pytest.approx(1 / 3), "hat": 0.5}
     assert out["counts"] == {"hair_color": 3, "hat": 2}
-    assert out["mean"] == pytest.approx((1 / 3 + 1 / 2) / 2)
+    assert (out["color_mean"], out["accessory_mean"]) == (pytest.approx(1 / 3), 0.5)
     values = {v.name: v for v in attribute_metric_values(out, "parser")}
-    assert values["attribute_acc"].value == pytest.approx(out["mean"])
+    assert values["attribute_acc"].value == pytest.approx(1 / 3)
+    assert values["accessory_acc"].value == 0.5
 
 
 def test_attribute_accuracy_unstated_attribute_is_skipped_not_zero():
@@ -282,7 +283,7 @@ def test_attribute_accuracy_unstated_attribute_is_skipped_not_zero():
                              accessory_labels={"eyeglasses": ("eye_g",)})
     assert out["per_attribute"] == {"hair_color": 1.0, "eyeglasses": None}
     skipped = [v for v in attribute_metric_values(out, "p") if v.skipped]
-    assert [v.name for v in skipped] == ["attribute_acc_eyeglasses"]
+    assert [v.name for v in skipped] == ["accessory_acc", "attribute_acc_eyeglasses"]
 
 
 def test_attribute_accuracy_rejects_unknown_labels():

@@ -71,8 +71,9 @@ def attribute_accuracy(images: Images, label_maps: Sequence[np.ndarray],
     images: N uint8 (H, W, 3); label_maps: N (H, W) label indices of the generated faces;
     attributes: N mappings attribute -> colour name / bool / None. `read_color(pixels (K, 3)
     uint8, attribute) -> colour name`. Returns {"per_attribute": {attr: accuracy or None if no
-    caption states it}, "counts": {attr: images scored}, "mean": mean of the per-attribute
-    accuracies (each attribute weighs the same) or None when nothing was scored}.
+    caption states it}, "counts": {attr: images scored}, "color_mean" and "accessory_mean": the
+    mean of the per-attribute accuracies of each group (each attribute weighs the same), None
+    when nothing in the group was scored}.
     """
     arrays = image_list(images)
     if not (len(arrays) == len(label_maps) == len(attributes)):
@@ -92,18 +93,25 @@ def attribute_accuracy(images: Images, label_maps: Sequence[np.ndarray],
             counts[attr] += 1
             correct[attr] += ok
     per_attribute = {a: (correct[a] / counts[a] if counts[a] else None) for a in correct}
-    scored = [v for v in per_attribute.values() if v is not None]
-    return {"per_attribute": per_attribute, "counts": counts,
-            "mean": float(np.mean(scored)) if scored else None}
+
+    def mean(names) -> float | None:
+        scored = [per_attribute[a] for a in names if per_attribute[a] is not None]
+        return float(np.mean(scored)) if scored else None
+
+    return {"per_attribute": per_attribute, "counts": counts, "color_mean": mean(colors),
+            "accessory_mean": mean(accessories)}
 
 
 def attribute_metric_values(result: Mapping[str, Any], backend: str) -> list[MetricValue]:
-    """"attribute_acc" (the mean) and "attribute_acc_<attr>" per attribute; unscored: skipped."""
+    """"attribute_acc" (mean over colours: what only the caption says), "accessory_acc" (mean
+    over accessories: the mask draws them too) and "attribute_acc_<attr>" per attribute;
+    unscored: skipped."""
     def value(name: str, v: float | None) -> MetricValue:
         if v is None:
             return MetricValue.skip(name, backend, "no caption states this attribute")
         return MetricValue(name, float(v), backend)
 
-    values = [value("attribute_acc", result["mean"])]
+    values = [value("attribute_acc", result["color_mean"]),
+              value("accessory_acc", result["accessory_mean"])]
     values += [value(f"attribute_acc_{a}", v) for a, v in result["per_attribute"].items()]
     return values

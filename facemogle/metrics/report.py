@@ -47,6 +47,7 @@ EMBEDDED_COLUMNS: tuple[Column, ...] = (
     Column("mIoU", "mask_miou", False, 3),
     Column("PixAcc", "mask_pixel_acc", False, 3),
     Column("Attr", "attribute_acc", False, 3),
+    Column("Access", "accessory_acc", False, 3),
     Column("Det-AUC", "detect_auc", True, 3),
     Column("Det-EER", "detect_eer", False, 3),
     Column("Det-AP", "detect_ap", True, 3),
