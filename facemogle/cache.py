@@ -60,9 +60,12 @@ def _stamp_of(path: Path) -> str | None:
         return None
 
 
-def _save(path: Path, tensors: dict[str, Tensor], metadata: dict[str, str]) -> None:
+def _save(path: Path, tensors: dict[str, Tensor], stamp: str) -> None:
+    # A single metadata key: safetensors writes several in a per-process order, so the file bytes
+    # (hashed by DVC) of identical runs would differ. The shard's ids are in index.json.
     with atomic_path(path) as tmp:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp),
+                  metadata={"fingerprint": stamp})
 
 
 def _load_image01(path: Path) -> Tensor:
@@ -147,13 +150,13 @@ def build_cache(base, data_dir: str | Path, labels_dir: str | Path, out_dir: str
     shards = [ids[s:s + shard_size] for s in range(0, len(ids), shard_size)]
     empty_path = out_dir / "empty.safetensors"
     if not empty_path.exists():
-        _save(empty_path, _empty_entries(base, resolution), {"fingerprint": stamp})
+        _save(empty_path, _empty_entries(base, resolution), stamp)
     for number, shard_ids in enumerate(tqdm(shards, desc="cache_latents", unit="shard")):
         path = out_dir / f"shard-{number:05d}.safetensors"
         if path.exists():
             continue  # finished before an interruption
         tensors = _encode_shard(base, shard_ids, data_dir, labels_dir, captions, batch_size)
-        _save(path, tensors, {"ids": json.dumps(shard_ids), "fingerprint": stamp})
+        _save(path, tensors, stamp)
     write_json(index_path, {
         "fingerprint": stamp,
         "shards": [{"file": f"shard-{n:05d}.safetensors", "ids": s} for n, s in enumerate(shards)],
