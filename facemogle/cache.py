@@ -34,6 +34,9 @@ from facemogle.io import atomic_path, open_image, read_jsonl, write_json
 STORE_DTYPE = torch.float16  # latents and embeddings are stored in half precision (half the disk)
 
 
+CACHE_FORMAT = 2  # bumped when the shard layout changes, so older shards are re-made
+
+
 def fingerprint(config: dict) -> str:
     """A short stable hash of a JSON-serialisable configuration."""
     return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
@@ -139,7 +142,7 @@ def build_cache(base, data_dir: str | Path, labels_dir: str | Path, out_dir: str
     split = json.loads((labels_dir / "split.json").read_text())  # ids that have a label map
     ids = list(split["train"]) + list(split["test"])
     captions = {row["id"]: row["captions"] for row in read_jsonl(data_dir / "captions.jsonl")}
-    stamp = fingerprint({"config": config or {}, "ids": ids})
+    stamp = fingerprint({"config": config or {}, "ids": ids, "format": CACHE_FORMAT})
     out_dir.mkdir(parents=True, exist_ok=True)
     index_path = out_dir / "index.json"
     index_path.unlink(missing_ok=True)  # rewritten when every shard is there
