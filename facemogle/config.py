@@ -257,6 +257,9 @@ class ModelConfig:
     expert_hidden: int = 32  # paper: 64 -> 32 -> 64 experts
     gate_hidden: int = 64
     condition_guidance: float = 1.0  # guidance-embedding value of the condition stream, always
+    # full: image tokens attend to every condition token (paper); aligned: to the one at their
+    # own position only (the embedded tiny base cannot find it by itself; models/condition.py).
+    condition_attention: Literal["full", "aligned"] = "full"
 
     def __post_init__(self) -> None:
         check(self.expert_hidden >= 1, "model.expert_hidden", "a positive integer",

@@ -2,9 +2,10 @@
 
 Embedded metrics (DESIGN.md section 7) use the face parser trained by the `base` stage: mask
 mIoU (the parser's label map of each generated face vs its input mask), attribute accuracy
-(colours read from the generated pixels in the parser's regions vs the caption's colours) and
-accessory accuracy (hat, glasses, earrings, necklace present as the caption says), and a Frechet distance / KID in the parser's bottleneck feature space, named
-`fd_parser` / `kid_parser_x1000` (never "FID"). The paper's model-backed metrics run when their
+(colours read from the generated pixels in the parser's regions vs the caption's colours),
+accessory accuracy (hat, glasses, earrings, necklace present as the caption says), and a Frechet
+distance / KID in the parser's bottleneck feature space, named `fd_parser` / `kid_parser_x1000`
+(never "FID"). The paper's model-backed metrics run when their
 weights are configured (`facemogle.metrics.suite`), and are reported skipped with the reason
 otherwise.
 

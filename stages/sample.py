@@ -65,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
                     image_id = cache.ids[r]
                     Image.fromarray(image).save(out / mode / f"{image_id}.png")
                     if len(sheet_rows) < SHEET_ROWS:
-                        mask = labels.load_label_map(Path(args.labels) / "masks" / f"{image_id}.png")
+                        mask_path = Path(args.labels) / "masks" / f"{image_id}.png"
+                        mask = labels.load_label_map(mask_path)
                         sheet_rows.append({
                             "id": image_id, "image": image,
                             "mask": None if mode == "text2face" else mask,

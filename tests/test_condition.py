@@ -305,6 +305,56 @@ def test_cond_keep_drops_the_condition_of_chosen_samples():
     assert max_diff(kept, condition_forward(model, **inputs, cond_tokens=cond)) < TOL
 
 
+def _condition_influence(cond_attention: str) -> torch.Tensor:
+    """|d out[0, p] / d cond[0, q]| summed over channels: (L, L), for one double block."""
+    torch.manual_seed(0)
+    model = FluxTransformer2DModel(
+        patch_size=1, in_channels=IN_CH, num_layers=1, num_single_layers=0,
+        attention_head_dim=16, num_attention_heads=2, joint_attention_dim=32,
+        pooled_projection_dim=32, guidance_embeds=False, axes_dims_rope=[4, 4, 8]).eval()
+    attach_lora(model, LoraConfig())
+    randomise_lora_b(model)
+    inputs, cond = make_inputs(False)
+    cond.requires_grad_(True)
+    rows = []
+    for p in range(cond.shape[1]):
+        out = condition_forward(model, **inputs, cond_tokens=cond, cond_attention=cond_attention)
+        (grad,) = torch.autograd.grad(out[0, p].sum(), cond)
+        rows.append(grad[0].abs().sum(-1))  # (L,)
+    return torch.stack(rows)  # (L, L)
+
+
+def test_aligned_condition_attention_reads_the_same_position_only():
+    # One double block: image token p reaches condition token q only through its own attention.
+    aligned = _condition_influence("aligned")
+    off_diagonal = ~torch.eye(aligned.shape[0], dtype=torch.bool)
+    assert aligned[off_diagonal].max().item() == 0.0
+    assert aligned.diagonal().min().item() > 0.0
+    full = _condition_influence("full")
+    assert full[off_diagonal].min().item() > 0.0
+
+
+def test_aligned_condition_attention_with_dropped_conditions():
+    model = tiny_flux(True)
+    attach_lora(model, LoraConfig())
+    randomise_lora_b(model)
+    inputs, cond = make_inputs(True)
+    mixed = condition_forward(model, **inputs, cond_tokens=cond, cond_attention="aligned",
+                              cond_keep=torch.tensor([True, False]))
+    first = {k: (v[:1] if k not in ("img_ids", "txt_ids") else v) for k, v in inputs.items()}
+    second = {k: (v[1:] if k not in ("img_ids", "txt_ids") else v) for k, v in inputs.items()}
+    alone = condition_forward(model, **first, cond_tokens=cond[:1], cond_attention="aligned")
+    assert max_diff(mixed[:1], alone) < TOL
+    assert max_diff(mixed[1:], condition_forward(model, **second)) < TOL
+    full = condition_forward(model, **first, cond_tokens=cond[:1])
+    assert max_diff(alone, full) > 1e-3  # the mask changes the output
+    with pytest.raises(ValueError, match="cond_attention must be one of"):
+        condition_forward(model, **inputs, cond_tokens=cond, cond_attention="diagonal")
+    with pytest.raises(ValueError, match="one condition token per image token"):
+        condition_forward(model, **inputs, cond_tokens=cond[:, :4], cond_ids=inputs["img_ids"][:4],
+                          cond_attention="aligned")
+
+
 def test_checkpointing_gives_the_same_output_and_gradients():
     model = tiny_flux(True)
     attach_lora(model, LoraConfig(dropout=0.0))

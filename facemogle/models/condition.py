@@ -13,6 +13,10 @@ code does it (official-implementation.md section 3), and what this module reprod
 - Their RoPE positions are the image positions (spatially aligned masks).
 - The three streams meet only inside attention: one attention over [text; image; condition] with
   no mask among streams, except a key mask that drops the condition of chosen samples.
+- Optionally (`condition_attention="aligned"`, not in the paper), image token p attends only to
+  the condition token at p. FLUX.1-dev's image queries find the same-position condition token by
+  themselves; the embedded tiny base's do not (16 image tokens: measured, image queries spread their
+  condition attention nearly uniformly), so for it the alignment is given as an attention mask.
 
 Why a forward written over the blocks: `FluxTransformer2DModel.forward` and its blocks know two
 streams; a third stream needs its own modulation, norms, feed-forward and residual in every block,
@@ -216,7 +220,7 @@ def _heads(attn: nn.Module, x: Tensor) -> Tensor:
 
 
 def _attention(q: Tensor, k: Tensor, v: Tensor, rope: tuple[Tensor, Tensor],
-               key_mask: Tensor | None) -> Tensor:
+               attn_mask: Tensor | None) -> Tensor:
     """RoPE on q, k (B, S, H, Dh) as the stock processor applies it, then one SDPA call.
 
     Returns (B, S, H * Dh).
@@ -224,20 +228,41 @@ def _attention(q: Tensor, k: Tensor, v: Tensor, rope: tuple[Tensor, Tensor],
     q = apply_rotary_emb(q, rope, sequence_dim=1)  # (B, S, H, Dh)
     k = apply_rotary_emb(k, rope, sequence_dim=1)  # (B, S, H, Dh)
     out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                                         attn_mask=key_mask)  # (B, H, S, Dh)
+                                         attn_mask=attn_mask)  # (B, H, S, Dh)
     return out.transpose(1, 2).flatten(2, 3).to(q.dtype)  # (B, S, H * Dh)
 
 
-def _key_mask(cond_keep: Tensor | None, n_other: int, n_cond: int, device: torch.device
-              ) -> Tensor | None:
-    """(B, 1, 1, n_other + n_cond) boolean key mask hiding the condition of dropped samples, or
-    None when every sample keeps its condition (no mask among streams otherwise)."""
-    if cond_keep is None or n_cond == 0 or bool(cond_keep.all()):
+CONDITION_ATTENTION: tuple[str, ...] = ("full", "aligned")
+
+
+def _attention_mask(cond_keep: Tensor | None, n_text: int, n_img: int, n_cond: int,
+                    aligned: bool, device: torch.device) -> Tensor | None:
+    """Boolean attention mask over [text; image; condition] tokens (True = may attend), or None
+    when nothing is masked (the stock attention, flash kernels on GPU).
+
+    - `cond_keep` False hides a sample's condition tokens from every query (whole-mask dropout).
+    - `aligned`: image query p sees condition key p only (image and condition share positions);
+      text and condition queries are not restricted.
+    Returns (B or 1, 1, 1 or S, S), S = n_text + n_img + n_cond.
+    """
+    if n_cond == 0:
         return None
-    keep = torch.ones(cond_keep.shape[0], n_other + n_cond, dtype=torch.bool,
-                      device=device)  # (B, S)
-    keep[:, n_other:] = cond_keep.to(device)[:, None]
-    return keep[:, None, None, :]  # (B, 1, 1, S)
+    size = n_text + n_img + n_cond
+    mask = None
+    if cond_keep is not None and not bool(cond_keep.all()):
+        keep = torch.ones(cond_keep.shape[0], size, dtype=torch.bool, device=device)  # (B, S)
+        keep[:, n_text + n_img:] = cond_keep.to(device)[:, None]
+        mask = keep[:, None, None, :]  # (B, 1, 1, S)
+    if aligned:
+        if n_cond != n_img:
+            raise ValueError(f"condition_forward: aligned condition attention needs one condition "
+                             f"token per image token, got {n_cond} and {n_img}")
+        pairs = torch.ones(size, size, dtype=torch.bool, device=device)  # (S, S)
+        pairs[n_text:n_text + n_img, n_text + n_img:] = torch.eye(n_img, dtype=torch.bool,
+                                                                  device=device)
+        pairs = pairs[None, None]  # (1, 1, S, S)
+        mask = pairs if mask is None else mask & pairs  # (B or 1, 1, S, S)
+    return mask
 
 
 def _clip_fp16(x: Tensor) -> Tensor:
@@ -251,7 +276,7 @@ def _clip_fp16(x: Tensor) -> Tensor:
 
 
 def _double_attention(attn: nn.Module, h: Tensor, context: Tensor, rope: tuple[Tensor, Tensor],
-                      key_mask: Tensor | None, n_img: int) -> tuple[Tensor, Tensor]:
+                      attn_mask: Tensor | None, n_img: int) -> tuple[Tensor, Tensor]:
     """Joint attention of a double block.
 
     h (B, L + Lc, D) normalised image then condition tokens; context (B, T, D) normalised text.
@@ -263,7 +288,7 @@ def _double_attention(attn: nn.Module, h: Tensor, context: Tensor, rope: tuple[T
                   (attn.add_q_proj, attn.add_k_proj, attn.add_v_proj))  # (B, T, H, Dh)
     tq, tk = attn.norm_added_q(tq), attn.norm_added_k(tk)
     out = _attention(torch.cat([tq, q], 1), torch.cat([tk, k], 1), torch.cat([tv, v], 1),
-                     rope, key_mask)  # (B, T + L + Lc, H * Dh)
+                     rope, attn_mask)  # (B, T + L + Lc, H * Dh)
     n_text = context.shape[1]
     out_text, out_x = out[:, :n_text], out[:, n_text:]
     out_x = attn.to_out[1](_project(attn.to_out[0], out_x.contiguous(), n_img))  # (B, L + Lc, D)
@@ -280,7 +305,7 @@ def _feed_forward(ff: nn.Module, h: Tensor, n_img: int) -> Tensor:
 
 
 def _double_block(block: FluxTransformerBlock, context: Tensor, x: Tensor, temb: Tensor,
-                  rope: tuple[Tensor, Tensor], key_mask: Tensor | None, n_img: int
+                  rope: tuple[Tensor, Tensor], attn_mask: Tensor | None, n_img: int
                   ) -> tuple[Tensor, Tensor]:
     """`FluxTransformerBlock.forward` with the condition tokens as a third stream.
 
@@ -295,7 +320,7 @@ def _double_block(block: FluxTransformerBlock, context: Tensor, x: Tensor, temb:
     main_temb = temb[:context.shape[0]]  # (B, D)
     h_text, c_gate_msa, c_shift_mlp, c_scale_mlp, c_gate_mlp = block.norm1_context(
         context, emb=main_temb)
-    attn_x, attn_text = _double_attention(block.attn, h, h_text, rope, key_mask, n_img)
+    attn_x, attn_text = _double_attention(block.attn, h, h_text, rope, attn_mask, n_img)
 
     x = x + gate_msa * attn_x
     h = block.norm2(x) * (1 + scale_mlp) + shift_mlp  # (B, L + Lc, D)
@@ -308,7 +333,7 @@ def _double_block(block: FluxTransformerBlock, context: Tensor, x: Tensor, temb:
 
 
 def _single_block(block: FluxSingleTransformerBlock, x: Tensor, temb: Tensor,
-                  rope: tuple[Tensor, Tensor], key_mask: Tensor | None, n_main: int) -> Tensor:
+                  rope: tuple[Tensor, Tensor], attn_mask: Tensor | None, n_main: int) -> Tensor:
     """`FluxSingleTransformerBlock.forward` with the condition tokens as a third stream.
 
     x (B, T + L + Lc, D) text, image, condition tokens; the first `n_main` = T + L tokens use the
@@ -320,7 +345,7 @@ def _single_block(block: FluxSingleTransformerBlock, x: Tensor, temb: Tensor,
     mlp = block.act_mlp(_project(block.proj_mlp, h, n_main))  # (B, S, 4D)
     attn = block.attn
     q, k, v = (_heads(attn, _project(p, h, n_main)) for p in (attn.to_q, attn.to_k, attn.to_v))
-    out = _attention(attn.norm_q(q), attn.norm_k(k), v, rope, key_mask)  # (B, S, D)
+    out = _attention(attn.norm_q(q), attn.norm_k(k), v, rope, attn_mask)  # (B, S, D)
     out = gate * _project(block.proj_out, torch.cat([out, mlp], dim=2), n_main)  # (B, S, D)
     return _clip_fp16(x + out)
 
@@ -423,7 +448,7 @@ def condition_forward(transformer: FluxTransformer2DModel, *, hidden_states: Ten
                       img_ids: Tensor, txt_ids: Tensor, guidance: Tensor | None = None,
                       cond_tokens: Tensor | None = None, cond_ids: Tensor | None = None,
                       cond_keep: Tensor | None = None, cond_guidance: float = 1.0,
-                      checkpointing: bool = False) -> Tensor:
+                      cond_attention: str = "full", checkpointing: bool = False) -> Tensor:
     """FLUX velocity prediction with the condition tokens as a third stream.
 
     Args:
@@ -441,6 +466,8 @@ def condition_forward(transformer: FluxTransformer2DModel, *, hidden_states: Ten
             (whole-mask dropout in a mixed batch), so their outputs equal the no-condition ones.
         cond_guidance: guidance value of the condition stream's modulation (used when the
             transformer has a guidance embedding).
+        cond_attention: "full" (the paper: image queries see every condition token) or
+            "aligned" (image query p sees condition token p only; needs Lc == L).
         checkpointing: recompute each block in the backward pass (same numerics).
 
     Returns:
@@ -462,14 +489,19 @@ def condition_forward(transformer: FluxTransformer2DModel, *, hidden_states: Ten
                        cond_guidance if n_cond else None)  # (B or 2B, D)
     context = transformer.context_embedder(encoder_hidden_states)  # (B, T, D)
     rope = transformer.pos_embed(torch.cat(ids, dim=0))  # 2 x (T + L + Lc, Dh)
-    key_mask = _key_mask(cond_keep, n_text + n_img, n_cond, x.device)  # (B, 1, 1, S) or None
+    if cond_attention not in CONDITION_ATTENTION:
+        raise ValueError(f"condition_forward: cond_attention must be one of "
+                         f"{list(CONDITION_ATTENTION)}, got {cond_attention!r}")
+    attn_mask = _attention_mask(cond_keep, n_text, n_img, n_cond, cond_attention == "aligned",
+                               x.device)  # (B or 1, 1, 1 or S, S) or None
 
     for block in transformer.transformer_blocks:
-        context, x = _run(_BLOCK_FNS["double"], checkpointing, block, context, x, temb, rope, key_mask,
-                          n_img)
+        context, x = _run(_BLOCK_FNS["double"], checkpointing, block, context, x, temb, rope,
+                          attn_mask, n_img)
     x = torch.cat([context, x], dim=1)  # (B, T + L + Lc, D)
     for block in transformer.single_transformer_blocks:
-        x = _run(_BLOCK_FNS["single"], checkpointing, block, x, temb, rope, key_mask, n_text + n_img)
+        x = _run(_BLOCK_FNS["single"], checkpointing, block, x, temb, rope, attn_mask,
+                 n_text + n_img)
 
     image = transformer.norm_out(x[:, n_text:n_text + n_img], temb[:batch])  # (B, L, D)
     return transformer.proj_out(image)  # (B, L, Cout)

@@ -22,11 +22,13 @@ from facemogle.models.mogle import MoGLE, build_mogle
 class FaceMoGLE(nn.Module):
     """The frozen FLUX transformer (with a condition LoRA) plus MoGLE."""
 
-    def __init__(self, transformer: nn.Module, mogle: MoGLE, *, condition_guidance: float = 1.0):
+    def __init__(self, transformer: nn.Module, mogle: MoGLE, *, condition_guidance: float = 1.0,
+                 condition_attention: str = "full"):
         super().__init__()
         self.transformer = transformer
         self.mogle = mogle
         self.condition_guidance = condition_guidance
+        self.condition_attention = condition_attention
 
     @classmethod
     def build(cls, transformer: nn.Module, model_cfg: ModelConfig, lora_cfg: LoraConfig, *,
@@ -35,7 +37,8 @@ class FaceMoGLE(nn.Module):
         attach_lora(transformer, lora_cfg)
         token_dim = transformer.config.in_channels
         mogle = build_mogle(model_cfg, experts=experts, gating=gating, token_dim=token_dim)
-        return cls(transformer, mogle, condition_guidance=model_cfg.condition_guidance)
+        return cls(transformer, mogle, condition_guidance=model_cfg.condition_guidance,
+                   condition_attention=model_cfg.condition_attention)
 
     @property
     def guidance_embeds(self) -> bool:
@@ -76,5 +79,6 @@ class FaceMoGLE(nn.Module):
             self.transformer, hidden_states=z_t, encoder_hidden_states=text,
             pooled_projections=pooled, timestep=sigma, img_ids=img_ids, txt_ids=txt_ids,
             guidance=guidance_t, cond_tokens=cond_tokens, cond_keep=cond_keep,
-            cond_guidance=self.condition_guidance, checkpointing=checkpointing,
+            cond_guidance=self.condition_guidance, cond_attention=self.condition_attention,
+            checkpointing=checkpointing,
         )
