@@ -107,12 +107,16 @@ def test_seed_generator_and_batch_broadcasting(pipe, trained_run):
 
 def test_the_four_input_combinations_give_different_faces(pipe, trained_run):
     mask = mask_file(trained_run, "000008")
+    inputs = (("a face", mask), (None, mask), ("a face", None), (None, None))
     images = [pipe(prompt=p, mask=m, seed=3, num_inference_steps=2, output_type="np").images[0]
-              for p, m in (("a face", mask), (None, mask), ("a face", None), (None, None))]
+              for p, m in inputs]
+    again = pipe(prompt="a face", mask=mask, seed=3, num_inference_steps=2, output_type="np")
+    np.testing.assert_array_equal(again.images[0], images[0])  # deterministic per seed
     for a in range(4):
         assert images[a].shape == (64, 64, 3) and 0.0 <= images[a].min() <= images[a].max() <= 1
         for b in range(a):
-            assert np.abs(images[a] - images[b]).max() > 1e-3, (a, b)
+            # The toy checkpoint trained 6 steps: the mask moves pixels by about 1e-3.
+            assert np.abs(images[a] - images[b]).max() > 1e-4, (a, b)
 
 
 def test_masks_are_accepted_as_label_maps_or_palette_colours(pipe, trained_run, tmp_path):
