@@ -11,13 +11,16 @@ encodes everything once into safetensors shards:
 
 A slot whose mask is empty is not stored per image: `slot_index` is -1 there and readers use the
 empty-slot latent. Finished shards are kept, so an interrupted stage resumes where it stopped;
-a shard written under another configuration (fingerprint) is discarded.
+a shard written under another configuration (fingerprint) is discarded. Under torchrun the
+processes encode every n-th shard each. `load_cache` holds a split in memory, or, when it is
+larger than `IN_MEMORY_BYTES`, reads each batch's rows from the memory-mapped shards.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +33,8 @@ from tqdm import tqdm
 
 from facemogle import labels, latents
 from facemogle.io import atomic_path, open_image, read_jsonl, write_json
+
+log = logging.getLogger(__name__)
 
 STORE_DTYPE = torch.float16  # latents and embeddings are stored in half precision (half the disk)
 
@@ -126,9 +131,19 @@ def _empty_entries(base, resolution: int) -> dict[str, Tensor]:
     }
 
 
+class SingleProcess:
+    """The process-group interface `build_cache` needs, for one process (accelerate's
+    `PartialState` provides the same attributes under `torchrun`)."""
+
+    process_index, num_processes, is_main_process = 0, 1, True
+
+    def wait_for_everyone(self) -> None:
+        pass
+
+
 def build_cache(base, data_dir: str | Path, labels_dir: str | Path, out_dir: str | Path, *,
                 resolution: int, shard_size: int = 256, batch_size: int = 32,
-                config: dict | None = None) -> None:
+                config: dict | None = None, processes=None) -> None:
     """Encode every image, mask slot and caption of `data_dir` into shards under `out_dir`.
 
     Args:
@@ -137,47 +152,93 @@ def build_cache(base, data_dir: str | Path, labels_dir: str | Path, out_dir: str
         labels_dir: the `parse_masks` output (masks/{id}.png for every image).
         resolution: image size in pixels (square).
         config: what the cache depends on; stored as a fingerprint to invalidate old shards.
+        processes: an accelerate `PartialState` (or `SingleProcess`): process i encodes shards
+            i, i + n, ...; the main process clears stale shards first and writes the index last.
+            A shard's bytes do not depend on the number of processes.
     """
+    processes = processes or SingleProcess()
     data_dir, labels_dir, out_dir = Path(data_dir), Path(labels_dir), Path(out_dir)
     split = json.loads((labels_dir / "split.json").read_text())  # ids that have a label map
     ids = list(split["train"]) + list(split["test"])
     captions = {row["id"]: row["captions"] for row in read_jsonl(data_dir / "captions.jsonl")}
-    stamp = fingerprint({"config": config or {}, "ids": ids, "format": CACHE_FORMAT})
-    out_dir.mkdir(parents=True, exist_ok=True)
+    stamp = fingerprint({"config": config or {}, "ids": ids, "batch_size": batch_size,
+                         "shard_size": shard_size, "format": CACHE_FORMAT})
     index_path = out_dir / "index.json"
-    index_path.unlink(missing_ok=True)  # rewritten when every shard is there
-    for old in out_dir.glob("*.safetensors"):
-        if _stamp_of(old) != stamp:
-            old.unlink()  # made under another configuration, or unreadable
+    empty_path = out_dir / "empty.safetensors"
+    if processes.is_main_process:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        index_path.unlink(missing_ok=True)  # rewritten when every shard is there
+        for old in out_dir.glob("*.safetensors"):
+            if _stamp_of(old) != stamp:
+                old.unlink()  # made under another configuration, or unreadable
+        if not empty_path.exists():
+            _save(empty_path, _empty_entries(base, resolution), stamp)
+    processes.wait_for_everyone()
 
     shards = [ids[s:s + shard_size] for s in range(0, len(ids), shard_size)]
-    empty_path = out_dir / "empty.safetensors"
-    if not empty_path.exists():
-        _save(empty_path, _empty_entries(base, resolution), stamp)
-    for number, shard_ids in enumerate(tqdm(shards, desc="cache_latents", unit="shard")):
+    mine = range(processes.process_index, len(shards), processes.num_processes)
+    log.info("process %d/%d: %d of %d shards (%d::%d)", processes.process_index + 1,
+             processes.num_processes, len(mine), len(shards), mine.start, mine.step)
+    for number in tqdm(mine, desc="cache_latents", unit="shard",
+                       disable=not processes.is_main_process):
         path = out_dir / f"shard-{number:05d}.safetensors"
         if path.exists():
             continue  # finished before an interruption
-        tensors = _encode_shard(base, shard_ids, data_dir, labels_dir, captions, batch_size)
+        tensors = _encode_shard(base, shards[number], data_dir, labels_dir, captions, batch_size)
         _save(path, tensors, stamp)
-    write_json(index_path, {
-        "fingerprint": stamp,
-        "shards": [{"file": f"shard-{n:05d}.safetensors", "ids": s} for n, s in enumerate(shards)],
-        "train": split["train"], "test": split["test"],
-        "resolution": resolution, "latent_size": resolution // 8,
-        "config": config or {},
-    })
+    processes.wait_for_everyone()
+    if processes.is_main_process:
+        write_json(index_path, {
+            "fingerprint": stamp,
+            "shards": [{"file": f"shard-{n:05d}.safetensors", "ids": s}
+                       for n, s in enumerate(shards)],
+            "train": split["train"], "test": split["test"],
+            "resolution": resolution, "latent_size": resolution // 8,
+            "config": config or {},
+        })
+
+
+class MappedRows:
+    """Rows of one tensor spread over cache shards, read from the memory-mapped files when
+    indexed: a cache larger than memory (MM-CelebA-HQ with T5: 30,000 images x 10 captions x
+    512 tokens x 4096 in float16 is 1.3 TB of text embeddings) is gathered per batch.
+
+    Indexing with a tensor of row numbers returns a tensor of `dtype`, like a tensor would.
+    """
+
+    def __init__(self, files: list[Path], key: str, rows: list[Tensor], dtype: torch.dtype):
+        self._slices = [safe_open(str(f), framework="pt").get_slice(key) for f in files]
+        self._shard = torch.cat([torch.full((len(r),), n, dtype=torch.long)
+                                 for n, r in enumerate(rows)])
+        self._local = torch.cat(rows)
+        self.dtype = dtype
+        self.shape = torch.Size([len(self._local), *self._slices[0].get_shape()[1:]])
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, index: Tensor) -> Tensor:
+        index = torch.as_tensor(index)
+        flat = index.reshape(-1)
+        out = torch.empty((flat.numel(), *self.shape[1:]), dtype=self.dtype)
+        for n, (s, r) in enumerate(zip(self._shard[flat].tolist(), self._local[flat].tolist())):
+            out[n] = self._slices[s][r:r + 1][0]
+        return out.reshape(*index.shape, *self.shape[1:])
+
+
+Rows = Tensor | MappedRows  # both are indexed with a tensor of row numbers
 
 
 @dataclass
 class LatentCache:
-    """All cached tensors of a split in memory, addressed by image id."""
+    """The cached tensors of a split, addressed by image id; the large ones are in memory or
+    read per batch from the shards (`MappedRows`)."""
 
     ids: list[str]
-    image: Tensor  # (N, L, C)
-    slot_latents: Tensor  # (M, L, C)
+    image: Rows  # (N, L, C)
+    slot_latents: Rows  # (M, L, C)
     slot_index: Tensor  # (N, 20), -1 = empty slot
-    text_seq: Tensor  # (K, T, D)
+    text_seq: Rows  # (K, T, D)
     text_pooled: Tensor  # (K, P)
     caption_offsets: Tensor  # (N + 1,)
     empty_slot: Tensor  # (L, C)
@@ -192,8 +253,10 @@ class LatentCache:
     def slots(self, rows: Tensor) -> Tensor:
         """(B, 20, L, C) slot latents of the given rows, empty slots filled in."""
         index = self.slot_index[rows]  # (B, 20)
-        table = torch.cat([self.slot_latents, self.empty_slot[None]])  # (M + 1, L, C)
-        return table[torch.where(index < 0, table.shape[0] - 1, index)]
+        out = self.empty_slot.expand(*index.shape, *self.empty_slot.shape).clone()
+        present = index >= 0
+        out[present] = self.slot_latents[index[present]].to(out.dtype)
+        return out
 
     def num_captions(self, rows: Tensor) -> Tensor:
         return self.caption_offsets[rows + 1] - self.caption_offsets[rows]  # (B,)
@@ -204,49 +267,75 @@ class LatentCache:
         return self.text_seq[k], self.text_pooled[k]
 
 
+IN_MEMORY_BYTES = 8 << 30  # a split whose tensors take more (at `dtype`) is read per batch
+
+
 def load_cache(cache_dir: str | Path, split: str | None = None, *,
-               dtype: torch.dtype = torch.float32) -> LatentCache:
-    """Load the shards of `cache_dir` (optionally only the ids of `split`) into memory."""
+               dtype: torch.dtype = torch.float32, in_memory: bool | None = None) -> LatentCache:
+    """The shards of `cache_dir` (optionally only the ids of `split`).
+
+    Image, slot and text-sequence tensors are read into memory when they take at most
+    `IN_MEMORY_BYTES` at `dtype` (or when `in_memory` says so), otherwise they stay in the
+    memory-mapped shards and each batch reads its rows (`MappedRows`). Both give equal values.
+    """
     cache_dir = Path(cache_dir)
     index = json.loads((cache_dir / "index.json").read_text())
     wanted = None if split is None else set(index[split])
-    parts: dict[str, list[Tensor]] = {k: [] for k in ("image", "slot_latents", "slot_index",
-                                                       "text_seq", "text_pooled", "counts")}
+    files: list[Path] = []
+    keep_rows, slot_rows, text_rows, slot_index, pooled, counts = [], [], [], [], [], []
     ids: list[str] = []
     slot_base = 0
     for shard in index["shards"]:
-        t = load_file(str(cache_dir / shard["file"]))
         keep = [n for n, i in enumerate(shard["ids"]) if wanted is None or i in wanted]
         if not keep:
             continue
+        path = cache_dir / shard["file"]
+        with safe_open(str(path), framework="pt") as handle:
+            shard_slots = handle.get_tensor("slot_index")
+            offsets = handle.get_tensor("caption_offsets")
+            shard_pooled = handle.get_tensor("text_pooled")
+            num_slots = handle.get_slice("slot_latents").get_shape()[0]
+        files.append(path)
         ids += [shard["ids"][n] for n in keep]
         keep_t = torch.tensor(keep)
-        slot_index = t["slot_index"][keep_t]
-        used = slot_index[slot_index >= 0]
-        remap = torch.full((t["slot_latents"].shape[0],), -1, dtype=torch.long)
+        kept_slots = shard_slots[keep_t]
+        used = kept_slots[kept_slots >= 0]
+        remap = torch.full((num_slots,), -1, dtype=torch.long)
         remap[used] = torch.arange(used.numel()) + slot_base
-        parts["slot_index"].append(torch.where(slot_index >= 0, remap[slot_index.clamp(min=0)],
-                                               slot_index))
-        parts["slot_latents"].append(t["slot_latents"][used])
+        slot_index.append(torch.where(kept_slots >= 0, remap[kept_slots.clamp(min=0)],
+                                      kept_slots))
         slot_base += used.numel()
-        parts["image"].append(t["image"][keep_t])
-        offsets = t["caption_offsets"]
-        rows = torch.cat([torch.arange(offsets[n], offsets[n + 1]) for n in keep])
-        parts["text_seq"].append(t["text_seq"][rows])
-        parts["text_pooled"].append(t["text_pooled"][rows])
-        parts["counts"].append(offsets[keep_t + 1] - offsets[keep_t])
+        captions = torch.cat([torch.arange(offsets[n], offsets[n + 1]) for n in keep])
+        keep_rows.append(keep_t)
+        slot_rows.append(used)
+        text_rows.append(captions)
+        pooled.append(shard_pooled[captions])
+        counts.append(offsets[keep_t + 1] - offsets[keep_t])
+    large = {"image": keep_rows, "slot_latents": slot_rows, "text_seq": text_rows}
+    mapped = {key: MappedRows(files, key, rows, dtype) for key, rows in large.items()}
+    if in_memory is None:
+        size = sum(m.shape.numel() for m in mapped.values()) * torch.finfo(dtype).bits // 8
+        in_memory = size <= IN_MEMORY_BYTES
+    tables: dict[str, Rows] = dict(mapped)
+    if in_memory:
+        tables = {key: _read_rows(files, key, rows).to(dtype) for key, rows in large.items()}
     empty = load_file(str(cache_dir / "empty.safetensors"))
-    counts = torch.cat(parts["counts"])
+    counts_t = torch.cat(counts)
     return LatentCache(
-        ids=ids,
-        image=torch.cat(parts["image"]).to(dtype),
-        slot_latents=torch.cat(parts["slot_latents"]).to(dtype),
-        slot_index=torch.cat(parts["slot_index"]),
-        text_seq=torch.cat(parts["text_seq"]).to(dtype),
-        text_pooled=torch.cat(parts["text_pooled"]).to(dtype),
-        caption_offsets=torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)]),
+        ids=ids, **tables,
+        slot_index=torch.cat(slot_index),
+        text_pooled=torch.cat(pooled).to(dtype),
+        caption_offsets=torch.cat([torch.zeros(1, dtype=torch.long), counts_t.cumsum(0)]),
         empty_slot=empty["slot"].to(dtype),
         empty_text_seq=empty["text_seq"].to(dtype),
         empty_text_pooled=empty["text_pooled"].to(dtype),
         latent_size=index["latent_size"],
     )
+
+
+def _read_rows(files: list[Path], key: str, rows: list[Tensor]) -> Tensor:
+    parts = []
+    for path, kept in zip(files, rows):
+        with safe_open(str(path), framework="pt") as handle:
+            parts.append(handle.get_tensor(key)[kept])
+    return torch.cat(parts)

@@ -251,6 +251,20 @@ class BaseConfig:
 
 
 @dataclass(frozen=True)
+class CacheConfig:
+    """Encoding the latent cache (`cache_latents` stage)."""
+
+    batch_size: int = 32  # images (and captions) per VAE / text-encoder call
+    shard_size: int = 256  # images per shard: the unit of resuming and of splitting the work
+    num_processes: int = 1  # processes under torchrun, one per device: shards are split
+
+    def __post_init__(self) -> None:
+        for key in ("batch_size", "shard_size", "num_processes"):
+            value = getattr(self, key)
+            check(value >= 1, f"cache.{key}", "a positive integer", value)
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     """MoGLE sizes and how condition tokens are modulated (paper section 3.2)."""
 
@@ -344,10 +358,12 @@ class SampleConfig:
     batch_size: int = 8
     modes: tuple[Mode, ...] = MODES
     max_images: int | None = None
+    num_processes: int = 1  # processes under torchrun, one per device: images are split
 
     def __post_init__(self) -> None:
-        check(self.steps >= 1, "sample.steps", "a positive integer", self.steps)
-        check(self.batch_size >= 1, "sample.batch_size", "a positive integer", self.batch_size)
+        for key in ("steps", "batch_size", "num_processes"):
+            value = getattr(self, key)
+            check(value >= 1, f"sample.{key}", "a positive integer", value)
         check(self.cfg_scale >= 1.0, "sample.cfg_scale", "a number >= 1.0 (1.0 = off)",
               self.cfg_scale)
         check(len(self.modes) >= 1 and len(set(self.modes)) == len(self.modes), "sample.modes",
@@ -398,6 +414,7 @@ class Params:
     masks: MasksConfig = field(default_factory=MasksConfig)
     zeroshot: ZeroShotConfig = field(default_factory=ZeroShotConfig)
     base: BaseConfig = field(default_factory=BaseConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
     train: TrainConfig = field(default_factory=TrainConfig)

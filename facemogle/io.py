@@ -36,6 +36,31 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         shutil.rmtree(tmp.parent, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def shared_atomic_dir(path: str | Path, processes) -> Iterator[Path]:
+    """`atomic_path` for a directory that several processes fill (`processes`: an accelerate
+    `PartialState`): the main process makes a sibling `.name.partial` folder, every process
+    writes into it, and after all have finished the main process moves it to `path`."""
+    path = Path(path)
+    tmp = path.parent / f".{path.name}.partial"
+    if processes.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)  # left by an interrupted run
+        tmp.mkdir(parents=True)
+    processes.wait_for_everyone()
+    try:
+        yield tmp
+        processes.wait_for_everyone()
+        if processes.is_main_process:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            elif path.exists() or path.is_symlink():
+                path.unlink()
+            os.replace(tmp, path)
+    finally:
+        if processes.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
 def write_text(path: str | Path, text: str) -> None:
     """Write `text` to `path` atomically."""
     with atomic_path(path) as tmp:

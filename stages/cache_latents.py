@@ -1,7 +1,10 @@
 """`cache_latents` stage: frozen VAE latents of faces and mask slots, text embeddings of captions.
 
-    python -m stages.cache_latents --data data/raw --labels data/labels --base data/base \
-        --out data/latents
+    torchrun --standalone --nproc_per_node 1 -m stages.cache_latents --data data/raw \
+        --labels data/labels --base data/base --out data/latents
+
+Under torchrun with n processes (`cache.num_processes`, one per GPU) each encodes every n-th
+shard; `python -m stages.cache_latents ...` runs it as one process.
 """
 
 from __future__ import annotations
@@ -10,12 +13,13 @@ import argparse
 import logging
 
 import torch
+from accelerate import PartialState
 
 from facemogle.base import load_base
 from facemogle.cache import build_cache, folder_fingerprint
 from facemogle.config import load_params, to_dict
 
-PARAMS = ("data",)
+PARAMS = ("data", "cache")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,14 +29,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--base", required=True, help="base stage output")
     parser.add_argument("--out", required=True)
     parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--batch-size", type=int, default=32)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     params = load_params(args.params, sections=PARAMS)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    base = load_base(args.base, device=device)
+    processes = PartialState(cpu=not torch.cuda.is_available())  # one device per process
+    base = load_base(args.base, device=processes.device)
     build_cache(base, args.data, args.labels, args.out, resolution=params.data.resolution,
-                batch_size=args.batch_size,
+                batch_size=params.cache.batch_size, shard_size=params.cache.shard_size,
+                processes=processes,
                 config={"data": to_dict(params.data), "base": folder_fingerprint(args.base)})
     return 0
 

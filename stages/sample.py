@@ -1,7 +1,12 @@
 """`sample` stage: the test split in the three modes (multimodal, mask2face, text2face).
 
-    python -m stages.sample --latents data/latents --labels data/labels --data data/raw \
-        --base data/base --model data/model --out data/samples --sheets metrics/sheets
+    torchrun --standalone --nproc_per_node 1 -m stages.sample --latents data/latents \
+        --labels data/labels --data data/raw --base data/base --model data/model \
+        --out data/samples --sheets metrics/sheets
+
+Under torchrun with n processes (`sample.num_processes`, one per GPU) process i samples the
+test images i, i + n, ...; an image depends on its id's seed only, so the split does not change
+it beyond floating-point batch effects. `python -m stages.sample ...` runs it as one process.
 """
 
 from __future__ import annotations
@@ -11,7 +16,9 @@ import json
 import logging
 from pathlib import Path
 
+import numpy as np
 import torch
+from accelerate import PartialState
 from PIL import Image
 from tqdm import tqdm
 
@@ -20,13 +27,15 @@ from facemogle.base import load_base
 from facemogle.cache import load_cache
 from facemogle.checkpoint import load_model_weights
 from facemogle.config import load_params
-from facemogle.io import atomic_path, read_jsonl
+from facemogle.io import atomic_path, open_image, read_jsonl, shared_atomic_dir
 from facemogle.models.facemogle import FaceMoGLE
 from facemogle.sampling import sample_rows
 from facemogle.viz import contact_sheet, save_sheet, to_uint8
 
 PARAMS = ("seed", "gating", "experts", "model", "lora", "sample")
 SHEET_ROWS = 12
+
+log = logging.getLogger(__name__)
 
 
 def load_trained(base, model_dir: str | Path, params) -> FaceMoGLE:
@@ -35,6 +44,21 @@ def load_trained(base, model_dir: str | Path, params) -> FaceMoGLE:
                             experts=params.experts, gating=params.gating)
     load_model_weights(model_dir, model)
     return model.eval()
+
+
+def write_sheets(samples: Path, sheets_dir: str | Path, labels_dir: str | Path,
+                 data_dir: str | Path, modes: tuple[str, ...], ids: list[str]) -> None:
+    """One contact sheet per mode (prompt, mask, result) of the first sampled images."""
+    prompts = {r["id"]: r["captions"][0] for r in read_jsonl(Path(data_dir) / "captions.jsonl")}
+    masks = {i: labels.load_label_map(Path(labels_dir) / "masks" / f"{i}.png") for i in ids}
+    with atomic_path(sheets_dir) as sheets:
+        sheets.mkdir()
+        for mode in modes:
+            rows = [{"id": i,
+                     "image": np.asarray(open_image(samples / mode / f"{i}.png").convert("RGB")),
+                     "mask": None if mode == "text2face" else masks[i],
+                     "prompt": "" if mode == "mask2face" else prompts[i]} for i in ids]
+            save_sheet(sheets / f"{mode}.png", contact_sheet(rows, f"Face-MoGLE: {mode}"))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,34 +70,30 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     params = load_params(args.params, sections=PARAMS)
     cfg = params.sample
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    base = load_base(args.base, device=device, load_text_encoder=False)
-    model = load_trained(base, args.model, params).to(device)
+    processes = PartialState(cpu=not torch.cuda.is_available())  # one device per process
+    base = load_base(args.base, device=processes.device, load_text_encoder=False)
+    model = load_trained(base, args.model, params).to(processes.device)
     cache = load_cache(args.latents, "test")
     count = len(cache.ids) if cfg.max_images is None else min(cfg.max_images, len(cache.ids))
-    prompts = {r["id"]: r["captions"][0] for r in read_jsonl(Path(args.data) / "captions.jsonl")}
-    with atomic_path(args.out) as out, atomic_path(args.sheets) as sheets:
-        sheets.mkdir()
+    mine = list(range(processes.process_index, count, processes.num_processes))
+    log.info("process %d/%d: %d of %d test images (%d::%d)", processes.process_index + 1,
+             processes.num_processes, len(mine), count, processes.process_index,
+             processes.num_processes)
+    with shared_atomic_dir(args.out, processes) as out:
         for mode in cfg.modes:
-            (out / mode).mkdir(parents=True)
-            sheet_rows = []
-            for start in tqdm(range(0, count, cfg.batch_size), desc=f"sample {mode}"):
-                rows = torch.arange(start, min(start + cfg.batch_size, count))
+            (out / mode).mkdir(parents=True, exist_ok=True)
+            for start in tqdm(range(0, len(mine), cfg.batch_size), desc=f"sample {mode}",
+                              disable=not processes.is_main_process):
+                rows = torch.tensor(mine[start:start + cfg.batch_size])
                 images = to_uint8(sample_rows(model, base, cache, rows, mode, cfg,
                                               seed=params.seed))
                 for r, image in zip(rows.tolist(), images):
-                    image_id = cache.ids[r]
-                    Image.fromarray(image).save(out / mode / f"{image_id}.png")
-                    if len(sheet_rows) < SHEET_ROWS:
-                        mask_path = Path(args.labels) / "masks" / f"{image_id}.png"
-                        mask = labels.load_label_map(mask_path)
-                        sheet_rows.append({
-                            "id": image_id, "image": image,
-                            "mask": None if mode == "text2face" else mask,
-                            "prompt": "" if mode == "mask2face" else prompts[image_id],
-                        })
-            save_sheet(sheets / f"{mode}.png", contact_sheet(sheet_rows, f"Face-MoGLE: {mode}"))
-        (out / "ids.json").write_text(json.dumps(cache.ids[:count]))
+                    Image.fromarray(image).save(out / mode / f"{cache.ids[r]}.png")
+        processes.wait_for_everyone()  # every image is written
+        if processes.is_main_process:
+            write_sheets(out, args.sheets, args.labels, args.data, cfg.modes,
+                         cache.ids[:min(count, SHEET_ROWS)])
+            (out / "ids.json").write_text(json.dumps(cache.ids[:count]))
     return 0
 
 

@@ -30,8 +30,7 @@ def test_shards_of_another_base_are_remade_even_without_an_index(trained_run, tm
     (out / "index.json").unlink()
     assert cache_latents.main(["--data", str(trained_run.raw), "--labels",
                                str(trained_run.labels), "--base", str(trained_run.base),
-                               "--out", str(out), "--batch-size", "1",
-                               "--params", str(trained_run.params)]) == 0
+                               "--out", str(out), "--params", str(trained_run.params)]) == 0
     assert _stamp(shard) == good
     # Byte for byte what the first build wrote (DVC hashes the bytes, not the tensors).
     assert shard.read_bytes() == (trained_run.latents / shard.name).read_bytes()
@@ -51,3 +50,28 @@ def test_folder_fingerprint_follows_content(tmp_path):
     assert folder_fingerprint(tmp_path) != first
     (tmp_path / "a" / "w.bin").write_bytes(b"123")
     assert folder_fingerprint(tmp_path) == first
+
+
+def test_mapped_rows_give_the_values_of_the_in_memory_cache(trained_run, monkeypatch):
+    """A cache too large for memory is read per batch from the shards, with equal values."""
+    from facemogle import cache as cache_module
+
+    memory = load_cache(trained_run.latents, "train", in_memory=True)
+    monkeypatch.setattr(cache_module, "IN_MEMORY_BYTES", 0)  # any split is "too large" now
+    mapped = load_cache(trained_run.latents, "train")
+    assert isinstance(mapped.text_seq, cache_module.MappedRows)
+    assert isinstance(memory.text_seq, torch.Tensor)
+    assert mapped.ids == memory.ids and mapped.text_seq.shape == memory.text_seq.shape
+    rows = torch.tensor([3, 0, 3, len(memory.ids) - 1])
+    choice = torch.tensor([1, 0, 0, 1])
+    for got, want in ((mapped.slots(rows), memory.slots(rows)),
+                      (mapped.image[rows], memory.image[rows]),
+                      (*mapped.text(rows, choice), *memory.text(rows, choice))[::2],
+                      (*mapped.text(rows, choice), *memory.text(rows, choice))[1::2]):
+        assert got.dtype == want.dtype == torch.float32
+        assert torch.equal(got, want)
+    # Empty slots (index -1) come from the single stored empty-slot latent.
+    index = memory.slot_index[rows]
+    assert (index < 0).any()
+    assert torch.equal(mapped.slots(rows)[index < 0],
+                       memory.empty_slot.expand(int((index < 0).sum()), -1, -1))
