@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import importlib
 import json
 import os
@@ -79,6 +80,50 @@ def test_every_stage_declares_exactly_the_params_sections_it_reads():
                     else module.PARAMS)
         declared = {key for dep in stage.params for key in dep.params}
         assert declared == set(expected), stage.addressing
+
+
+def _imported_files(module: str) -> set[str]:
+    """Project files that importing `module` runs: its own file, every project module it imports
+    (transitively, read from the source), and their packages' `__init__.py` where those hold
+    code beyond a docstring and constants."""
+    seen: set[Path] = set()
+    todo = [module]
+    while todo:
+        name = todo.pop()
+        parts = name.split(".")
+        for depth in range(1, len(parts) + 1):  # a module imports its parent packages first
+            stem = ROOT.joinpath(*parts[:depth])
+            path = stem.with_suffix(".py") if stem.with_suffix(".py").exists() \
+                else stem / "__init__.py"
+            if not path.exists() or path in seen:
+                continue
+            seen.add(path)
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Import):
+                    todo += [a.name for a in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                    todo += [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+
+    def has_code(path: Path) -> bool:
+        return path.name != "__init__.py" or any(
+            isinstance(n, (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.ClassDef))
+            for n in ast.parse(path.read_text()).body)
+
+    return {p.relative_to(ROOT).as_posix() for p in seen
+            if p.relative_to(ROOT).parts[0] in ("facemogle", "stages") and has_code(p)}
+
+
+def test_every_stage_depends_on_the_code_it_imports():
+    """A change to any project module a stage imports re-runs that stage (`dvc.yaml` deps,
+    listed as files or as the folders holding them)."""
+    with Repo(str(ROOT)) as repo:
+        stages = list(repo.index.stages)
+    for stage in stages:
+        module = re.search(r"-m (stages\.\w+)", stage.cmd).group(1)
+        deps = [Path(d.def_path).as_posix().rstrip("/") for d in stage.deps]
+        missing = sorted(f for f in _imported_files(module)
+                         if not any(f == d or f.startswith(d + "/") for d in deps))
+        assert not missing, f"{stage.addressing} imports {missing} but does not depend on them"
 
 
 @pytest.fixture(scope="module")

@@ -5,9 +5,7 @@
 - `parsers`: face parsers for images without masks (mediapipe, segformer, tiny).
 - `prepare`: the `download` and `parse_masks` stages as functions.
 - `synthfaces`: the procedural face renderer.
+
+Import the submodule you need: importing one (e.g. `layout` from `facemogle.base`) does not load
+the others, so each pipeline stage depends only on the data code it runs.
 """
-
-from facemogle.data.layout import ItemError, Sample
-from facemogle.data.prepare import download, parse_masks
-
-__all__ = ["ItemError", "Sample", "download", "parse_masks"]
