@@ -27,13 +27,18 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent)) / path.name
     try:
         yield tmp
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        elif path.exists() or path.is_symlink():
-            path.unlink()
-        os.replace(tmp, path)
+        _replace(tmp, path)
     finally:
         shutil.rmtree(tmp.parent, ignore_errors=True)
+
+
+def _replace(tmp: Path, path: Path) -> None:
+    """Move `tmp` to `path`, removing what `path` held (a file or a directory) first."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+    os.replace(tmp, path)
 
 
 @contextlib.contextmanager
@@ -51,11 +56,7 @@ def shared_atomic_dir(path: str | Path, processes) -> Iterator[Path]:
         yield tmp
         processes.wait_for_everyone()
         if processes.is_main_process:
-            if path.is_dir() and not path.is_symlink():
-                shutil.rmtree(path)
-            elif path.exists() or path.is_symlink():
-                path.unlink()
-            os.replace(tmp, path)
+            _replace(tmp, path)
     finally:
         if processes.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -16,7 +16,6 @@ import json
 import logging
 from pathlib import Path
 
-import numpy as np
 import torch
 from accelerate import PartialState
 from PIL import Image
@@ -27,7 +26,7 @@ from facemogle.base import load_base
 from facemogle.cache import load_cache
 from facemogle.checkpoint import load_model_weights
 from facemogle.config import load_params
-from facemogle.io import atomic_path, open_image, read_jsonl, shared_atomic_dir
+from facemogle.io import atomic_path, read_jsonl, read_rgb, shared_atomic_dir
 from facemogle.models.facemogle import FaceMoGLE
 from facemogle.sampling import sample_rows
 from facemogle.viz import contact_sheet, save_sheet, to_uint8
@@ -55,7 +54,7 @@ def write_sheets(samples: Path, sheets_dir: str | Path, labels_dir: str | Path,
         sheets.mkdir()
         for mode in modes:
             rows = [{"id": i,
-                     "image": np.asarray(open_image(samples / mode / f"{i}.png").convert("RGB")),
+                     "image": read_rgb(samples / mode / f"{i}.png"),
                      "mask": None if mode == "text2face" else masks[i],
                      "prompt": "" if mode == "mask2face" else prompts[i]} for i in ids]
             save_sheet(sheets / f"{mode}.png", contact_sheet(rows, f"Face-MoGLE: {mode}"))
