@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -227,24 +228,70 @@ def test_killed_training_resumes_from_its_last_checkpoint(smoke_repo):
     assert trainer["step"] == killed_at + 2
 
 
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _train_command(launcher: str, procs: int) -> list[str]:
+    bin_dir = Path(sys.executable).parent
+    if launcher == "torchrun":
+        return [str(bin_dir / "torchrun"), "--standalone", "--nproc_per_node", str(procs), "-m"]
+    if launcher == "accelerate-multi":  # DDP processes; train.py joins them over gloo on a CPU
+        return [str(bin_dir / "accelerate"), "launch", "--multi_gpu", "--num_processes",
+                str(procs), "--num_machines", "1", "--mixed_precision", "no",
+                "--dynamo_backend", "no", "--main_process_port", str(_free_port()), "-m"]
+    assert launcher == "accelerate-cpu"
+    return [str(bin_dir / "accelerate"), "launch", "--cpu", "--num_processes", str(procs),
+            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m"]
+
+
+def _smoke_training(repo: Path, tmp_path: Path, name: str, launcher: str, procs: int,
+                    batch: int, check: bool = True) -> subprocess.CompletedProcess:
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(_merge(params, {"train": {
+        "steps": 4, "batch_size": batch, "log_every": 1, "num_processes": procs}})))
+    cmd = _train_command(launcher, procs) + [
+        "stages.train", "--latents", "data/latents", "--base", "data/base", "--out",
+        str(tmp_path / f"model-{name}"), "--metrics-dir", str(tmp_path / f"metrics-{name}"),
+        "--params", str(path)]
+    if check:
+        return _run(cmd, repo)
+    return subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=600,
+                          env=dict(os.environ, OMP_NUM_THREADS="2", HF_HUB_OFFLINE="1"))
+
+
+def _losses(tmp_path: Path, name: str) -> list[float]:
+    rows = (tmp_path / f"metrics-{name}" / "plots" / "metrics" / "loss.tsv").read_text().split()
+    return [float(v) for v in rows[2:][1::2]]
+
+
 @pytest.mark.slow
 def test_two_processes_reproduce_one_process_with_the_same_global_batch(smoke_repo, tmp_path):
-    """DDP over gloo on CPU: 2 x batch 2 gives the losses of 1 x batch 4 (DESIGN.md section 6)."""
+    """DDP over gloo on CPU, started by torchrun (the stage command) and by `accelerate launch`:
+    2 processes x batch 2 give the losses of 1 process x batch 4 (DESIGN.md section 6)."""
     repo = smoke_repo
     if not (repo / "data" / "latents" / "index.json").exists():
         _run(DVC + ["repro", "cache_latents"], repo)
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    curves = {}
-    for procs, batch in ((2, 2), (1, 4)):
-        path = tmp_path / f"p{procs}.yaml"
-        path.write_text(yaml.safe_dump(_merge(params, {"train": {
-            "steps": 4, "batch_size": batch, "log_every": 1, "num_processes": procs}})))
-        metrics = tmp_path / f"metrics{procs}"
-        _run([str(Path(sys.executable).parent / "torchrun"), "--standalone", "--nproc_per_node",
-              str(procs), "-m", "stages.train", "--latents", "data/latents", "--base",
-              "data/base", "--out", str(tmp_path / f"model{procs}"), "--metrics-dir",
-              str(metrics), "--params", str(path)], repo)
-        rows = (metrics / "plots" / "metrics" / "loss.tsv").read_text().split()[2:]
-        curves[procs] = [float(v) for v in rows[1::2]]
-    assert len(curves[1]) == 4
-    assert curves[2] == pytest.approx(curves[1], rel=1e-4)
+    _smoke_training(repo, tmp_path, "one", "torchrun", 1, 4)
+    reference = _losses(tmp_path, "one")
+    assert len(reference) == 4
+    for launcher in ("torchrun", "accelerate-multi"):
+        _smoke_training(repo, tmp_path, launcher, launcher, 2, 2)
+        assert _losses(tmp_path, launcher) == pytest.approx(reference, rel=1e-4), launcher
+
+
+@pytest.mark.slow
+def test_a_launch_with_fewer_processes_than_declared_is_refused(smoke_repo, tmp_path):
+    """`accelerate launch --cpu --num_processes 2` starts one process (accelerate runs several
+    CPU processes only through MPI): training would silently halve the global batch, so the
+    stage refuses it, naming the param, before writing anything."""
+    repo = smoke_repo
+    if not (repo / "data" / "latents" / "index.json").exists():
+        _run(DVC + ["repro", "cache_latents"], repo)
+    result = _smoke_training(repo, tmp_path, "cpu", "accelerate-cpu", 2, 2, check=False)
+    assert result.returncode != 0
+    assert "train.num_processes is 2 but 1 process(es) joined this run" in result.stderr
+    assert not (tmp_path / "model-cpu").exists()
