@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import set_seed
 from dvclive import Live
 
 from facemogle.base import load_base
@@ -21,6 +22,8 @@ from facemogle.config import ConfigError, load_params, to_dict
 from facemogle.models.facemogle import FaceMoGLE
 from facemogle.training import train
 from facemogle.viz import training_grid
+
+log = logging.getLogger(__name__)
 
 PARAMS = ("seed", "gating", "experts", "model", "lora", "train")
 
@@ -67,6 +70,12 @@ def main(argv: list[str] | None = None) -> int:
     base = load_base(args.base, device=accelerator.device, load_text_encoder=False)
     model = FaceMoGLE.build(base.transformer, params.model, params.lora,
                             experts=params.experts, gating=params.gating)
+    # The same initial weights on every process (above); from here on, module randomness (LoRA
+    # dropout) is seeded per process with seed + process index, so ranks do not drop alike.
+    # Batches, dropout of conditions, time and noise come from the shared generator in `train`.
+    set_seed(params.seed, device_specific=True)
+    log.info("process %d/%d: module randomness seeded with %d", accelerator.process_index + 1,
+             accelerator.num_processes, torch.initial_seed())
     cache = load_cache(args.latents, "train")
     resolved = resolved_config(params, args.base, args.latents)
     live = None

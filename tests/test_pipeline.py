@@ -278,9 +278,13 @@ def test_two_processes_reproduce_one_process_with_the_same_global_batch(smoke_re
     _smoke_training(repo, tmp_path, "one", "torchrun", 1, 4)
     reference = _losses(tmp_path, "one")
     assert len(reference) == 4
+    seed = yaml.safe_load((repo / "params.yaml").read_text())["seed"]
     for launcher in ("torchrun", "accelerate-multi"):
-        _smoke_training(repo, tmp_path, launcher, launcher, 2, 2)
+        result = _smoke_training(repo, tmp_path, launcher, launcher, 2, 2)
         assert _losses(tmp_path, launcher) == pytest.approx(reference, rel=1e-4), launcher
+        # Same batches, but each process seeds its module randomness (LoRA dropout) apart.
+        seeds = re.findall(r"process (\d)/2: module randomness seeded with (\d+)", result.stderr)
+        assert sorted(seeds) == [("1", str(seed)), ("2", str(seed + 1))], launcher
 
 
 @pytest.mark.slow
