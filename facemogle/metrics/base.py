@@ -154,6 +154,19 @@ def resolve_device(device: torch.device | str | None) -> torch.device:
     return torch.device(device)
 
 
+class PretrainedFeatures:
+    """A frozen pretrained model and its processor on one device, run `batch_size` images at a
+    time; `backend` names it in every metric value it produces."""
+
+    def __init__(self, model: torch.nn.Module, processor: object, backend: str,
+                 batch_size: int = 16, device: torch.device | str | None = None):
+        self.device = resolve_device(device)
+        self.model = model.to(self.device).eval()
+        self.processor = processor
+        self.backend = backend
+        self.batch_size = batch_size
+
+
 def load_pretrained(model_cls: Any, model_id: str, **kwargs: Any) -> Any:
     """`model_cls.from_pretrained(model_id, **kwargs)` in eval mode, refusing incomplete
     checkpoints.

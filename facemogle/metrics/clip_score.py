@@ -23,10 +23,10 @@ from transformers import AutoProcessor, CLIPModel
 from facemogle.metrics.base import (
     Images,
     MetricValue,
+    PretrainedFeatures,
     batched,
     image_list,
     load_pretrained,
-    resolve_device,
 )
 
 CLIP_SCORE_SCALE = 100.0
@@ -39,16 +39,12 @@ def _pooled(output: object) -> torch.Tensor:
     return output.pooler_output if hasattr(output, "pooler_output") else output
 
 
-class ClipScorer:
+class ClipScorer(PretrainedFeatures):
     """Per-pair CLIP scores of images and captions."""
 
     def __init__(self, model: CLIPModel, processor: object, backend: str, batch_size: int = 16,
                  device: torch.device | str | None = None):
-        self.device = resolve_device(device)
-        self.model = model.to(self.device).eval()
-        self.processor = processor
-        self.backend = backend
-        self.batch_size = batch_size
+        super().__init__(model, processor, backend, batch_size, device)
         self.max_tokens = model.config.text_config.max_position_embeddings
 
     @classmethod

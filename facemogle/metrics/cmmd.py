@@ -21,10 +21,10 @@ from transformers import AutoConfig, AutoImageProcessor, CLIPVisionModelWithProj
 from facemogle.metrics.base import (
     Images,
     MetricValue,
+    PretrainedFeatures,
     batched,
     image_list,
     load_pretrained,
-    resolve_device,
 )
 from facemogle.metrics.distances import rbf_mmd2
 
@@ -48,16 +48,8 @@ def _vision_config(model_id: str) -> object:
     return vision
 
 
-class ClipImageEmbedder:
+class ClipImageEmbedder(PretrainedFeatures):
     """L2-normalised CLIP image embeddings (`CLIPVisionModelWithProjection.image_embeds`)."""
-
-    def __init__(self, model: torch.nn.Module, processor: object, backend: str,
-                 batch_size: int = 16, device: torch.device | str | None = None):
-        self.device = resolve_device(device)
-        self.model = model.to(self.device).eval()
-        self.processor = processor
-        self.backend = backend
-        self.batch_size = batch_size
 
     @classmethod
     def load(cls, model_id: str, *, batch_size: int = 16,

@@ -21,10 +21,10 @@ from transformers import AutoImageProcessor, ViTModel
 from facemogle.metrics.base import (
     Images,
     MetricValue,
+    PretrainedFeatures,
     batched,
     image_list,
     load_pretrained,
-    resolve_device,
 )
 
 METRIC_NAMES: tuple[str, ...] = ("dino_structure",)
@@ -44,16 +44,8 @@ def key_self_similarity(keys: torch.Tensor) -> torch.Tensor:
     return unit @ unit.transpose(1, 2)  # (B, T, T)
 
 
-class DinoStructure:
+class DinoStructure(PretrainedFeatures):
     """Per-image DINO key self-similarity distances."""
-
-    def __init__(self, model: ViTModel, processor: object, backend: str, batch_size: int = 16,
-                 device: torch.device | str | None = None):
-        self.device = resolve_device(device)
-        self.model = model.to(self.device).eval()
-        self.processor = processor
-        self.backend = backend
-        self.batch_size = batch_size
 
     @classmethod
     def load(cls, model_id: str, *, batch_size: int = 16,
