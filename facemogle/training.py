@@ -114,6 +114,10 @@ def train(model: FaceMoGLE, cache: LatentCache, params: Params, out_dir: str | P
     (step, loss) history, which is also kept in every checkpoint so loss curves survive a resume.
     """
     cfg = params.train
+    if accelerator.gradient_accumulation_steps != cfg.grad_accum:
+        raise ValueError(f"train.grad_accum is {cfg.grad_accum} but the accelerator accumulates "
+                         f"{accelerator.gradient_accumulation_steps} batches: create it with "
+                         "gradient_accumulation_steps=train.grad_accum")
     out_dir = Path(out_dir)
     trainable = model.trainable_parameters()
     for p in trainable:

@@ -13,7 +13,7 @@ from facemogle.cache import LatentCache
 from facemogle.checkpoint import load_model_weights
 from facemogle.config import LoraConfig, ModelConfig, params_from_dict, to_dict
 from facemogle.models.facemogle import FaceMoGLE
-from facemogle.training import make_batch, train
+from facemogle.training import make_batch, make_optimizer, train, training_loss
 
 LATENT, TOKENS, T, D = 8, 16, 5, 24
 
@@ -92,3 +92,49 @@ def test_resuming_from_a_checkpoint_equals_training_straight_through(tmp_path, o
     for (name, pa), pb in zip(a.named_parameters(), b.parameters()):
         torch.testing.assert_close(pa, pb, msg=name)
     assert json.loads((tmp_path / "b" / "config.json").read_text())["train"]["steps"] == 4
+
+
+def test_gradient_accumulation_steps_once_on_the_clipped_mean_gradient(tmp_path):
+    """train.grad_accum=2: two micro-batches, then one optimizer step on the mean of their
+    gradients, clipped once; the same update as done by hand (and unlike a step per batch)."""
+    p = params_from_dict({"train": {"steps": 1, "batch_size": 2, "grad_accum": 2, "log_every": 1,
+                                    "checkpoint_every": 1, "optimizer": "adamw", "lr": 1e-2,
+                                    "grad_clip": 0.004, "mixed_precision": "fp32"}})
+    cache = fake_cache()
+    history = train(tiny_model(), cache, p, tmp_path / "run",
+                    accelerator=Accelerator(cpu=True, gradient_accumulation_steps=2),
+                    resolved={"train": to_dict(p.train)})
+
+    model = tiny_model()
+    trainable = model.trainable_parameters()
+    optimizer = make_optimizer(trainable, p.train)
+    generator = torch.Generator().manual_seed(p.seed)
+    losses = []
+    for _ in range(2):
+        rows = torch.randint(len(cache.ids), (2,), generator=generator)
+        batch = make_batch(cache, rows, p.train, generator)
+        loss = training_loss(model, batch, latent_size=cache.latent_size,
+                             guidance=p.train.guidance)
+        (loss / 2).backward()
+        losses.append(loss.item())
+    norm = torch.nn.utils.clip_grad_norm_(trainable, p.train.grad_clip)
+    assert norm > p.train.grad_clip  # the clip is active, so clipping per batch would differ
+    optimizer.step()
+
+    assert history == [(1, pytest.approx(sum(losses) / 2, rel=1e-5))]
+    initial = dict(tiny_model().named_parameters())
+    trained = tiny_model()
+    load_model_weights(tmp_path / "run", trained)
+    changed = 0
+    for (name, expected), got in zip(model.named_parameters(), trained.parameters()):
+        torch.testing.assert_close(got, expected, msg=name)
+        changed += int(not torch.equal(got, initial[name]))
+    assert changed > 0
+
+
+def test_an_accelerator_with_another_accumulation_count_is_refused(tmp_path):
+    p = params_from_dict({"train": {"steps": 1, "grad_accum": 2}})
+    with pytest.raises(ValueError, match="train.grad_accum is 2"):
+        train(tiny_model(), fake_cache(), p, tmp_path, accelerator=Accelerator(cpu=True),
+              resolved={"train": to_dict(p.train)})
+    assert not any(tmp_path.iterdir())
