@@ -186,9 +186,14 @@ def test_browser_uploads_a_mask_types_a_prompt_and_gets_a_face(demo_server, trai
         wait = WebDriverWait(driver, 120)
         wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#generate"))
         assert "l_eye" in driver.find_element(By.ID, "facemogle-legend").text
+        editor = driver.find_element(By.ID, "mask-editor")
+        blank = editor.get_attribute("innerHTML")
         driver.find_element(By.CSS_SELECTOR, "#mask-editor input[type=file]").send_keys(str(mask))
         driver.find_element(By.CSS_SELECTOR, "#prompt textarea").send_keys("a woman with red hair")
-        time.sleep(1.0)  # let the editor draw the uploaded mask before its value is read
+        # The editor's value is read from its drawing: until the upload is drawn (the editor
+        # re-renders, zoomed to the new image) Generate would send the blank 512 px canvas.
+        wait.until(lambda d: editor.get_attribute("innerHTML") != blank)
+        time.sleep(1.0)
         driver.find_element(By.CSS_SELECTOR, "#generate").click()
         wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#result img"))
         sources = [img.get_attribute("src") for img in
