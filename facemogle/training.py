@@ -12,6 +12,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
+from accelerate import Accelerator
 from torch import Tensor
 from tqdm import tqdm
 
@@ -19,7 +20,7 @@ from facemogle import flow, latents
 from facemogle.cache import LatentCache
 from facemogle.checkpoint import (find_resumable, load_training_state, save_model,
                                   save_training_state)
-from facemogle.config import Params, TrainConfig
+from facemogle.config import ConfigError, Params, TrainConfig
 from facemogle.models.condition import enable_compile
 from facemogle.models.facemogle import FaceMoGLE
 
@@ -103,6 +104,26 @@ def make_optimizer(params: list[torch.nn.Parameter], cfg: TrainConfig) -> torch.
 def _to_device(batch: Batch, device: torch.device) -> Batch:
     return Batch(*(None if getattr(batch, f.name) is None else getattr(batch, f.name).to(device)
                    for f in fields(batch)))
+
+
+def make_accelerator(cfg: TrainConfig) -> Accelerator:
+    """The accelerator of a training run: `cfg`'s precision and gradient accumulation, refusing
+    a launch whose process count is not `train.num_processes` (`batch_size` counts samples per
+    process, so the global batch would silently change)."""
+    # cpu=True when there is no GPU: only then does accelerate join CPU processes (gloo) started
+    # by torchrun; on GPUs it picks the device of each process.
+    precision = "no" if cfg.mixed_precision == "fp32" else cfg.mixed_precision
+    accelerator = Accelerator(mixed_precision=precision, cpu=not torch.cuda.is_available(),
+                              gradient_accumulation_steps=cfg.grad_accum)
+    started, declared = accelerator.num_processes, cfg.num_processes
+    if started != declared:
+        raise ConfigError(
+            f"train.num_processes is {declared} but {started} process(es) joined this run; "
+            f"start {declared} with `torchrun --standalone --nproc_per_node {declared}` or "
+            f"`accelerate launch --multi_gpu --num_processes {declared}`, or set "
+            f"train.num_processes={started} (`accelerate launch --cpu` starts a single process "
+            "unless MPI is configured)")
+    return accelerator
 
 
 def train(model: FaceMoGLE, cache: LatentCache, params: Params, out_dir: str | Path, *,

@@ -12,15 +12,14 @@ import logging
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator
 from accelerate.utils import set_seed
 from dvclive import Live
 
 from facemogle.base import load_base
 from facemogle.cache import load_cache
-from facemogle.config import ConfigError, load_params, to_dict
+from facemogle.config import load_params, to_dict
 from facemogle.models.facemogle import FaceMoGLE
-from facemogle.training import train
+from facemogle.training import make_accelerator, train
 from facemogle.viz import training_grid
 
 log = logging.getLogger(__name__)
@@ -37,18 +36,6 @@ def resolved_config(params, base_dir: str | Path, latents_dir: str | Path) -> di
     return config
 
 
-def check_process_count(declared: int, started: int) -> None:
-    """`train.batch_size` counts samples per process, so the global batch (and the run's record in
-    params) is only right when the launcher started `train.num_processes` processes."""
-    if started != declared:
-        raise ConfigError(
-            f"train.num_processes is {declared} but {started} process(es) joined this run; "
-            f"start {declared} with `torchrun --standalone --nproc_per_node {declared}` or "
-            f"`accelerate launch --multi_gpu --num_processes {declared}`, or set "
-            f"train.num_processes={started} (`accelerate launch --cpu` starts a single process "
-            "unless MPI is configured)")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--latents", required=True, help="cache_latents stage output")
@@ -60,12 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     params = load_params(args.params, sections=PARAMS)
     cfg = params.train
-    # cpu=True when there is no GPU: only then does accelerate join CPU processes (gloo) started
-    # by torchrun; on GPUs it picks the device of each process.
-    precision = "no" if cfg.mixed_precision == "fp32" else cfg.mixed_precision
-    accelerator = Accelerator(mixed_precision=precision, cpu=not torch.cuda.is_available(),
-                              gradient_accumulation_steps=cfg.grad_accum)
-    check_process_count(cfg.num_processes, accelerator.num_processes)
+    accelerator = make_accelerator(cfg)
     torch.manual_seed(params.seed)
     base = load_base(args.base, device=accelerator.device, load_text_encoder=False)
     model = FaceMoGLE.build(base.transformer, params.model, params.lora,
