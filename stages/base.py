@@ -8,8 +8,8 @@ from __future__ import annotations
 import argparse
 import logging
 
-from facemogle.base import build_base
-from facemogle.config import load_params
+from facemogle.base.build import build_base
+from facemogle.core.config import load_params
 
 PARAMS = ("seed", "base")
 

@@ -15,9 +15,9 @@ import logging
 import torch
 from accelerate import PartialState
 
-from facemogle.base import load_base
-from facemogle.cache import build_cache, folder_fingerprint
-from facemogle.config import load_params, to_dict
+from facemogle.base.loader import load_base
+from facemogle.cache.build import build_cache, folder_fingerprint
+from facemogle.core.config import load_params, to_dict
 
 PARAMS = ("data", "cache")
 

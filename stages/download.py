@@ -9,8 +9,8 @@ from __future__ import annotations
 import argparse
 import logging
 
-from facemogle.config import EVAL_SETS, load_params, set_sections
-from facemogle.data.prepare import download
+from facemogle.core.config import EVAL_SETS, load_params, set_sections
+from facemogle.data.download import download
 
 PARAMS = ("data",)
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import argparse
 import logging
 
-from facemogle.config import EVAL_SETS, load_params, set_sections
-from facemogle.data.prepare import parse_masks
+from facemogle.core.config import EVAL_SETS, load_params, set_sections
+from facemogle.masks.parse import parse_masks
 
 PARAMS = ("data", "masks")
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from facemogle.metrics.report import write_report
+from facemogle.evaluation.report import write_report
 
 PARAMS: tuple[str, ...] = ()
 

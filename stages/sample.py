@@ -21,15 +21,15 @@ from accelerate import PartialState
 from PIL import Image
 from tqdm import tqdm
 
-from facemogle import labels
-from facemogle.base import load_base
-from facemogle.cache import load_cache
-from facemogle.checkpoint import load_model_weights
-from facemogle.config import load_params
-from facemogle.io import atomic_path, read_jsonl, read_rgb, shared_atomic_dir
+from facemogle.core import labels
+from facemogle.base.loader import load_base
+from facemogle.cache.store import load_cache
+from facemogle.training.checkpoint import load_model_weights
+from facemogle.core.config import load_params
+from facemogle.core.io import atomic_path, read_jsonl, read_rgb, shared_atomic_dir
 from facemogle.models.facemogle import FaceMoGLE
-from facemogle.sampling import sample_rows
-from facemogle.viz import contact_sheet, save_sheet, to_uint8
+from facemogle.sampling.sampler import sample_rows
+from facemogle.sampling.sheets import contact_sheet, save_sheet, to_uint8
 
 PARAMS = ("seed", "gating", "experts", "model", "lora", "sample")
 SHEET_ROWS = 12

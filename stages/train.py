@@ -15,12 +15,12 @@ import torch
 from accelerate.utils import set_seed
 from dvclive import Live
 
-from facemogle.base import load_base
-from facemogle.cache import load_cache
-from facemogle.config import load_params, to_dict
+from facemogle.base.loader import load_base
+from facemogle.cache.store import load_cache
+from facemogle.core.config import load_params, to_dict
 from facemogle.models.facemogle import FaceMoGLE
-from facemogle.training import make_accelerator, train
-from facemogle.viz import training_grid
+from facemogle.training.loop import make_accelerator, train
+from facemogle.sampling.sheets import training_grid
 
 log = logging.getLogger(__name__)
 

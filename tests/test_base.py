@@ -9,18 +9,25 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from facemogle import base as base_mod
-from facemogle import latents
-from facemogle.base import (FLIP_LABELS, CaptionTable, augment, build_base, class_weights,
-                            color_latent_loss, encode_texts, load_base, parser_miou, resolve_flux,
-                            save_flux_standin, vae_norm_groups)
-from facemogle.config import (BaseConfig, ConfigError, DataConfig, TinyParserConfig,
-                              TinyTransformerConfig, TinyVAEConfig, to_dict)
-from facemogle.data.prepare import download
-from facemogle.io import InputError
-from facemogle.labels import LABEL_INDEX, NUM_LABELS
-from facemogle.models.parser import FaceParser, load_parser
-from facemogle.models.text import FluxTextEncoder, MiniLMTextEncoder
+from facemogle.base import loader as base_mod
+from facemogle.core import latents
+from facemogle.base.pretrain import (
+    FLIP_LABELS, CaptionTable, augment, class_weights, color_latent_loss, encode_texts, parser_miou,
+    vae_norm_groups,
+)
+from facemogle.base.build import build_base
+from facemogle.base.loader import load_base
+from facemogle.base.flux import resolve_flux
+from facemogle.base.standin import save_flux_standin
+from facemogle.core.config import (
+    BaseConfig, ConfigError, DataConfig, TinyParserConfig, TinyTransformerConfig, TinyVAEConfig,
+    to_dict,
+)
+from facemogle.data.download import download
+from facemogle.core.io import InputError
+from facemogle.core.labels import LABEL_INDEX, NUM_LABELS
+from facemogle.base.segmenter import FaceParser, load_parser
+from facemogle.base.text import FluxTextEncoder, MiniLMTextEncoder
 from stages import base as stage
 
 TINY = BaseConfig(

@@ -12,8 +12,9 @@ from diffusers import FluxTransformer2DModel
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from facemogle import bench, latents
-from facemogle.config import LoraConfig, ModelConfig, load_params
+from facemogle.bench import run as bench
+from facemogle.core import latents
+from facemogle.core.config import LoraConfig, ModelConfig, load_params
 from facemogle.models.facemogle import FaceMoGLE
 
 ROOT = Path(__file__).resolve().parents[1]

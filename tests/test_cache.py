@@ -9,7 +9,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from facemogle.cache import folder_fingerprint, load_cache
+from facemogle.cache.build import folder_fingerprint
+from facemogle.cache.store import load_cache
 from stages import cache_latents
 
 
@@ -54,7 +55,7 @@ def test_folder_fingerprint_follows_content(tmp_path):
 
 def test_mapped_rows_give_the_values_of_the_in_memory_cache(trained_run, monkeypatch):
     """A cache too large for memory is read per batch from the shards, with equal values."""
-    from facemogle import cache as cache_module
+    from facemogle.cache import store as cache_module
 
     memory = load_cache(trained_run.latents, "train", in_memory=True)
     monkeypatch.setattr(cache_module, "IN_MEMORY_BYTES", 0)  # any split is "too large" now

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from facemogle import cli, labels
-from facemogle.pipeline import FaceMoGLEPipeline
+from facemogle.app import cli
+from facemogle.core import labels
+from facemogle.app.pipeline import FaceMoGLEPipeline
 
 STEPS = "2"
 

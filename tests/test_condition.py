@@ -13,7 +13,7 @@ from diffusers import FluxTransformer2DModel
 from peft.tuners.lora import LoraLayer
 from safetensors.torch import load_file, save_file
 
-from facemogle.config import ConfigError, LoraConfig
+from facemogle.core.config import ConfigError, LoraConfig
 from facemogle.models.condition import (attach_lora, condition_forward, load_lora_state_dict,
                                         lora_parameters, lora_state_dict)
 

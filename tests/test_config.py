@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from facemogle.config import (ConfigError, Params, load_params, params_from_dict, to_dict)
+from facemogle.core.config import ConfigError, Params, load_params, params_from_dict, to_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -11,10 +11,10 @@ import torch
 import yaml
 from PIL import Image
 
-from facemogle.config import ConfigError
+from facemogle.core.config import ConfigError
 from facemogle.data import layout
-from facemogle.io import InputError, read_jsonl, write_json, write_jsonl
-from facemogle.labels import LABEL_INDEX, NUM_SLOTS, PALETTE, label_map_image, slot_presence
+from facemogle.core.io import InputError, read_jsonl, write_json, write_jsonl
+from facemogle.core.labels import LABEL_INDEX, NUM_SLOTS, PALETTE, label_map_image, slot_presence
 from stages import download, parse_masks
 from test_readers import (SIZE, captions_for, face_image, label_map_for, write_celebamaskhq,
                           write_ffhq_text, write_mmcelebahq)
@@ -358,7 +358,7 @@ def test_parse_masks_without_masks_needs_a_parser(tmp_path):
 
 
 def test_parse_masks_with_the_tiny_parser(tmp_path):
-    from facemogle.models.parser import FaceParser, save_parser
+    from facemogle.base.segmenter import FaceParser, save_parser
 
     torch.manual_seed(0)
     save_parser(FaceParser(width=4), tmp_path / "base" / "parser")

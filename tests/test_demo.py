@@ -20,12 +20,13 @@ from PIL import Image
 
 pytest.importorskip("gradio")
 
-from facemogle import labels  # noqa: E402
-from facemogle.demo import (DemoApp, editor_label_map, legend_html, load_examples,  # noqa: E402
-                            mode_name, snap_to_palette)
-from facemogle.io import InputError  # noqa: E402
-from facemogle.labels import MaskColorError  # noqa: E402
-from facemogle.pipeline import FaceMoGLEPipeline  # noqa: E402
+from facemogle.core import labels
+from facemogle.app.demo import (
+    DemoApp, editor_label_map, legend_html, load_examples, mode_name, snap_to_palette,
+)
+from facemogle.core.io import InputError
+from facemogle.core.labels import MaskColorError
+from facemogle.app.pipeline import FaceMoGLEPipeline
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"

@@ -9,7 +9,7 @@ import shutil
 import pytest
 import yaml
 
-from facemogle.io import InputError
+from facemogle.core.io import InputError
 from stages import evaluate, sample
 
 EVAL = {"kid_subsets": 5, "kid_subset_size": 2, "detector_folds": 2, "detector_steps": 3,

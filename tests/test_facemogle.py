@@ -6,11 +6,11 @@ import pytest
 import torch
 from diffusers import FluxTransformer2DModel
 
-from facemogle import flow, latents
-from facemogle.config import LoraConfig, ModelConfig
+from facemogle.core import flow, latents
+from facemogle.core.config import LoraConfig, ModelConfig
 from facemogle.models.facemogle import FaceMoGLE
-from facemogle.sampling import Conditions, generate_latents
-from facemogle.training import Batch, training_loss
+from facemogle.sampling.sampler import Conditions, generate_latents
+from facemogle.training.step import Batch, training_loss
 
 LATENT = 8  # latent grid 8x8 -> 16 tokens of 64 dims (a 64 px image)
 TOKENS = (LATENT // 2) ** 2

@@ -8,7 +8,7 @@ import pytest
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 
-from facemogle.flow import (
+from facemogle.core.flow import (
     FLUX_DEV_SCHEDULER, add_noise, euler_sample, flux_mu, generators_for, initial_noise,
     make_scheduler, rectified_flow_loss, sample_sigmas, seed_for, velocity_target,
 )

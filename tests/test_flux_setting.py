@@ -22,14 +22,15 @@ from diffusers import AutoencoderKL, FluxPipeline, FluxTransformer2DModel
 from transformers import (CLIPTextConfig, CLIPTextModel, CLIPTokenizer, T5Config, T5EncoderModel,
                           T5Tokenizer)
 
-from facemogle import flow, labels, latents
-from facemogle.base import build_base, load_base, read_manifest
-from facemogle.cache import LatentCache
-from facemogle.config import Params, load_params
+from facemogle.core import flow, labels, latents
+from facemogle.base.build import build_base
+from facemogle.base.loader import load_base, read_manifest
+from facemogle.cache.store import LatentCache
+from facemogle.core.config import Params, load_params
 from facemogle.models.facemogle import FaceMoGLE
-from facemogle.models.text import FluxTextEncoder
-from facemogle.sampling import Conditions, decode_images, generate_latents
-from facemogle.training import make_batch, make_optimizer, training_loss
+from facemogle.base.text import FluxTextEncoder
+from facemogle.sampling.sampler import Conditions, decode_images, generate_latents
+from facemogle.training.step import make_batch, make_optimizer, training_loss
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS_FLUX = ROOT / "params-flux.yaml"

@@ -7,8 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from facemogle.io import InputError
-from facemogle.labels import (
+from facemogle.core.io import InputError
+from facemogle.core.labels import (
     NUM_LABELS, NUM_SLOTS, PALETTE, MaskColorError, check_label_map, color_to_label_map, decouple,
     label_map_image, label_map_to_color, load_label_map, recombine, resize_label_map,
     save_label_map, slot_presence,

@@ -6,9 +6,8 @@ import pytest
 import torch
 from diffusers import AutoencoderKL, FluxPipeline
 
-from facemogle.latents import (
-    decode, encode, encode_batched, from_vae_range, image_ids, pack, text_ids, to_vae_range,
-    unpack,
+from facemogle.core.latents import (
+    decode, encode, encode_batched, from_vae_range, image_ids, pack, text_ids, to_vae_range, unpack,
 )
 
 SHIFT, SCALE = 0.1159, 0.3611  # FLUX.1-dev AE

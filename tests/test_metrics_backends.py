@@ -23,15 +23,17 @@ from transformers import (
     ViTModel,
 )
 
-from facemogle.config import EvaluateConfig
-from facemogle.metrics import BackendUnavailable, metrics_json
-from facemogle.metrics.clip_score import ClipScorer, clip_score_metrics
-from facemogle.metrics.cmmd import ClipImageEmbedder, cmmd_metrics
-from facemogle.metrics.detection import SmallDetector, cross_fit_scores, detection_metrics
-from facemogle.metrics.dino import DinoStructure, dino_metrics, key_self_similarity
-from facemogle.metrics.imagereward import ImageRewardScorer
-from facemogle.metrics.inception import InceptionFeatures, fid_kid_metrics
-from facemogle.metrics.suite import ModelSuite, small_detector_metrics
+from facemogle.core.config import EvaluateConfig
+from facemogle.evaluation.metrics import BackendUnavailable, metrics_json
+from facemogle.evaluation.metrics.clip_score import ClipScorer, clip_score_metrics
+from facemogle.evaluation.metrics.cmmd import ClipImageEmbedder, cmmd_metrics
+from facemogle.evaluation.metrics.detection import (
+    SmallDetector, cross_fit_scores, detection_metrics,
+)
+from facemogle.evaluation.metrics.dino import DinoStructure, dino_metrics, key_self_similarity
+from facemogle.evaluation.metrics.imagereward import ImageRewardScorer
+from facemogle.evaluation.metrics.inception import InceptionFeatures, fid_kid_metrics
+from facemogle.evaluation.metrics.suite import ModelSuite, small_detector_metrics
 
 IMAGE = 32  # tiny models see 32 px images, patch 8: 16 patches + CLS
 MAX_TOKENS = 16

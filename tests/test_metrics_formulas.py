@@ -14,24 +14,18 @@ from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 from torchmetrics.image.fid import _compute_fid
 from torchmetrics.image.kid import poly_mmd
 
-from facemogle.io import InputError
-from facemogle.labels import LABEL_INDEX, LABELS
-from facemogle.metrics import (
-    MetricValue,
-    feature_space_metrics,
-    feature_space_names,
-    frechet_distance,
-    kid,
-    metrics_json,
-    pair_by_id,
-    rbf_mmd2,
+from facemogle.core.io import InputError
+from facemogle.core.labels import LABEL_INDEX, LABELS
+from facemogle.evaluation.metrics import (
+    MetricValue, feature_space_metrics, feature_space_names, frechet_distance, kid, metrics_json,
+    pair_by_id, rbf_mmd2,
 )
-from facemogle.metrics.attributes import attribute_accuracy, attribute_metric_values
-from facemogle.metrics.cmmd import cmmd
-from facemogle.metrics.detection import detection_metrics, equal_error_rate
-from facemogle.metrics.distances import polynomial_mmd2
-from facemogle.metrics.report import markdown_report, markdown_table, write_report
-from facemogle.metrics.segmentation import mask_iou, mask_metric_values
+from facemogle.evaluation.metrics.attributes import attribute_accuracy, attribute_metric_values
+from facemogle.evaluation.metrics.cmmd import cmmd
+from facemogle.evaluation.metrics.detection import detection_metrics, equal_error_rate
+from facemogle.evaluation.metrics.distances import polynomial_mmd2
+from facemogle.evaluation.report import markdown_report, markdown_table, write_report
+from facemogle.evaluation.metrics.segmentation import mask_iou, mask_metric_values
 
 
 @pytest.fixture
@@ -356,7 +350,7 @@ def test_report_table_shows_values_dashes_and_extra_columns(tmp_path):
 
 
 def test_ablation_table_rows_and_missing_values():
-    from facemogle.ablations import ablation_table
+    from facemogle.evaluation.ablations import ablation_table
 
     rows = [{"Experiment": None, "rev": "main", "gating": "matrix", "experts": "global_local",
              "metrics/eval/multimodal.json:mask_miou": 0.41234,

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from facemogle.config import ConfigError, Experts, Gating, ModelConfig
+from facemogle.core.config import ConfigError, Experts, Gating, ModelConfig
 from facemogle.models.mogle import EXPERTS, GATINGS, MoGLE, NoGate, build_mogle
 
 VARIANTS = list(itertools.product(EXPERTS, GATINGS))

@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from facemogle.config import ConfigError, MasksConfig
-from facemogle.data import parsers
-from facemogle.data.parsers import (MissingExtraError, class_table, load_parser, parse_image,
-                                    person_regions)
-from facemogle.labels import LABEL_INDEX, LABELS, NUM_LABELS
+from facemogle.core.config import ConfigError, MasksConfig
+from facemogle.masks import face_parsers as parsers
+from facemogle.masks.face_parsers import (
+    MissingExtraError, class_table, load_parser, parse_image, person_regions,
+)
+from facemogle.core.labels import LABEL_INDEX, LABELS, NUM_LABELS
 
 
 def test_registry_matches_the_config_choices():
@@ -153,7 +154,7 @@ def test_class_table_refuses_a_non_face_parser():
 
 
 def test_tiny_backend_loads_the_base_stage_parser(tmp_path):
-    from facemogle.models.parser import FaceParser, save_parser
+    from facemogle.base.segmenter import FaceParser, save_parser
 
     torch.manual_seed(0)
     model = FaceParser(width=4)

@@ -19,7 +19,7 @@ import pytest
 import yaml
 from dvc.repo import Repo
 
-from facemogle.config import set_sections
+from facemogle.core.config import set_sections
 
 ROOT = Path(__file__).resolve().parents[1]
 DVC = [sys.executable, "-m", "dvc"]

@@ -15,7 +15,7 @@ import torch
 import yaml
 from PIL import Image
 
-from facemogle.cache import load_cache
+from facemogle.cache.store import load_cache
 
 ROOT = Path(__file__).resolve().parents[1]
 TORCHRUN = str(Path(sys.executable).parent / "torchrun")

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from facemogle.data import synthfaces as sf
-from facemogle.labels import LABEL_INDEX, LABELS, NUM_LABELS, PALETTE
+from facemogle.core.labels import LABEL_INDEX, LABELS, NUM_LABELS, PALETTE
 
 N_FREQ = 2000  # faces for the class-frequency test (64 px)
 RARE = ("eye_g", "hat", "ear_r", "neck_l")

@@ -5,11 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from facemogle.base import save_flux_standin
-from facemogle.io import InputError
-from facemogle.models.text import (FLUX_TEXT_NAME, MINILM_NAME, FluxTextEncoder,
-                                   MiniLMTextEncoder, TextEncoder, load_text_encoder,
-                                   text_manifest)
+from facemogle.base.standin import save_flux_standin
+from facemogle.core.io import InputError
+from facemogle.base.text import (
+    FLUX_TEXT_NAME, MINILM_NAME, FluxTextEncoder, MiniLMTextEncoder, TextEncoder, load_text_encoder,
+    text_manifest,
+)
 
 PROMPTS = ["a woman with long red hair and green eyes, smiling",
            "a bald man with a grey beard and glasses", ""]

@@ -9,11 +9,12 @@ import torch
 from accelerate import Accelerator
 from diffusers import FluxTransformer2DModel
 
-from facemogle.cache import LatentCache
-from facemogle.checkpoint import load_model_weights
-from facemogle.config import LoraConfig, ModelConfig, params_from_dict, to_dict
+from facemogle.cache.store import LatentCache
+from facemogle.training.checkpoint import load_model_weights
+from facemogle.core.config import LoraConfig, ModelConfig, params_from_dict, to_dict
 from facemogle.models.facemogle import FaceMoGLE
-from facemogle.training import make_batch, make_optimizer, train, training_loss
+from facemogle.training.step import make_batch, make_optimizer, training_loss
+from facemogle.training.loop import train
 
 LATENT, TOKENS, T, D = 8, 16, 5, 24
 

@@ -1,11 +1,11 @@
-"""Data sets: SynthFaces (embedded default) and readers of the real face data sets.
+"""The `download` stage: data sets into the normalized layout.
 
-- `layout`: the normalized layout the data stages write (DESIGN.md section 4).
+- `layout`: the normalized layout the data stages write and read.
 - `readers`: MM-CelebA-HQ, CelebAMask-HQ, FFHQ-Text and SynthFaces readers; hub or local source.
-- `parsers`: face parsers for images without masks (mediapipe, segformer, tiny).
-- `prepare`: the `download` and `parse_masks` stages as functions.
-- `synthfaces`: the procedural face renderer.
+- `download`: the stage as a function; `items`: the per-item error policy.
+- `synthfaces`, `synthfaces_text`, `colours`: the procedural face renderer, its captions, its
+  colour vocabulary (and reading colours back from pixels).
 
-Import the submodule you need: importing one (e.g. `layout` from `facemogle.base`) does not load
-the others, so each pipeline stage depends only on the data code it runs.
+Import the submodule you need: importing one does not load the others, so each pipeline stage
+depends only on the data code it runs.
 """

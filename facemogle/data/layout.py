@@ -24,7 +24,7 @@ from typing import Any
 
 from PIL import Image
 
-from facemogle.io import InputError, read_jsonl
+from facemogle.core.io import InputError, read_jsonl
 
 IMAGES = "images"
 MASKS = "masks"

@@ -33,10 +33,10 @@ from typing import Protocol
 import numpy as np
 from PIL import Image
 
-from facemogle.config import ConfigError, DataConfig
+from facemogle.core.config import ConfigError, DataConfig
 from facemogle.data.layout import Entry, ItemError, Sample, item_error
-from facemogle.io import InputError, open_image
-from facemogle.labels import LABELS, label_map_image
+from facemogle.core.io import InputError, open_image
+from facemogle.core.labels import LABELS, label_map_image
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 MMCELEBAHQ_SPLIT = 27000  # official-implementation.md section 1: ids < 27000 train

@@ -25,50 +25,33 @@ import platform
 import time
 from dataclasses import dataclass
 from functools import lru_cache
-
 import numpy as np
-
 from facemogle.data.synthfaces_text import make_captions
-from facemogle.io import save_png, write_json
-from facemogle.labels import LABEL_INDEX, PALETTE
+from facemogle.core.io import save_png, write_json
+from facemogle.core.labels import LABEL_INDEX, PALETTE
+from facemogle.data.colours import COLORS, PALETTE_NAMES, PUPIL, SCLERA
+
 
 VARIANTS: tuple[str, ...] = ("standard", "zeroshot")
+
+
 MIN_RESOLUTION, MAX_RESOLUTION = 32, 2048
 
-# Colour name -> reference RGB (albedo before shading). One name, one colour, whatever it paints.
-COLORS: dict[str, tuple[int, int, int]] = {
-    "black": (30, 28, 30), "white": (236, 234, 228), "gray": (140, 140, 146),
-    "brown": (105, 64, 36), "blond": (226, 188, 116), "ginger": (200, 98, 40),
-    "pink": (232, 118, 168), "red": (192, 30, 42), "purple": (116, 50, 140),
-    "blue": (48, 94, 198), "green": (48, 142, 70), "yellow": (234, 200, 52),
-    "natural": (196, 110, 104),
-    "pale": (244, 214, 196), "fair": (226, 180, 148), "olive": (192, 148, 106),
-    "tan": (156, 106, 72), "dark": (96, 62, 44),
-}
-_PALETTE_NAMES = ("black", "white", "gray", "red", "blue", "green", "yellow", "purple")
-ATTRIBUTE_VOCAB: dict[str, tuple[str, ...]] = {
-    "hair_color": ("black", "brown", "blond", "ginger", "gray", "white", "pink"),
-    "eye_color": ("brown", "blue", "green", "gray"),
-    "lip_color": ("natural", "red", "pink", "purple"),
-    "skin_tone": ("pale", "fair", "olive", "tan", "dark"),
-    "hat_color": _PALETTE_NAMES,
-    "cloth_color": _PALETTE_NAMES,
-    "background_color": _PALETTE_NAMES,
-}
-# Attribute -> the labels whose pixels show it (what `read_color` is given).
-COLOR_ATTRIBUTES: dict[str, tuple[str, ...]] = {
-    "hair_color": ("hair",), "eye_color": ("l_eye", "r_eye"), "lip_color": ("u_lip", "l_lip"),
-    "skin_tone": ("skin",), "hat_color": ("hat",), "cloth_color": ("cloth",),
-    "background_color": ("background",),
-}
+
 # Values only the zero-shot variant draws, and colour pairs `standard` never renders.
 ZEROSHOT_ONLY: dict[str, tuple[str, ...]] = {"hair_style": ("bun", "pigtails"),
                                              "hair_color": ("pink",)}
+
+
 HELD_OUT_PAIRS: tuple[tuple[tuple[str, str], tuple[str, str]], ...] = (
     (("hair_color", "blond"), ("cloth_color", "red")),
     (("hair_color", "black"), ("background_color", "yellow")),
 )
+
+
 _LONG_STYLES = ("long", "wavy", "bangs", "bob", "curly")
+
+
 _STYLE_WEIGHTS = {
     ("standard", "woman"): {"long": .26, "wavy": .2, "bangs": .14, "bob": .14, "curly": .1,
                             "short": .16},
@@ -77,14 +60,18 @@ _STYLE_WEIGHTS = {
     ("zeroshot", "woman"): {"long": .14, "wavy": .12, "bangs": .1, "bob": .1, "curly": .09,
                             "short": .05, "bun": .22, "pigtails": .18},
 }
+
+
 _HAIR_WEIGHTS = {"black": .27, "brown": .3, "blond": .18, "ginger": .09, "gray": .1, "white": .06}
-_SCLERA, _PUPIL = (238, 236, 230), (20, 16, 16)
-# Non-vocabulary colours inside a region that `read_color` sets aside: sclera (lit and in the
-# shade of the lid or mixed with skin at the corners), pupil and lashes.
-_NUISANCE = {"eye_color": (_SCLERA, (196, 190, 184), _PUPIL)}
+
+
 _METALS = {"gold": (214, 172, 60), "silver": (196, 198, 206)}
+
+
 _ITEM_DETAILS = {"hat": ("hat_color", "hat_style"),
                  "eyeglasses": ("glasses_style", "glasses_color"), "earrings": ("earring_style",)}
+
+
 _FRAMES = {"black": (28, 26, 28), "gold": (196, 156, 60), "brown": (92, 56, 34)}
 
 
@@ -96,11 +83,6 @@ class SynthFace:
     label_map: np.ndarray  # (H, W) uint8, indices 0..18
     captions: list[str]
     attributes: dict  # JSON-serialisable
-
-
-# ----------------------------------------------------------------------------------------------
-# Sampling: attributes (what captions say) and geometry (what the mask shows)
-# ----------------------------------------------------------------------------------------------
 
 
 def _pick(rng: np.random.Generator, weights: dict[str, float]) -> str:
@@ -115,9 +97,9 @@ def _chance(rng: np.random.Generator, p: float) -> bool:
 
 def _sample_colors(rng: np.random.Generator, zeroshot: bool, attrs: dict) -> dict:
     """Cloth, background and hat colours; `standard` never renders a held-out pair."""
-    background = str(rng.choice(_PALETTE_NAMES))
-    cloth = str(rng.choice([c for c in _PALETTE_NAMES if c != background]))
-    out = {"hat_color": str(rng.choice(_PALETTE_NAMES)), "cloth_color": cloth,
+    background = str(rng.choice(PALETTE_NAMES))
+    cloth = str(rng.choice([c for c in PALETTE_NAMES if c != background]))
+    out = {"hat_color": str(rng.choice(PALETTE_NAMES)), "cloth_color": cloth,
            "background_color": background}
     forced = None
     for (key_a, val_a), (key_b, val_b) in HELD_OUT_PAIRS:
@@ -126,7 +108,7 @@ def _sample_colors(rng: np.random.Generator, zeroshot: bool, attrs: dict) -> dic
         if zeroshot and _chance(rng, 0.5):
             out[key_b], forced = val_b, key_b
         elif not zeroshot and out[key_b] == val_b:
-            out[key_b] = str(rng.choice([c for c in _PALETTE_NAMES if c != val_b]))
+            out[key_b] = str(rng.choice([c for c in PALETTE_NAMES if c != val_b]))
     if out["cloth_color"] == out["background_color"]:
         # Clothes never vanish into the background; a forced held-out colour is kept.
         key = "cloth_color" if forced == "background_color" else "background_color"
@@ -222,11 +204,6 @@ def _sample_geometry(rng: np.random.Generator, attrs: dict, variant: str) -> dic
     # Keep the shoulders in the picture: the cloth colour must be visible to be checkable.
     g["cy"] = min(cy, 0.8 - (g["shoulder_y"] + 0.2) * size)
     return g
-
-
-# ----------------------------------------------------------------------------------------------
-# Signed distance fields (negative inside) and the canvas
-# ----------------------------------------------------------------------------------------------
 
 
 def _ellipse(p, q, cp, cq, rp, rq, angle=0.0):
@@ -356,10 +333,6 @@ def _mix(base, color, a):
     """Blend `color` over `base` with coverage a (h, w)."""
     return base + (np.asarray(color, np.float32) - base) * a[..., None]
 
-
-# ----------------------------------------------------------------------------------------------
-# Parts (`_compose` draws them in CelebAMask-HQ precedence: a later part overwrites the label)
-# ----------------------------------------------------------------------------------------------
 
 _L = LABEL_INDEX
 
@@ -641,16 +614,16 @@ def _draw_eyes(f: _Frame, g: dict, attrs: dict) -> None:
         # A large iris (clipped by the lids) so the eye colour owns most eye pixels at 64 px.
         ip, iq, ri = cp + g["gaze"][0] * ew * 0.4, cq + g["gaze"][1] * eh, 1.15 * eh
         rho = np.hypot(p - ip, q - iq) / ri  # (h, w)
-        col = _mix(np.broadcast_to(_rgb(_SCLERA) * 0.95, p.shape + (3,)),
+        col = _mix(np.broadcast_to(_rgb(SCLERA) * 0.95, p.shape + (3,)),
                    iris_col * (1.15 - 0.3 * rho * rho)[..., None], f.alpha((rho - 1) * ri))
         # Details smaller than a pixel fade with their area (a point-sampled coverage would
         # paint a whole pixel black for a pupil a third of a pixel wide).
         fade = min(1.0, (0.3 * ri * f.px / 0.6) ** 2)
-        col = _mix(col, _rgb(_PUPIL), fade * f.alpha((rho - 0.3) * ri))
+        col = _mix(col, _rgb(PUPIL), fade * f.alpha((rho - 0.3) * ri))
         col = _mix(col, _rgb((250, 250, 250)), fade * f.alpha(_circle(p, q, ip + 0.3 * ri,
                                                                       iq - 0.35 * ri, 0.14 * ri)))
         lash = np.clip(1 - (d + 0.12 * eh) / (0.1 * eh), 0, 1) * (q < cq - 0.3 * eh)
-        col = _mix(col, _rgb(_PUPIL), 0.8 * min(1.0, eh * f.px / 2) * lash)
+        col = _mix(col, _rgb(PUPIL), 0.8 * min(1.0, eh * f.px / 2) * lash)
         f.paint(win, label, d, col)
 
 
@@ -734,11 +707,6 @@ def _draw_hat(f: _Frame, g: dict, attrs: dict) -> None:
     f.paint(win, _L["hat"], d, col * _shade(g, p, q, d, 0.3, 0.1, 1.5, (0, -1)) * gain[..., None])
 
 
-# ----------------------------------------------------------------------------------------------
-# Rendering
-# ----------------------------------------------------------------------------------------------
-
-
 def _check_args(index: int, seed: int, resolution: int, variant: str, num_captions: int) -> None:
     if variant not in VARIANTS:
         raise ValueError(f"synthfaces: variant must be one of {VARIANTS}, got {variant!r}")
@@ -793,84 +761,6 @@ def render(index: int, *, seed: int = 0, resolution: int = 128, variant: str = "
                  head_x=round(g["cx"], 4), head_y=round(g["cy"], 4))
     return SynthFace(image=image, label_map=cv.labels, attributes=attrs,
                      captions=make_captions(attrs, text_rng, num_captions))
-
-
-# ----------------------------------------------------------------------------------------------
-# Reading colours back from pixels
-# ----------------------------------------------------------------------------------------------
-
-
-def _srgb_to_lab(rgb: np.ndarray) -> np.ndarray:
-    """sRGB (N, 3) in 0..255 -> CIELAB (N, 3), D65."""
-    c = np.asarray(rgb, np.float64) / 255
-    lin = np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
-    xyz = lin @ np.array([[0.4124, 0.2126, 0.0193], [0.3576, 0.7152, 0.1192],
-                          [0.1805, 0.0722, 0.9505]])  # (N, 3)
-    xyz = xyz / np.array([0.95047, 1.0, 1.08883])
-    f = np.where(xyz > 216 / 24389, np.cbrt(xyz), (24389 / 27 * xyz + 16) / 116)
-    return np.stack([116 * f[:, 1] - 16, 500 * (f[:, 0] - f[:, 1]), 200 * (f[:, 1] - f[:, 2])], 1)
-
-
-# Lightness counts less than hue and chroma: shading changes it across a region.
-_LAB_WEIGHT = np.array([0.6, 1.0, 1.0])
-# Small regions whose colour is a hue (iris, lips): only their most chromatic fraction is read,
-# since the rest are blends with the sclera, the pupil or (in generated images) the skin around.
-# An iris is a few pixels at 64 px, mostly blended with pupil and sclera: its top quarter.
-_CHROMA_KEPT = {"eye_color": 0.25, "lip_color": 0.5}
-_MAX_READ = 16384
-
-
-@lru_cache(maxsize=None)
-def _references(attribute: str) -> tuple[np.ndarray, int]:
-    names = ATTRIBUTE_VOCAB[attribute]
-    rgb = [COLORS[n] for n in names] + list(_NUISANCE.get(attribute, ()))
-    return _srgb_to_lab(np.array(rgb)) * _LAB_WEIGHT, len(names)
-
-
-def read_color(pixels: np.ndarray, attribute: str) -> str:
-    """The colour name (from `ATTRIBUTE_VOCAB[attribute]`) that the pixels (N, 3) uint8 show.
-
-    Pixels nearest to a non-vocabulary colour of the region (sclera, pupil) are set aside, and
-    for eyes and lips the less chromatic ones too; the median of the rest in (lightness-
-    discounted) CIELAB is matched to the nearest reference. This is also the decoder of the
-    attribute-accuracy metric on generated images. Large regions are read from an evenly
-    strided subset of at most `_MAX_READ` pixels.
-    """
-    if attribute not in ATTRIBUTE_VOCAB:
-        raise KeyError(f"read_color: unknown attribute {attribute!r}; expected one of "
-                       f"{tuple(ATTRIBUTE_VOCAB)}")
-    pixels = np.asarray(pixels)
-    if pixels.ndim != 2 or pixels.shape[1] != 3 or len(pixels) == 0:
-        raise ValueError(f"read_color: {attribute!r} needs an (N, 3) array of RGB pixels with "
-                         f"N >= 1, got shape {pixels.shape}")
-    pixels = pixels[:: -(-len(pixels) // _MAX_READ)]
-    refs, n_vocab = _references(attribute)
-    lab = _srgb_to_lab(pixels) * _LAB_WEIGHT  # (N, 3)
-    nearest = np.argmin(((lab[:, None] - refs[None]) ** 2).sum(-1), 1)  # (N,)
-    keep = lab[nearest < n_vocab] if (nearest < n_vocab).any() else lab
-    if attribute in _CHROMA_KEPT:
-        chroma = np.hypot(keep[:, 1], keep[:, 2])  # (K,)
-        keep = keep[chroma >= np.quantile(chroma, 1 - _CHROMA_KEPT[attribute])]
-    centre = np.median(keep, 0)
-    return ATTRIBUTE_VOCAB[attribute][int(np.argmin(((refs[:n_vocab] - centre) ** 2).sum(-1)))]
-
-
-def region_pixels(image: np.ndarray, label_map: np.ndarray, attribute: str) -> np.ndarray:
-    """The pixels (N, 3) of `image` (H, W, 3) whose labels (H, W) show `attribute`.
-
-    `COLOR_ATTRIBUTES` names the labels; with `read_color` this reads an attribute from any
-    image paired with a label map (a SynthFace, or a face generated from its mask).
-    """
-    if image.shape[:2] != label_map.shape:
-        raise ValueError(f"region_pixels: image {image.shape} and label map {label_map.shape} "
-                         "differ in size")
-    ids = [LABEL_INDEX[n] for n in COLOR_ATTRIBUTES[attribute]]
-    return image[np.isin(label_map, ids)]
-
-
-# ----------------------------------------------------------------------------------------------
-# Commands
-# ----------------------------------------------------------------------------------------------
 
 
 def contact_sheet(n: int, resolution: int, variant: str = "standard", seed: int = 0,

@@ -1,1 +1,3 @@
-"""Models: the MoGLE mask encoder (`mogle`) and Face-MoGLE on a FLUX transformer (`facemogle`)."""
+"""Face-MoGLE's own modules: the MoGLE mask encoder (`mogle`), the condition stream on a FLUX
+transformer (`condition`) and the model that joins them (`facemogle`).
+"""

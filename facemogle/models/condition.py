@@ -46,7 +46,7 @@ from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from facemogle.config import ConfigError, LoraConfig
+from facemogle.core.config import ConfigError, LoraConfig
 
 # Layers the condition stream passes through (official-implementation.md section 3); LoRA
 # anywhere else would act on text or image tokens, or on nothing.

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from facemogle.config import LoraConfig, ModelConfig
+from facemogle.core.config import LoraConfig, ModelConfig
 from facemogle.models.condition import attach_lora, condition_forward
 from facemogle.models.mogle import MoGLE, build_mogle
 

@@ -29,8 +29,8 @@ import torch.nn.functional as F
 from diffusers.models.embeddings import TimestepEmbedding, Timesteps
 from torch import Tensor, nn
 
-from facemogle.config import ModelConfig
-from facemogle.labels import NUM_LABELS
+from facemogle.core.config import ModelConfig
+from facemogle.core.labels import NUM_LABELS
 
 # The gate embeds 1000 * sigma, the timestep range diffusers' sinusoidal embedding is made for.
 TIME_SCALE = 1000.0

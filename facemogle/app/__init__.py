@@ -1,0 +1,2 @@
+"""Using a trained model: the diffusers-style pipeline, the CLI, the web demo, gate maps.
+"""

@@ -1,0 +1,86 @@
+"""Loading the pretrained base that the `base` stage resolved, tiny or FLUX.1-dev.
+
+`base_dir` holds `base.json` (kind, resolved config, where the parts live) and
+`text_encoder.json`; for `tiny` also `vae/`, `transformer/`, `scheduler/` (diffusers layout, as
+in a FLUX folder) and `parser/`. `load_base` turns either kind into a `Base`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+import torch
+from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
+from facemogle.core.io import InputError
+from facemogle.base.text import TextEncoder
+from facemogle.base.text import load_text_encoder as _load_text_encoder
+
+
+MANIFEST = "base.json"
+
+
+DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16,
+                                  "float16": torch.float16}
+
+
+@dataclass
+class Base:
+    """The frozen foundation every later stage uses."""
+
+    vae: AutoencoderKL
+    transformer: FluxTransformer2DModel
+    text_encoder: TextEncoder | None
+    scheduler_config: dict
+    kind: str
+    guidance_embeds: bool
+
+
+def read_manifest(base_dir: str | Path) -> dict[str, Any]:
+    """`base_dir/base.json` as a dict."""
+    path = Path(base_dir) / MANIFEST
+    try:
+        manifest = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise InputError(f"{path}: base manifest not found (run the base stage)") from None
+    except json.JSONDecodeError as err:
+        raise InputError(f"{path}: not valid JSON ({err.msg})") from None
+    if manifest.get("kind") not in ("tiny", "flux") or manifest.get("dtype") not in DTYPES:
+        raise InputError(f"{path}: expected 'kind' in ['tiny', 'flux'] and 'dtype' in "
+                         f"{list(DTYPES)}, got {manifest.get('kind')!r}, {manifest.get('dtype')!r}")
+    return manifest
+
+
+def parts_dir(base_dir: str | Path, manifest: dict[str, Any]) -> Path:
+    """The folder holding vae/, transformer/, scheduler/: the base dir (tiny) or FLUX's folder."""
+    if manifest["kind"] == "tiny":
+        return Path(base_dir)
+    flux_dir = Path(manifest["dir"])
+    if not flux_dir.is_dir():
+        raise InputError(f"{Path(base_dir) / MANIFEST}: FLUX folder {str(flux_dir)!r} does not "
+                         f"exist; re-run the base stage to resolve base.flux_path again")
+    return flux_dir
+
+
+def load_base(base_dir: str | Path, *, device: torch.device | str | None = None,
+              dtype: torch.dtype | None = None, load_text_encoder: bool = True) -> Base:
+    """Load what the base stage wrote, frozen and in eval mode.
+
+    `dtype` defaults to the manifest's (params `base.dtype`: float32 tiny, bfloat16 FLUX).
+    """
+    manifest = read_manifest(base_dir)
+    root = parts_dir(base_dir, manifest)
+    dtype = dtype or DTYPES[manifest["dtype"]]
+    vae = AutoencoderKL.from_pretrained(root / "vae", dtype=dtype)
+    transformer = FluxTransformer2DModel.from_pretrained(root / "transformer", dtype=dtype)
+    for model in (vae, transformer):
+        model.eval().requires_grad_(False)
+        if device is not None:
+            model.to(device)
+    scheduler_config = {k: v for k, v in FlowMatchEulerDiscreteScheduler.load_config(
+        root / "scheduler").items() if not k.startswith("_")}
+    text_encoder = (_load_text_encoder(base_dir, device=device, dtype=dtype)
+                    if load_text_encoder else None)
+    return Base(vae, transformer, text_encoder, scheduler_config, manifest["kind"],
+                bool(transformer.config.guidance_embeds))

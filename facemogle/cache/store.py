@@ -1,0 +1,166 @@
+"""Reading the latent cache that `cache_latents` wrote (layout: `facemogle.cache.build`).
+
+`load_cache` holds a split in memory, or, when it is larger than `IN_MEMORY_BYTES`, reads each
+batch's rows from the memory-mapped shards.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+from torch import Tensor
+log = logging.getLogger(__name__)
+
+
+STORE_DTYPE = torch.float16  # latents and embeddings are stored in half precision (half the disk)
+
+
+CACHE_FORMAT = 2  # bumped when the shard layout changes, so older shards are re-made
+
+
+class MappedRows:
+    """Rows of one tensor spread over cache shards, read from the memory-mapped files when
+    indexed: a cache larger than memory (MM-CelebA-HQ with T5: 30,000 images x 10 captions x
+    512 tokens x 4096 in float16 is 1.3 TB of text embeddings) is gathered per batch.
+
+    Indexing with a tensor of row numbers returns a tensor of `dtype`, like a tensor would.
+    """
+
+    def __init__(self, files: list[Path], key: str, rows: list[Tensor], dtype: torch.dtype):
+        self._slices = [safe_open(str(f), framework="pt").get_slice(key) for f in files]
+        self._shard = torch.cat([torch.full((len(r),), n, dtype=torch.long)
+                                 for n, r in enumerate(rows)])
+        self._local = torch.cat(rows)
+        self.dtype = dtype
+        self.shape = torch.Size([len(self._local), *self._slices[0].get_shape()[1:]])
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, index: Tensor) -> Tensor:
+        index = torch.as_tensor(index)
+        flat = index.reshape(-1)
+        out = torch.empty((flat.numel(), *self.shape[1:]), dtype=self.dtype)
+        for n, (s, r) in enumerate(zip(self._shard[flat].tolist(), self._local[flat].tolist())):
+            out[n] = self._slices[s][r:r + 1][0]
+        return out.reshape(*index.shape, *self.shape[1:])
+
+
+Rows = Tensor | MappedRows  # both are indexed with a tensor of row numbers
+
+
+@dataclass
+class LatentCache:
+    """The cached tensors of a split, addressed by image id; the large ones are in memory or
+    read per batch from the shards (`MappedRows`)."""
+
+    ids: list[str]
+    image: Rows  # (N, L, C)
+    slot_latents: Rows  # (M, L, C)
+    slot_index: Tensor  # (N, 20), -1 = empty slot
+    text_seq: Rows  # (K, T, D)
+    text_pooled: Tensor  # (K, P)
+    caption_offsets: Tensor  # (N + 1,)
+    empty_slot: Tensor  # (L, C)
+    empty_text_seq: Tensor  # (T, D)
+    empty_text_pooled: Tensor  # (P,)
+    latent_size: int
+
+    @property
+    def row(self) -> dict[str, int]:
+        return {i: n for n, i in enumerate(self.ids)}
+
+    def slots(self, rows: Tensor) -> Tensor:
+        """(B, 20, L, C) slot latents of the given rows, empty slots filled in."""
+        index = self.slot_index[rows]  # (B, 20)
+        out = self.empty_slot.expand(*index.shape, *self.empty_slot.shape).clone()
+        present = index >= 0
+        out[present] = self.slot_latents[index[present]].to(out.dtype)
+        return out
+
+    def num_captions(self, rows: Tensor) -> Tensor:
+        return self.caption_offsets[rows + 1] - self.caption_offsets[rows]  # (B,)
+
+    def text(self, rows: Tensor, choice: Tensor) -> tuple[Tensor, Tensor]:
+        """Embeddings of caption `choice[b]` of each row: (B, T, D), (B, P)."""
+        k = self.caption_offsets[rows] + choice
+        return self.text_seq[k], self.text_pooled[k]
+
+
+IN_MEMORY_BYTES = 8 << 30  # a split whose tensors take more (at `dtype`) is read per batch
+
+
+def load_cache(cache_dir: str | Path, split: str | None = None, *,
+               dtype: torch.dtype = torch.float32, in_memory: bool | None = None) -> LatentCache:
+    """The shards of `cache_dir` (optionally only the ids of `split`).
+
+    Image, slot and text-sequence tensors are read into memory when they take at most
+    `IN_MEMORY_BYTES` at `dtype` (or when `in_memory` says so), otherwise they stay in the
+    memory-mapped shards and each batch reads its rows (`MappedRows`). Both give equal values.
+    """
+    cache_dir = Path(cache_dir)
+    index = json.loads((cache_dir / "index.json").read_text())
+    wanted = None if split is None else set(index[split])
+    files: list[Path] = []
+    keep_rows, slot_rows, text_rows, slot_index, pooled, counts = [], [], [], [], [], []
+    ids: list[str] = []
+    slot_base = 0
+    for shard in index["shards"]:
+        keep = [n for n, i in enumerate(shard["ids"]) if wanted is None or i in wanted]
+        if not keep:
+            continue
+        path = cache_dir / shard["file"]
+        with safe_open(str(path), framework="pt") as handle:
+            shard_slots = handle.get_tensor("slot_index")
+            offsets = handle.get_tensor("caption_offsets")
+            shard_pooled = handle.get_tensor("text_pooled")
+            num_slots = handle.get_slice("slot_latents").get_shape()[0]
+        files.append(path)
+        ids += [shard["ids"][n] for n in keep]
+        keep_t = torch.tensor(keep)
+        kept_slots = shard_slots[keep_t]
+        used = kept_slots[kept_slots >= 0]
+        remap = torch.full((num_slots,), -1, dtype=torch.long)
+        remap[used] = torch.arange(used.numel()) + slot_base
+        slot_index.append(torch.where(kept_slots >= 0, remap[kept_slots.clamp(min=0)],
+                                      kept_slots))
+        slot_base += used.numel()
+        captions = torch.cat([torch.arange(offsets[n], offsets[n + 1]) for n in keep])
+        keep_rows.append(keep_t)
+        slot_rows.append(used)
+        text_rows.append(captions)
+        pooled.append(shard_pooled[captions])
+        counts.append(offsets[keep_t + 1] - offsets[keep_t])
+    large = {"image": keep_rows, "slot_latents": slot_rows, "text_seq": text_rows}
+    mapped = {key: MappedRows(files, key, rows, dtype) for key, rows in large.items()}
+    if in_memory is None:
+        size = sum(m.shape.numel() for m in mapped.values()) * torch.finfo(dtype).bits // 8
+        in_memory = size <= IN_MEMORY_BYTES
+    tables: dict[str, Rows] = dict(mapped)
+    if in_memory:
+        tables = {key: _read_rows(files, key, rows).to(dtype) for key, rows in large.items()}
+    empty = load_file(str(cache_dir / "empty.safetensors"))
+    counts_t = torch.cat(counts)
+    return LatentCache(
+        ids=ids, **tables,
+        slot_index=torch.cat(slot_index),
+        text_pooled=torch.cat(pooled).to(dtype),
+        caption_offsets=torch.cat([torch.zeros(1, dtype=torch.long), counts_t.cumsum(0)]),
+        empty_slot=empty["slot"].to(dtype),
+        empty_text_seq=empty["text_seq"].to(dtype),
+        empty_text_pooled=empty["text_pooled"].to(dtype),
+        latent_size=index["latent_size"],
+    )
+
+
+def _read_rows(files: list[Path], key: str, rows: list[Tensor]) -> Tensor:
+    parts = []
+    for path, kept in zip(files, rows):
+        with safe_open(str(path), framework="pt") as handle:
+            parts.append(handle.get_tensor(key)[kept])
+    return torch.cat(parts)

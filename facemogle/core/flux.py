@@ -1,0 +1,35 @@
+"""FLUX.1-dev's constants: its architecture, resolution, text length, guidance and latent layout.
+
+Every module that needs one of these numbers imports it from here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+# FLUX.1-dev's `transformer/config.json` and `vae/config.json` (diffusers layout).
+FLUX_DEV_TRANSFORMER: dict[str, Any] = {
+    "patch_size": 1, "in_channels": 64, "num_layers": 19, "num_single_layers": 38,
+    "attention_head_dim": 128, "num_attention_heads": 24, "joint_attention_dim": 4096,
+    "pooled_projection_dim": 768, "guidance_embeds": True, "axes_dims_rope": (16, 56, 56),
+}
+
+
+FLUX_DEV_VAE: dict[str, Any] = {
+    "in_channels": 3, "out_channels": 3, "latent_channels": 16,
+    "down_block_types": ("DownEncoderBlock2D",) * 4, "up_block_types": ("UpDecoderBlock2D",) * 4,
+    "block_out_channels": (128, 256, 512, 512), "layers_per_block": 2, "act_fn": "silu",
+    "norm_num_groups": 32, "sample_size": 1024, "scaling_factor": 0.3611, "shift_factor": 0.1159,
+    "use_quant_conv": False, "use_post_quant_conv": False, "force_upcast": True,
+    "mid_block_add_attention": True,
+}
+
+
+FLUX_RESOLUTION = 512
+
+
+FLUX_TEXT_TOKENS = 512  # T5 sequence length of FLUX.1-dev
+
+
+SAMPLE_GUIDANCE = 3.5  # FLUX.1-dev's guidance embedding (DESIGN.md section 6)

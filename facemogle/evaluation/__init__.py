@@ -1,0 +1,3 @@
+"""The `evaluate` and `report` stages: metrics of generated faces, paper-style tables,
+the ablation table.
+"""

@@ -1,0 +1,2 @@
+"""The `sample` stage: the three generation modes (`sampler`) and contact sheets (`sheets`).
+"""

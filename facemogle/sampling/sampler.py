@@ -1,0 +1,113 @@
+"""Generating faces in the three modes (DESIGN.md section 4, `sample` stage).
+
+`generate_latents` is the whole sampler: per-sample seeded noise, the Euler flow-matching loop
+of `facemogle.flow`, optional true classifier-free guidance. Modes are expressed only through the
+inputs (see `facemogle.models.facemogle`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from facemogle.core import flow, latents
+from facemogle.models.facemogle import FaceMoGLE
+
+
+@dataclass
+class Conditions:
+    """What one batch is conditioned on; `cond_latents` None means no mask (text2face)."""
+
+    text: Tensor  # (B, T, D)
+    pooled: Tensor  # (B, P)
+    cond_latents: Tensor | None  # (B, 20, L, C) or None
+    empty_text: Tensor  # (T, D) embeddings of "" (for true CFG)
+    empty_pooled: Tensor  # (P,)
+
+
+def velocity_fn(model: FaceMoGLE, cond: Conditions, *, latent_size: int, guidance: float,
+                 cfg_scale: float):
+    device = cond.text.device
+    img_ids = latents.image_ids(latent_size, latent_size, device=device)
+    txt_ids = latents.text_ids(cond.text.shape[1], device=device)
+
+    def velocity(z_t: Tensor, sigma: Tensor) -> Tensor:
+        if cfg_scale == 1.0:
+            return model(z_t, sigma, cond.text, cond.pooled, img_ids=img_ids, txt_ids=txt_ids,
+                         cond_latents=cond.cond_latents, guidance=guidance)
+        # True CFG against the fully unconditional prediction (empty prompt, no mask tokens),
+        # for base models without a distilled guidance embedding. Both halves run in one batch;
+        # the unconditional half drops its mask through `cond_keep`.
+        b = z_t.shape[0]
+        text = torch.cat([cond.text, cond.empty_text.expand_as(cond.text)])
+        pooled = torch.cat([cond.pooled, cond.empty_pooled.expand_as(cond.pooled)])
+        slots, keep = None, None
+        if cond.cond_latents is not None:
+            slots = torch.cat([cond.cond_latents, cond.cond_latents])
+            keep = torch.arange(2 * b, device=device) < b
+        v = model(torch.cat([z_t, z_t]), torch.cat([sigma, sigma]), text, pooled,
+                  img_ids=img_ids, txt_ids=txt_ids, cond_latents=slots, cond_keep=keep,
+                  guidance=guidance)
+        v_cond, v_uncond = v[:b], v[b:]
+        return v_uncond + cfg_scale * (v_cond - v_uncond)
+
+    return velocity
+
+
+@torch.no_grad()
+def generate_latents(model: FaceMoGLE, cond: Conditions, seeds: list[int], *, latent_size: int,
+                     steps: int = 28, guidance: float = 3.5, cfg_scale: float = 1.0,
+                     scheduler_config: dict | None = None, progress: bool = False,
+                     callback=None) -> Tensor:
+    """Sample packed latents (B, L, C), one seed per sample.
+
+    Each sample's initial noise comes from its own generator, so an image depends on its seed
+    only, not on the batch it was generated in.
+    """
+    device = cond.text.device
+    channels = model.transformer.config.in_channels
+    num_tokens = (latent_size // 2) ** 2
+    generators = [torch.Generator().manual_seed(s) for s in seeds]
+    noise = flow.initial_noise((num_tokens, channels), generators, device=device,
+                               dtype=cond.text.dtype)  # (B, L, C)
+    velocity = velocity_fn(model, cond, latent_size=latent_size, guidance=guidance,
+                            cfg_scale=cfg_scale)
+    scheduler = flow.make_scheduler(scheduler_config)
+    return flow.euler_sample(velocity, noise, steps, scheduler=scheduler,
+                             image_seq_len=num_tokens, progress=progress, callback=callback)
+
+
+@torch.no_grad()
+def decode_images(vae, packed: Tensor, latent_size: int) -> Tensor:
+    """Packed latents (B, L, C) -> images (B, 3, H, W) in [0, 1]."""
+    grid = latents.unpack(packed, latent_size, latent_size)  # (B, C/4, h, w)
+    return latents.decode(vae, grid.to(vae.dtype)).float()
+
+
+def mode_conditions(cache, rows: Tensor, mode: str, device: torch.device) -> Conditions:
+    """The inputs of `mode` for cached test rows; prompts are each image's first caption."""
+    first = torch.zeros_like(rows)
+    text, pooled = cache.text(rows, first)  # (B, T, D), (B, P)
+    if mode == "mask2face":
+        text = cache.empty_text_seq.expand_as(text)
+        pooled = cache.empty_text_pooled.expand_as(pooled)
+    slots = None if mode == "text2face" else cache.slots(rows).to(device)  # (B, 20, L, C)
+    return Conditions(text.to(device), pooled.to(device), slots,
+                      cache.empty_text_seq.to(device), cache.empty_text_pooled.to(device))
+
+
+def sample_rows(model: FaceMoGLE, base, cache, rows: Tensor, mode: str, cfg, *, seed: int,
+                progress: bool = False) -> Tensor:
+    """Images (B, 3, H, W) in [0, 1] for cached rows in one mode; seeds depend on ids only."""
+    device = next(model.parameters()).device
+    seeds = [flow.seed_for(cache.ids[int(r)], seed) for r in rows]
+    cond = mode_conditions(cache, rows, mode, device)
+    # A bf16 base (FLUX.1-dev) computes in bf16 while the fp32 cached inputs and MoGLE stay fp32.
+    dtype = base.transformer.dtype
+    with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+        packed = generate_latents(model, cond, seeds, latent_size=cache.latent_size,
+                                  steps=cfg.steps, guidance=cfg.guidance, cfg_scale=cfg.cfg_scale,
+                                  scheduler_config=base.scheduler_config, progress=progress)
+        return decode_images(base.vae, packed.float(), cache.latent_size)

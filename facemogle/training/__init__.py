@@ -1,0 +1,2 @@
+"""The `train` stage: one training step (`step`), the loop (`loop`), checkpoints (`checkpoint`).
+"""

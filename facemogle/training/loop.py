@@ -1,0 +1,122 @@
+"""The `train` stage's driver: LoRA + MoGLE on cached latents (paper section 4.1).
+
+`train` runs `facemogle.training.step.train_step` over batches of the latent cache, logs to
+DVCLive and checkpoints (`facemogle.training.checkpoint`) so a killed run resumes.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+import torch
+from accelerate import Accelerator
+from tqdm import tqdm
+from facemogle.cache.store import LatentCache
+from facemogle.training.checkpoint import (
+    find_resumable, load_training_state, save_model, save_training_state,
+)
+from facemogle.core.config import ConfigError, Params, TrainConfig
+from facemogle.models.condition import enable_compile
+from facemogle.models.facemogle import FaceMoGLE
+log = logging.getLogger(__name__)
+from facemogle.training.step import to_device, make_batch, make_optimizer, training_loss
+
+
+def make_accelerator(cfg: TrainConfig) -> Accelerator:
+    """The accelerator of a training run: `cfg`'s precision and gradient accumulation, refusing
+    a launch whose process count is not `train.num_processes` (`batch_size` counts samples per
+    process, so the global batch would silently change)."""
+    # cpu=True when there is no GPU: only then does accelerate join CPU processes (gloo) started
+    # by torchrun; on GPUs it picks the device of each process.
+    precision = "no" if cfg.mixed_precision == "fp32" else cfg.mixed_precision
+    accelerator = Accelerator(mixed_precision=precision, cpu=not torch.cuda.is_available(),
+                              gradient_accumulation_steps=cfg.grad_accum)
+    started, declared = accelerator.num_processes, cfg.num_processes
+    if started != declared:
+        raise ConfigError(
+            f"train.num_processes is {declared} but {started} process(es) joined this run; "
+            f"start {declared} with `torchrun --standalone --nproc_per_node {declared}` or "
+            f"`accelerate launch --multi_gpu --num_processes {declared}`, or set "
+            f"train.num_processes={started} (`accelerate launch --cpu` starts a single process "
+            "unless MPI is configured)")
+    return accelerator
+
+
+def train(model: FaceMoGLE, cache: LatentCache, params: Params, out_dir: str | Path, *,
+          accelerator, resolved: dict, live=None) -> list[tuple[int, float]]:
+    """Train LoRA + MoGLE for `params.train.steps`, resuming from the last checkpoint.
+
+    `resolved` (the params the stage declares, plus the base manifest) is stored with every
+    checkpoint; a checkpoint is resumed only under an identical `resolved`. Returns the
+    (step, loss) history, which is also kept in every checkpoint so loss curves survive a resume.
+    """
+    cfg = params.train
+    if accelerator.gradient_accumulation_steps != cfg.grad_accum:
+        raise ValueError(f"train.grad_accum is {cfg.grad_accum} but the accelerator accumulates "
+                         f"{accelerator.gradient_accumulation_steps} batches: create it with "
+                         "gradient_accumulation_steps=train.grad_accum")
+    out_dir = Path(out_dir)
+    trainable = model.trainable_parameters()
+    for p in trainable:
+        p.data = p.data.float()  # fp32 master weights; autocast handles bf16 compute
+    optimizer = make_optimizer(trainable, cfg)
+    if cfg.compile:
+        enable_compile()
+    model, optimizer = accelerator.prepare(model, optimizer)
+    inner = accelerator.unwrap_model(model)
+    # Every process draws the same global batch (rows, dropout, time, noise) and trains on its own
+    # slice of it: ranks see different samples (the official code seeded every DDP rank alike, so
+    # all ranks drew identical noise and time), and N processes x batch b reproduce one process
+    # with batch N*b.
+    generator = torch.Generator().manual_seed(params.seed)
+    world, rank = accelerator.num_processes, accelerator.process_index
+    start, history = 0, []
+    resumable = find_resumable(out_dir / "checkpoints", resolved)
+    if resumable is not None:
+        start, history = load_training_state(resumable, inner, optimizer, generator)
+        log.info("resuming from %s at step %d", resumable, start)
+        for past_step, value in history if live is not None else ():
+            live.step = past_step  # the curve survives the resume
+            live.log_metric("loss", value)
+    n = len(cache.ids)
+    bar = tqdm(range(start, cfg.steps), desc="train", unit="step", initial=start, total=cfg.steps,
+               disable=not accelerator.is_main_process)
+    running = []
+    for step in bar:
+        for _ in range(cfg.grad_accum):
+            with accelerator.accumulate(model):
+                rows = torch.randint(n, (cfg.batch_size * world,), generator=generator)
+                batch = make_batch(cache, rows, cfg, generator).shard(rank, world)
+                if bool(batch.cond_keep.all()):
+                    batch.cond_keep = None  # no key mask needed (decided on the CPU copy)
+                batch = to_device(batch, accelerator.device)
+                with accelerator.autocast():
+                    loss = training_loss(model, batch, latent_size=cache.latent_size,
+                                         guidance=cfg.guidance,
+                                         checkpointing=cfg.gradient_checkpointing)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(trainable, cfg.grad_clip)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            running.append(loss.detach())
+        done = step + 1
+        if done % cfg.log_every == 0 or done == cfg.steps:
+            mean = accelerator.reduce(torch.stack(running).mean(), reduction="mean")
+            value = mean.item()  # one host sync per log interval
+            running = []
+            if not math.isfinite(value):
+                raise FloatingPointError(f"train: loss became {value} at step {done}")
+            history.append((done, value))
+            bar.set_postfix(loss=f"{value:.4f}")
+            if live is not None:
+                live.step = done
+                live.log_metric("loss", value)
+        if accelerator.is_main_process and (done % cfg.checkpoint_every == 0 or done == cfg.steps):
+            save_training_state(out_dir / "checkpoints", done, inner, optimizer, generator,
+                                history, resolved, keep=cfg.keep_checkpoints)
+        accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        save_model(out_dir, inner, resolved)
+    return history

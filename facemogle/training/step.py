@@ -1,0 +1,94 @@
+"""One training step of Face-MoGLE: batch assembly with condition dropout, the rectified-flow
+loss, the optimizer (docs/design.md, "Training"). `train` and the benchmark both call these.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, fields
+import torch
+from torch import Tensor
+from facemogle.core import flow, latents
+from facemogle.cache.store import LatentCache
+from facemogle.core.config import TrainConfig
+from facemogle.models.facemogle import FaceMoGLE
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Batch:
+    """One training batch after condition dropout, with its flow time and noise."""
+
+    x0: Tensor  # (B, L, C) clean packed image latents
+    text: Tensor  # (B, T, D)
+    pooled: Tensor  # (B, P)
+    cond_latents: Tensor  # (B, 20, L, C)
+    cond_keep: Tensor | None  # (B,) bool: False = whole mask dropped; None = all kept
+    sigma: Tensor  # (B,) flow time in [0, 1]
+    noise: Tensor  # (B, L, C)
+
+    def shard(self, index: int, count: int) -> Batch:
+        """This process's contiguous 1/count of the batch."""
+        size = self.x0.shape[0] // count
+        part = slice(index * size, (index + 1) * size)
+        return Batch(*(None if getattr(self, f.name) is None else getattr(self, f.name)[part]
+                       for f in fields(self)))
+
+
+def make_batch(cache: LatentCache, rows: Tensor, cfg: TrainConfig,
+               generator: torch.Generator) -> Batch:
+    """Gather cached tensors for `rows`, apply the three condition dropouts, draw time and noise.
+
+    - text: with p = text_drop the caption is replaced by the empty prompt (as in the paper);
+    - local masks: each of slots 1..19 independently with p = local_mask_drop becomes the empty
+      slot (the official code zeroes each binary mask image the same way);
+    - whole mask: with p = mask_drop the sample has no condition tokens at all, so text-only
+      generation is trained rather than only advertised (official-implementation.md B4);
+    - sigma ~ logit-normal(mean, std), one per sample (paper section 4.1).
+    """
+    b = rows.shape[0]
+    u = lambda *shape: torch.rand(*shape, generator=generator)  # noqa: E731
+    counts = cache.num_captions(rows)  # (B,)
+    choice = (u(b) * counts).long().clamp(max=counts - 1)  # (B,)
+    text, pooled = cache.text(rows, choice)  # (B, T, D), (B, P)
+    drop_text = u(b) < cfg.text_drop  # (B,)
+    text = torch.where(drop_text[:, None, None], cache.empty_text_seq, text)
+    pooled = torch.where(drop_text[:, None], cache.empty_text_pooled, pooled)
+    slots = cache.slots(rows)  # (B, 20, L, C)
+    drop_local = u(b, slots.shape[1]) < cfg.local_mask_drop  # (B, 20)
+    drop_local[:, 0] = False  # the global colour mask is dropped only with the whole mask
+    slots = torch.where(drop_local[:, :, None, None], cache.empty_slot, slots)
+    cond_keep = u(b) >= cfg.mask_drop  # (B,)
+    x0 = cache.image[rows]  # (B, L, C)
+    sigma = flow.sample_sigmas(b, cfg.logit_normal_mean, cfg.logit_normal_std,
+                               generator=generator)  # (B,)
+    noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype)  # (B, L, C)
+    return Batch(x0, text, pooled, slots, cond_keep, sigma, noise)
+
+
+def training_loss(model: FaceMoGLE, batch: Batch, *, latent_size: int, guidance: float = 1.0,
+                  checkpointing: bool = False) -> Tensor:
+    """Rectified-flow loss of one batch (DESIGN.md section 6)."""
+    device = batch.x0.device
+    z_t = flow.add_noise(batch.x0, batch.noise, batch.sigma)  # (B, L, C)
+    img_ids = latents.image_ids(latent_size, latent_size, device=device)
+    txt_ids = latents.text_ids(batch.text.shape[1], device=device)
+    pred = model(z_t, batch.sigma, batch.text, batch.pooled, img_ids=img_ids, txt_ids=txt_ids,
+                 cond_latents=batch.cond_latents, cond_keep=batch.cond_keep,
+                 guidance=guidance, checkpointing=checkpointing)
+    return flow.rectified_flow_loss(pred, batch.x0, batch.noise)
+
+
+def make_optimizer(params: list[torch.nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
+    """Prodigy as in the paper (lr 1.0, weight decay 0.01, bias correction, safeguard warmup)."""
+    if cfg.optimizer == "prodigy":
+        from prodigyopt import Prodigy
+
+        return Prodigy(params, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                       use_bias_correction=True, safeguard_warmup=True)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def to_device(batch: Batch, device: torch.device) -> Batch:
+    return Batch(*(None if getattr(batch, f.name) is None else getattr(batch, f.name).to(device)
+                   for f in fields(batch)))
