@@ -1,4 +1,4 @@
-"""`download` stage: a data set -> the normalized layout (DESIGN.md section 4).
+"""`download` stage: a data set -> the normalized layout (docs/design.md, "Stages").
 
     python -m stages.download --set test --out data/raw          # `data`: train and test
     python -m stages.download --set zeroshot --out data/zeroshot/raw   # `zeroshot`: test only

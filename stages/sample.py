@@ -39,8 +39,7 @@ log = logging.getLogger(__name__)
 
 def load_trained(base, model_dir: str | Path, params) -> FaceMoGLE:
     """Rebuild Face-MoGLE on `base` and load the trained weights of `model_dir`."""
-    model = FaceMoGLE.build(base.transformer, params.model, params.lora,
-                            experts=params.experts, gating=params.gating)
+    model = FaceMoGLE.from_params(base.transformer, params)
     load_model_weights(model_dir, model)
     return model.eval()
 

@@ -20,7 +20,6 @@ from facemogle.cache.store import load_cache
 from facemogle.core.config import load_params, to_dict
 from facemogle.models.facemogle import FaceMoGLE
 from facemogle.training.loop import make_accelerator, train
-from facemogle.sampling.sheets import training_grid
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     accelerator = make_accelerator(cfg)
     torch.manual_seed(params.seed)
     base = load_base(args.base, device=accelerator.device, load_text_encoder=False)
-    model = FaceMoGLE.build(base.transformer, params.model, params.lora,
-                            experts=params.experts, gating=params.gating)
+    model = FaceMoGLE.from_params(base.transformer, params)
     # The same initial weights on every process (above); from here on, module randomness (LoRA
     # dropout) is seeded per process with seed + process index, so ranks do not drop alike.
     # Batches, dropout of conditions, time and noise come from the shared generator in `train`.
@@ -68,9 +66,6 @@ def main(argv: list[str] | None = None) -> int:
     if accelerator.is_main_process:
         live.make_summary()
         live.end()
-        test_cache = load_cache(args.latents, "test")
-        training_grid(accelerator.unwrap_model(model), base, test_cache, params.seed,
-                      Path(args.metrics_dir) / "samples.png")
     return 0
 
 

@@ -12,7 +12,8 @@ from diffusers import FluxTransformer2DModel
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from facemogle.bench import run as bench
+from facemogle.bench import flops, measure, run, setup
+from facemogle.core.flux import FLUX_DEV_TRANSFORMER
 from facemogle.core import latents
 from facemogle.core.config import LoraConfig, ModelConfig, load_params
 from facemogle.models.facemogle import FaceMoGLE
@@ -28,7 +29,7 @@ def tiny_result(tmp_path_factory):
             "--warmup", "1", "--sample-batch-sizes", "1,2", "--sample-steps", "2",
             "--cache-images", "1", "--cache-batch-size", "8", "--profile", str(out / "prof"),
             "--profile-steps", "1", "--markdown", str(out / "table.md")]
-    assert bench.main(argv) == 0
+    assert run.main(argv) == 0
     return out, json.loads((out / "tiny.json").read_text())
 
 
@@ -36,7 +37,7 @@ def tiny_result(tmp_path_factory):
 def flux_meta():
     """FLUX.1-dev + the paper's LoRA and MoGLE on the meta device (no memory, no init)."""
     with torch.device("meta"):
-        transformer = FluxTransformer2DModel(**bench.FLUX_DEV_TRANSFORMER)
+        transformer = FluxTransformer2DModel(**FLUX_DEV_TRANSFORMER)
         model = FaceMoGLE.build(transformer, ModelConfig(), LoraConfig(), experts="global_local",
                                 gating="matrix")
     return model
@@ -53,7 +54,7 @@ def test_tiny_run_writes_device_versions_and_settings(tiny_result):
     assert s["tokens"] == {"text": tokens, "image": 16, "cond": 16}  # params.yaml's, at 64 px
     assert s["gradient_checkpointing"] is True and s["train"]["optimizer"] == "prodigy"
     counts = r["parameters"]
-    assert counts["mogle"] == 101780  # the paper's MoGLE (official-implementation.md section 8)
+    assert counts["mogle"] == 101780  # the paper's MoGLE (docs/design.md, "Scale figures")
     assert counts["trainable"] == counts["lora"] + counts["mogle"]
     # No peak FLOP/s for a CPU: MFU is null, with the reason.
     assert r["peak_flops"] is None and "cpu" in r["peak_flops_source"]
@@ -108,7 +109,7 @@ def test_profile_lists_host_reads_with_their_sites(tiny_result):
 def test_markdown_table(tiny_result):
     out, r = tiny_result
     table = (out / "table.md").read_text()
-    assert table == bench.markdown_table(r)
+    assert table == run.markdown_table(r)
     assert "| training step | 1 |" in table and "| sampling, 2 steps | 2 |" in table
     assert "images/s" in table and "MiB/image" in table
 
@@ -118,12 +119,12 @@ def test_flux_linear_table_matches_the_model(flux_meta):
     real = {name.replace(".base_layer", ""): (m.in_features, m.out_features)
             for name, m in flux_meta.transformer.named_modules()
             if isinstance(m, nn.Linear) and "lora_" not in name}
-    assert {s.name: (s.fan_in, s.fan_out) for s in bench.flux_linears(config)} == real
-    # official-implementation.md section 8: 11.9 B parameters, LoRA 14,487,808 over 343 layers.
+    assert {s.name: (s.fan_in, s.fan_out) for s in flops.flux_linears(config)} == real
+    # docs/design.md, "Scale figures": 11.9 B parameters, LoRA 14,487,808 over 343 layers.
     assert sum(p.numel() for n, p in flux_meta.transformer.named_parameters()
                if "lora_" not in n) == 11_901_408_320
-    assert len(bench.lora_layers(config, LoraConfig())) == 343
-    assert bench.lora_param_count(config, LoraConfig()) == 14_487_808
+    assert len(flops.lora_layers(config, LoraConfig())) == 343
+    assert flops.lora_param_count(config, LoraConfig()) == 14_487_808
     assert sum(p.numel() for n, p in flux_meta.transformer.named_parameters()
                if "lora_" in n) == 14_487_808
 
@@ -142,22 +143,22 @@ def test_flop_formula_matches_flop_counter_at_flux_size(flux_meta):
                     **ids)
     with FlopCounterMode(display=False) as backward:
         out.float().square().mean().backward()
-    flops = bench.transformer_flops(
-        dict(model.transformer.config), bench.Tokens(512, 1024, 1024), batch=b, lora=LoraConfig(),
+    counted = flops.transformer_flops(
+        dict(model.transformer.config), flops.Tokens(512, 1024, 1024), batch=b, lora=LoraConfig(),
         mogle_params=sum(p.numel() for p in model.mogle.parameters()))
-    assert flops.forward == pytest.approx(forward.get_total_flops(), rel=0.01)
-    assert flops.backward + flops.recompute == pytest.approx(backward.get_total_flops(), rel=0.01)
-    # The figures the module docstring quotes (DESIGN.md section 9 says ~65 TFLOP; see there).
-    assert 37.6e12 < flops.forward < 37.8e12 and 42.1e12 < flops.backward < 42.4e12
+    assert counted.forward == pytest.approx(forward.get_total_flops(), rel=0.01)
+    assert counted.backward + counted.recompute == pytest.approx(backward.get_total_flops(), rel=0.01)
+    # The figures the module docstring quotes (a naive 2 x params x tokens says ~65 TFLOP).
+    assert 37.6e12 < counted.forward < 37.8e12 and 42.1e12 < counted.backward < 42.4e12
 
 
 def test_no_condition_tokens_is_plain_flux():
-    config = bench.FLUX_DEV_TRANSFORMER
-    plain = bench.transformer_flops(config, bench.Tokens(512, 1024, 0), lora=LoraConfig(),
+    config = FLUX_DEV_TRANSFORMER
+    plain = flops.transformer_flops(config, flops.Tokens(512, 1024, 0), lora=LoraConfig(),
                                     mogle_params=101780)
-    joint = bench.transformer_flops(config, bench.Tokens(512, 1024, 1024), lora=LoraConfig())
+    joint = flops.transformer_flops(config, flops.Tokens(512, 1024, 1024), lora=LoraConfig())
     assert plain.parts["lora"] == 0 and plain.parts["mogle"] == 0
-    # official-implementation.md section 8: ~1.67x the linear FLOPs, ~2.8x the attention.
+    # docs/design.md, "Scale figures": ~1.67x the linear FLOPs, ~2.8x the attention.
     assert joint.parts["linear"] / plain.parts["linear"] == pytest.approx(2560 / 1536, rel=0.01)
     assert joint.parts["attention"] / plain.parts["attention"] == pytest.approx(
         (2560 / 1536) ** 2)
@@ -168,7 +169,7 @@ def test_no_condition_tokens_is_plain_flux():
     ("NVIDIA A100-SXM4-80GB", 312e12), ("NVIDIA L4", None)])
 def test_peak_flops_table(monkeypatch, name, peak):
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
-    value, source = bench.peak_flops(torch.device("cuda"))
+    value, source = flops.peak_flops(torch.device("cuda"))
     assert value == peak
     assert (name.upper() in source) == (peak is None)
 
@@ -179,18 +180,18 @@ def test_out_of_memory_is_recorded_and_the_sweep_goes_on(monkeypatch):
             raise torch.OutOfMemoryError("CUDA out of memory")
         return {"batch_size": batch_size, "status": "ok"}
 
-    monkeypatch.setattr(bench, "measure_training", fake)
+    monkeypatch.setattr(measure, "measure_training", fake)
     run = SimpleNamespace(model=nn.Linear(2, 2), device=torch.device("cpu"))
-    results = bench.train_sweep(run, [2, 4, 8], steps=1, warmup=0, seed=0)
+    results = measure.train_sweep(run, [2, 4, 8], steps=1, warmup=0, seed=0)
     assert [(r["batch_size"], r["status"]) for r in results] == [(2, "ok"), (4, "oom"),
                                                                   (8, "ok")]
 
 
 def test_build_frozen_is_seeded_and_frozen():
     factory = lambda: nn.Sequential(nn.Linear(8, 16), nn.LayerNorm(16))  # noqa: E731
-    a = bench.build_frozen(factory, torch.device("cpu"), torch.bfloat16, seed=3)
-    b = bench.build_frozen(factory, torch.device("cpu"), torch.bfloat16, seed=3)
-    c = bench.build_frozen(factory, torch.device("cpu"), torch.bfloat16, seed=4)
+    a = setup.build_frozen(factory, torch.device("cpu"), torch.bfloat16, seed=3)
+    b = setup.build_frozen(factory, torch.device("cpu"), torch.bfloat16, seed=3)
+    c = setup.build_frozen(factory, torch.device("cpu"), torch.bfloat16, seed=4)
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
     assert not torch.equal(a[0].weight, c[0].weight)
     assert a[0].weight.dtype == torch.bfloat16 and not any(p.requires_grad for p in a.parameters())
@@ -206,5 +207,5 @@ def test_build_frozen_is_seeded_and_frozen():
 ])
 def test_bad_command_lines(argv, message, capsys):
     with pytest.raises(SystemExit):
-        bench.parse_args([*argv, "--out", "x.json"])
+        run.parse_args([*argv, "--out", "x.json"])
     assert message in capsys.readouterr().err

@@ -49,7 +49,7 @@ def test_each_mode_writes_the_pipelines_image(trained_run, tmp_path, flags):
 def test_console_entry_point_shows_progress(trained_run, tmp_path):
     out = tmp_path / "face.jpg"
     result = subprocess.run(
-        [sys.executable, "-m", "facemogle.cli", "generate", "--checkpoint", str(trained_run.model),
+        [sys.executable, "-m", "facemogle.app.cli", "generate", "--checkpoint", str(trained_run.model),
          "--prompt", "a face", "--seed", "1", "--steps", STEPS, "--out", str(out)],
         capture_output=True, text=True, timeout=300,
         env=dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1"))

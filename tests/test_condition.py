@@ -16,6 +16,8 @@ from safetensors.torch import load_file, save_file
 from facemogle.core.config import ConfigError, LoraConfig
 from facemogle.models.condition import (attach_lora, condition_forward, load_lora_state_dict,
                                         lora_parameters, lora_state_dict)
+from facemogle.base.standin import tiny_transformer
+from facemogle.core.flux import FLUX_DEV_TRANSFORMER
 
 IN_CH = 16
 TOL = 1e-5
@@ -23,10 +25,8 @@ TOL = 1e-5
 
 def tiny_flux(guidance_embeds: bool, seed: int = 0) -> FluxTransformer2DModel:
     torch.manual_seed(seed)
-    model = FluxTransformer2DModel(
-        patch_size=1, in_channels=IN_CH, num_layers=2, num_single_layers=2, attention_head_dim=16,
-        num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32,
-        guidance_embeds=guidance_embeds, axes_dims_rope=[4, 4, 8])
+    model = tiny_transformer(in_channels=IN_CH, num_layers=2, num_single_layers=2,
+                             guidance_embeds=guidance_embeds, axes_dims_rope=[4, 4, 8])
     return model.eval()
 
 
@@ -308,10 +308,8 @@ def test_cond_keep_drops_the_condition_of_chosen_samples():
 def _condition_influence(cond_attention: str) -> torch.Tensor:
     """|d out[0, p] / d cond[0, q]| summed over channels: (L, L), for one double block."""
     torch.manual_seed(0)
-    model = FluxTransformer2DModel(
-        patch_size=1, in_channels=IN_CH, num_layers=1, num_single_layers=0,
-        attention_head_dim=16, num_attention_heads=2, joint_attention_dim=32,
-        pooled_projection_dim=32, guidance_embeds=False, axes_dims_rope=[4, 4, 8]).eval()
+    model = tiny_transformer(in_channels=IN_CH, num_single_layers=0,
+                             axes_dims_rope=[4, 4, 8]).eval()
     attach_lora(model, LoraConfig())
     randomise_lora_b(model)
     inputs, cond = make_inputs(False)
@@ -420,13 +418,10 @@ def test_bad_inputs_are_refused_with_the_argument_name():
 
 def test_paper_lora_on_full_flux_dev_architecture():
     # FLUX.1-dev's transformer on the meta device: shapes and counts without any weights
-    # (DESIGN.md section 9; official-implementation.md section 8). peft's gaussian init is a
+    # (docs/design.md, "Scale figures"). peft's gaussian init is a
     # no-op on meta tensors, so the paper's config attaches as is.
     with torch.device("meta"):
-        model = FluxTransformer2DModel(
-            in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
-            num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768,
-            guidance_embeds=True, axes_dims_rope=(16, 56, 56))
+        model = FluxTransformer2DModel(**FLUX_DEV_TRANSFORMER)
     n_base = sum(p.numel() for p in model.parameters())
     n_lora = attach_lora(model, LoraConfig())
     n_layers = sum(isinstance(m, LoraLayer) for m in model.modules())
@@ -442,10 +437,7 @@ def test_compiled_blocks_give_the_same_output(monkeypatch):
     """train.compile swaps in torch.compile'd block functions; the numerics must not change."""
     import facemogle.models.condition as condition
 
-    transformer = FluxTransformer2DModel(
-        patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16,
-        num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32,
-        axes_dims_rope=[4, 4, 8])
+    transformer = tiny_transformer(in_channels=16, axes_dims_rope=[4, 4, 8])
     g = torch.Generator().manual_seed(0)
     inputs = dict(hidden_states=torch.randn(2, 4, 16, generator=g),
                   encoder_hidden_states=torch.randn(2, 3, 32, generator=g),

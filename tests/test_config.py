@@ -1,11 +1,20 @@
 """The params schema: strict loading, clear errors, and params.yaml itself."""
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 import yaml
 
-from facemogle.core.config import ConfigError, Params, load_params, params_from_dict, to_dict
+from facemogle.core.config import (
+    ConfigError,
+    Params,
+    TinyTransformerConfig,
+    TinyVAEConfig,
+    load_params,
+    params_from_dict,
+    to_dict,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -52,6 +61,73 @@ def test_invalid_values_name_the_key_and_the_valid_values(override, key, expecte
     message = str(err.value)
     assert f"'{key}'" in message
     assert expected in message
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ({"base": {"vae": {"lr": 0}}}, "'base.vae.lr' must be a positive number, got 0.0"),
+        ({"base": {"parser": {"width": 2}}},
+         "'base.parser.width' must be an integer >= 4, got 2"),
+        ({"base": {"transformer": {"text_dropout": 1}}},
+         "'base.transformer.text_dropout' must be in [0, 1), got 1.0"),
+        ({"base": {"vae": {"block_out_channels": [8, 16, 30, 64]}}},
+         ("'base.vae.block_out_channels' must be widths that are multiples of 4 "
+          "(GroupNorm groups), got (8, 16, 30, 64)")),
+        ({"base": {"transformer": {"attention_head_dim": 16}}},
+         ("'base.transformer.axes_dims_rope' must be three sizes summing to attention_head_dim=16, "
+          "got (8, 12, 12)")),
+        ({"zeroshot": {"parser": "segformer"}},
+         ("'zeroshot.parser_path' must be a hub id or directory when zeroshot.parser is "
+          "'segformer', got None")),
+        ({"data": {"max_images": 0}},
+         "'data.max_images' must be null or a positive integer, got 0"),
+        ({"data": {"resolution": 1000}},
+         "'data.resolution' must be a multiple of 16 between 64 and 1024, got 1000"),
+        ({"train": {"mask_drop": 1.0}},
+         "'train.mask_drop' must be a probability in [0, 1), got 1.0"),
+    ],
+)
+def test_declared_rules_reach_nested_fields_by_their_dotted_key(override, message):
+    with pytest.raises(ConfigError) as err:
+        params_from_dict(override)
+    assert str(err.value) == "params: " + message
+
+
+def test_sections_built_in_code_name_their_dotted_key():
+    with pytest.raises(ConfigError, match=r"'base\.vae\.lr' must be a positive number"):
+        TinyVAEConfig(lr=0.0)
+    with pytest.raises(ConfigError, match=r"'base\.transformer\.steps'"):
+        dataclasses.replace(TinyTransformerConfig(), steps=-1)
+    assert params_from_dict({"data": {"max_images": None}}).data.max_images is None
+
+
+def test_every_rejected_number_names_its_own_dotted_key():
+    # -1 on each numeric key, at every depth: it passes, or the error names that key.
+    def leaves(d, prefix=()):
+        for k, v in d.items():
+            if isinstance(v, dict):
+                yield from leaves(v, prefix + (k,))
+            elif isinstance(v, (int, float)) and not isinstance(v, bool):
+                yield prefix + (k,)
+
+    rejected = set()
+    for path in leaves(to_dict(Params())):
+        override = -1
+        for k in reversed(path):
+            override = {k: override}
+        key = ".".join(path)
+        try:
+            params_from_dict(override)
+        except ConfigError as err:
+            # A rule between two fields names the one it constrains.
+            named = {"base.transformer.attention_head_dim": "base.transformer.axes_dims_rope"}.get(
+                key, key)
+            assert f"'{named}' must be" in str(err)
+            rejected.add(key)
+    assert {"base.vae.kl_weight", "base.parser.warmup_steps", "data.num_train",
+            "train.log_every", "evaluate.detector_size"} <= rejected
+    assert not {"seed", "train.guidance", "train.logit_normal_mean"} & rejected
 
 
 def test_int_is_accepted_where_a_float_is_expected():

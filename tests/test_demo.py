@@ -139,7 +139,7 @@ def demo_server(trained_run):
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1",
                GRADIO_ANALYTICS_ENABLED="False")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "facemogle.cli", "demo", "--checkpoint", str(trained_run.model),
+        [sys.executable, "-m", "facemogle.app.cli", "demo", "--checkpoint", str(trained_run.model),
          "--examples", str(trained_run.raw), "--device", "cpu", "--port", str(port)],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
         start_new_session=True)

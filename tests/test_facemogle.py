@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from diffusers import FluxTransformer2DModel
 
 from facemogle.core import flow, latents
 from facemogle.core.config import LoraConfig, ModelConfig
 from facemogle.models.facemogle import FaceMoGLE
 from facemogle.sampling.sampler import Conditions, generate_latents
 from facemogle.training.step import Batch, training_loss
+from facemogle.base.standin import tiny_transformer
 
 LATENT = 8  # latent grid 8x8 -> 16 tokens of 64 dims (a 64 px image)
 TOKENS = (LATENT // 2) ** 2
@@ -18,10 +18,9 @@ TOKENS = (LATENT // 2) ** 2
 
 def tiny_model(guidance_embeds: bool = False, gating: str = "matrix") -> FaceMoGLE:
     torch.manual_seed(0)
-    transformer = FluxTransformer2DModel(
-        patch_size=1, in_channels=64, num_layers=1, num_single_layers=1, attention_head_dim=32,
-        num_attention_heads=4, joint_attention_dim=24, pooled_projection_dim=24,
-        axes_dims_rope=(8, 12, 12), guidance_embeds=guidance_embeds)  # width 128 >= 64 outputs
+    transformer = tiny_transformer(  # width 128 >= 64 outputs
+        attention_head_dim=32, num_attention_heads=4, joint_attention_dim=24,
+        pooled_projection_dim=24, axes_dims_rope=(8, 12, 12), guidance_embeds=guidance_embeds)
     return FaceMoGLE.build(transformer, ModelConfig(), LoraConfig(rank=4, alpha=4.0),
                            experts="global_local", gating=gating)
 

@@ -95,7 +95,7 @@ def test_flux_mu_endpoints_and_diffusers_agreement():
 
     assert flux_mu(256) == pytest.approx(0.5)
     assert flux_mu(4096) == pytest.approx(1.15)
-    assert flux_mu(1024) == pytest.approx(0.63)  # 512 px FLUX.1-dev (official-implementation.md)
+    assert flux_mu(1024) == pytest.approx(0.63)  # 512 px FLUX.1-dev: 1024 image tokens
     assert flux_mu(1024) == pytest.approx(calculate_shift(1024))
     custom = {"base_image_seq_len": 16, "max_image_seq_len": 64, "base_shift": 0.2,
               "max_shift": 0.8}

@@ -18,11 +18,9 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from diffusers import AutoencoderKL, FluxPipeline, FluxTransformer2DModel
-from transformers import (CLIPTextConfig, CLIPTextModel, CLIPTokenizer, T5Config, T5EncoderModel,
-                          T5Tokenizer)
+from transformers import (CLIPTokenizer, T5Tokenizer)
 
-from facemogle.core import flow, labels, latents
+from facemogle.core import labels, latents
 from facemogle.base.build import build_base
 from facemogle.base.loader import load_base, read_manifest
 from facemogle.cache.store import LatentCache
@@ -31,6 +29,7 @@ from facemogle.models.facemogle import FaceMoGLE
 from facemogle.base.text import FluxTextEncoder
 from facemogle.sampling.sampler import Conditions, decode_images, generate_latents
 from facemogle.training.step import make_batch, make_optimizer, training_loss
+from facemogle.base.standin import save_flux_standin
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS_FLUX = ROOT / "params-flux.yaml"
@@ -65,28 +64,9 @@ def _t5_tokenizer(vocab_file: Path) -> T5Tokenizer:
 
 
 def _write_standin(directory: Path, scratch: Path) -> Path:
-    torch.manual_seed(0)
-    clip_tok, t5_tok = _clip_tokenizer(scratch / "clip"), _t5_tokenizer(scratch / "t5.json")
-    clip = CLIPTextModel(CLIPTextConfig(
-        vocab_size=len(clip_tok), hidden_size=TEXT_DIM, intermediate_size=2 * TEXT_DIM,
-        num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=77,
-        projection_dim=TEXT_DIM, bos_token_id=0, eos_token_id=1, pad_token_id=1))
-    t5 = T5EncoderModel(T5Config(vocab_size=len(t5_tok), d_model=TEXT_DIM, d_kv=8,
-                                 d_ff=2 * TEXT_DIM, num_layers=1, num_heads=2))
-    transformer = FluxTransformer2DModel(
-        patch_size=1, in_channels=64, num_layers=1, num_single_layers=1, attention_head_dim=16,
-        num_attention_heads=2, joint_attention_dim=TEXT_DIM, pooled_projection_dim=TEXT_DIM,
-        guidance_embeds=True, axes_dims_rope=(4, 6, 6))
-    vae = AutoencoderKL(  # FLUX's VAE layout (16 channels, x8, no quant convs) at toy width
-        in_channels=3, out_channels=3, latent_channels=16,
-        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(8, 8, 8, 8), layers_per_block=1, norm_num_groups=2,
-        use_quant_conv=False, use_post_quant_conv=False, shift_factor=0.1159,
-        scaling_factor=0.3611)
-    FluxPipeline(scheduler=flow.make_scheduler(), vae=vae, text_encoder=clip, tokenizer=clip_tok,
-                 text_encoder_2=t5, tokenizer_2=t5_tok, transformer=transformer
-                 ).save_pretrained(directory)
-    return directory
+    """The stand-in with tokenizers loaded from vocabulary files (the slow T5 tokenizer)."""
+    tokenizers = _clip_tokenizer(scratch / "clip"), _t5_tokenizer(scratch / "t5.json")
+    return save_flux_standin(directory, text_dim=TEXT_DIM, tokenizers=tokenizers)
 
 
 @pytest.fixture(scope="module")

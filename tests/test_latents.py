@@ -9,6 +9,7 @@ from diffusers import AutoencoderKL, FluxPipeline
 from facemogle.core.latents import (
     decode, encode, encode_batched, from_vae_range, image_ids, pack, text_ids, to_vae_range, unpack,
 )
+from facemogle.base.standin import tiny_vae
 
 SHIFT, SCALE = 0.1159, 0.3611  # FLUX.1-dev AE
 
@@ -17,11 +18,8 @@ SHIFT, SCALE = 0.1159, 0.3611  # FLUX.1-dev AE
 def vae() -> AutoencoderKL:
     """16 latent channels, 4 blocks -> x8 down, as the FLUX AE; tiny widths."""
     torch.manual_seed(0)
-    return AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=16, layers_per_block=1, norm_num_groups=4,
-        block_out_channels=(8, 8, 16, 16), down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4, shift_factor=SHIFT, scaling_factor=SCALE,
-    ).eval()
+    return tiny_vae(norm_num_groups=4, block_out_channels=(8, 8, 16, 16), use_quant_conv=True,
+                    use_post_quant_conv=True, shift_factor=SHIFT, scaling_factor=SCALE).eval()
 
 
 @pytest.fixture

@@ -81,7 +81,7 @@ def test_bad_inputs_are_refused():
         model(cond, z_t[:, 1:], sigma)
     with pytest.raises(ValueError, match="sigma must have shape"):
         model(cond, z_t, sigma[:1])
-    # Scheduler timesteps in [0, 1000] instead of the flow time (the official bug B2).
+    # Scheduler timesteps in [0, 1000] instead of the flow time (docs/design.md, bug B2).
     with pytest.raises(ValueError, match=r"sigma must be the flow time in \[0, 1\]"):
         model(cond, z_t, sigma * 1000 + 1)
 
@@ -230,7 +230,7 @@ def test_all_slots_variants_use_every_slot(experts):
 
 
 # ----------------------------------------------------------------------------------------------
-# Parameter counts (official-implementation.md section 8)
+# Parameter counts (docs/design.md, "Scale figures")
 # ----------------------------------------------------------------------------------------------
 
 

@@ -169,8 +169,8 @@ def test_tiny_backend_loads_the_base_stage_parser(tmp_path):
 def test_tiny_backend_errors(monkeypatch, tmp_path):
     with pytest.raises(ConfigError, match="--parser-dir"):
         load_parser("tiny", None)
-    monkeypatch.setitem(sys.modules, "facemogle.models.parser", None)
-    with pytest.raises(MissingExtraError, match="facemogle.models.parser"):
+    monkeypatch.setitem(sys.modules, "facemogle.base.segmenter", None)
+    with pytest.raises(MissingExtraError, match="facemogle.base.segmenter"):
         load_parser("tiny", str(tmp_path))
 
 

@@ -271,7 +271,7 @@ def _losses(tmp_path: Path, name: str) -> list[float]:
 @pytest.mark.slow
 def test_two_processes_reproduce_one_process_with_the_same_global_batch(smoke_repo, tmp_path):
     """DDP over gloo on CPU, started by torchrun (the stage command) and by `accelerate launch`:
-    2 processes x batch 2 give the losses of 1 process x batch 4 (DESIGN.md section 6)."""
+    2 processes x batch 2 give the losses of 1 process x batch 4 (docs/design.md, "Training")."""
     repo = smoke_repo
     if not (repo / "data" / "latents" / "index.json").exists():
         _run(DVC + ["repro", "cache_latents"], repo)

@@ -7,7 +7,6 @@ import json
 import pytest
 import torch
 from accelerate import Accelerator
-from diffusers import FluxTransformer2DModel
 
 from facemogle.cache.store import LatentCache
 from facemogle.training.checkpoint import load_model_weights
@@ -15,6 +14,7 @@ from facemogle.core.config import LoraConfig, ModelConfig, params_from_dict, to_
 from facemogle.models.facemogle import FaceMoGLE
 from facemogle.training.step import make_batch, make_optimizer, training_loss
 from facemogle.training.loop import train
+from facemogle.base.standin import tiny_transformer
 
 LATENT, TOKENS, T, D = 8, 16, 5, 24
 
@@ -60,10 +60,7 @@ def test_shards_of_a_global_batch_partition_it():
 
 def tiny_model() -> FaceMoGLE:
     torch.manual_seed(0)
-    transformer = FluxTransformer2DModel(
-        patch_size=1, in_channels=64, num_layers=1, num_single_layers=1, attention_head_dim=16,
-        num_attention_heads=2, joint_attention_dim=D, pooled_projection_dim=D,
-        axes_dims_rope=(4, 6, 6))
+    transformer = tiny_transformer(joint_attention_dim=D, pooled_projection_dim=D)
     return FaceMoGLE.build(transformer, ModelConfig(), LoraConfig(), experts="global_local",
                            gating="matrix")
 

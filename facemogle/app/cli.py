@@ -6,7 +6,7 @@
     facemogle demo --checkpoint data/model [--examples data/raw]
 
 Prompt and mask are each optional: both give multimodal generation, a mask alone mask2face, a
-prompt alone text2face, and neither an unconditional face (DESIGN.md section 4).
+prompt alone text2face, and neither an unconditional face (docs/design.md, "The three modes").
 """
 
 from __future__ import annotations

@@ -2,10 +2,10 @@
 
     facemogle demo --checkpoint data/model --examples data/raw
 
-The mask is painted with the CelebAMask-HQ palette only (DESIGN.md section 5), shown as a legend
-of names and colours; l_/r_ are the subject's left/right, with the dataset's colours (the
-official demo swapped the colours of the left/right pairs and built masks from brightness:
-reference/official-implementation.md sections 5 and 7). The painted or uploaded picture becomes
+The mask is painted with the CelebAMask-HQ palette only (docs/design.md, "Label palette and
+decoupling"), shown as a legend of names and colours; l_/r_ are the subject's left/right, with
+the dataset's colours (the official demo swapped the colours of the left/right pairs and built
+masks from brightness: docs/design.md, bugs B1 and B5). The painted or uploaded picture becomes
 a label map by palette lookup; brush edges are antialiased by the browser, so off-palette pixels
 snap to the nearest palette colour unless "snap" is off, in which case they are an error. The
 result comes with the gate weight maps of the most used experts at a few steps (paper Fig. 5).
@@ -160,7 +160,7 @@ class DemoApp:
 
 
 def mode_name(has_prompt: bool, has_mask: bool) -> str:
-    """The generation mode of DESIGN.md section 4 that the inputs select."""
+    """The generation mode (docs/design.md, "The three modes") that the inputs select."""
     if has_mask:
         return "multimodal" if has_prompt else "mask2face"
     return "text2face" if has_prompt else "unconditional"

@@ -1,7 +1,7 @@
 """Gating weights over the denoising trajectory, as per-expert maps (paper section 4.4, Fig. 5).
 
 MoGLE's gate gives every image token a weight per expert that depends on the noisy latent and
-the flow time (DESIGN.md section 6). `GatingRecorder` is a sampler callback
+the flow time (docs/design.md, "MoGLE"). `GatingRecorder` is a sampler callback
 (`flow.euler_sample(callback=...)`) that evaluates the gate on the latents each step is taken
 from, so the recorded weights are exactly the ones that mixed the experts at that step.
 `gating_grid` draws them as a picture: one row per expert, one column per timestep.

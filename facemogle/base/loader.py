@@ -7,13 +7,12 @@ in a FLUX folder) and `parser/`. `load_base` turns either kind into a `Base`.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 import torch
 from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
-from facemogle.core.io import InputError
+from facemogle.core.io import read_json, InputError
 from facemogle.base.text import TextEncoder
 from facemogle.base.text import load_text_encoder as _load_text_encoder
 
@@ -40,12 +39,7 @@ class Base:
 def read_manifest(base_dir: str | Path) -> dict[str, Any]:
     """`base_dir/base.json` as a dict."""
     path = Path(base_dir) / MANIFEST
-    try:
-        manifest = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise InputError(f"{path}: base manifest not found (run the base stage)") from None
-    except json.JSONDecodeError as err:
-        raise InputError(f"{path}: not valid JSON ({err.msg})") from None
+    manifest = read_json(path, missing="base manifest not found (run the base stage)")
     if manifest.get("kind") not in ("tiny", "flux") or manifest.get("dtype") not in DTYPES:
         raise InputError(f"{path}: expected 'kind' in ['tiny', 'flux'] and 'dtype' in "
                          f"{list(DTYPES)}, got {manifest.get('kind')!r}, {manifest.get('dtype')!r}")

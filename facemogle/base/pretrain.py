@@ -31,10 +31,11 @@ from facemogle.core.labels import LABEL_INDEX, NUM_LABELS, NUM_SLOTS, decouple, 
 from facemogle.base.segmenter import FaceParser, save_parser
 from facemogle.base.text import MINILM_NAME, TEXT_MANIFEST, MiniLMTextEncoder
 from facemogle.base.text import TextEncoder, text_manifest
+from facemogle.base.standin import tiny_transformer, tiny_vae
+from facemogle.core.flux import LATENT_CHANNELS, SAMPLE_GUIDANCE
 from facemogle.base.loader import Base, MANIFEST
 
 
-LATENT_CHANNELS = 16  # FLUX's VAE
 
 
 LOG_EVERY = 10  # training steps per logged loss mean
@@ -46,7 +47,7 @@ EVAL_BATCH = 64
 NUM_PREVIEWS = 8
 
 
-PREVIEW_STEPS = 28  # DESIGN.md section 6: FLUX's 28 Euler steps
+PREVIEW_STEPS = 28  # FLUX's 28 Euler steps (docs/design.md, "Sampling")
 
 
 @dataclass
@@ -147,12 +148,10 @@ def vae_norm_groups(widths: tuple[int, ...]) -> int:
 
 def make_vae(cfg: TinyVAEConfig, resolution: int) -> AutoencoderKL:
     """A FLUX-shaped AutoencoderKL: 16 latent channels, 4 blocks (x8), no quant convs."""
-    return AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=LATENT_CHANNELS,
-        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+    return tiny_vae(
         block_out_channels=tuple(cfg.block_out_channels), layers_per_block=cfg.layers_per_block,
         norm_num_groups=vae_norm_groups(tuple(cfg.block_out_channels)), sample_size=resolution,
-        use_quant_conv=False, use_post_quant_conv=False, shift_factor=0.0, scaling_factor=1.0)
+        shift_factor=0.0, scaling_factor=1.0)
 
 
 def vae_batch(faces: FaceSet, batch_size: int, mask_fraction: float,
@@ -260,12 +259,11 @@ def _reconstruct(vae: AutoencoderKL, images01: Tensor) -> Tensor:
 def make_transformer(cfg: TinyTransformerConfig, seq_dim: int,
                      pooled_dim: int) -> FluxTransformer2DModel:
     """A small FLUX transformer: patch size 1 over packed 64-d latent tokens."""
-    return FluxTransformer2DModel(
-        patch_size=1, in_channels=4 * LATENT_CHANNELS, num_layers=cfg.num_layers,
-        num_single_layers=cfg.num_single_layers, attention_head_dim=cfg.attention_head_dim,
-        num_attention_heads=cfg.num_attention_heads, joint_attention_dim=seq_dim,
-        pooled_projection_dim=pooled_dim, guidance_embeds=cfg.guidance_embeds,
-        axes_dims_rope=tuple(cfg.axes_dims_rope))
+    return tiny_transformer(
+        num_layers=cfg.num_layers, num_single_layers=cfg.num_single_layers,
+        attention_head_dim=cfg.attention_head_dim, num_attention_heads=cfg.num_attention_heads,
+        joint_attention_dim=seq_dim, pooled_projection_dim=pooled_dim,
+        guidance_embeds=cfg.guidance_embeds, axes_dims_rope=tuple(cfg.axes_dims_rope))
 
 
 @dataclass
@@ -308,7 +306,7 @@ def encode_texts(encoder: TextEncoder, texts: list[str], batch_size: int = EVAL_
 
 
 def caption_table(encoder: TextEncoder, captions: list[list[str]]) -> CaptionTable:
-    """Encode each distinct caption once (DESIGN.md: text embeddings up front, kept in memory)."""
+    """Encode each distinct caption once (text embeddings up front, kept in memory)."""
     unique = sorted({c for caps in captions for c in caps})
     row = {c: i for i, c in enumerate(unique)}
     width = max(len(caps) for caps in captions)
@@ -325,7 +323,7 @@ def train_transformer(cfg: TinyTransformerConfig, tokens: Tensor, grid: tuple[in
                       live: Any = None) -> FluxTransformer2DModel:
     """Train text-to-image with rectified flow on packed latents `tokens` (N, L, 64).
 
-    x_t = (1 - s) x_0 + s e with s logit-normal, target e - x_0, MSE (DESIGN.md section 6);
+    x_t = (1 - s) x_0 + s e with s logit-normal, target e - x_0, MSE (docs/design.md, "Training");
     AdamW with warmup and gradient clipping; text dropout to "" with `cfg.text_dropout`.
     """
     model = make_transformer(cfg, text.seq.shape[-1], text.pooled.shape[-1]).train()
@@ -371,7 +369,7 @@ def sample_previews(base: Base, prompts: list[str], resolution: int, seed: int) 
     img_ids, txt_ids = latents.image_ids(h, w), latents.text_ids(seq.shape[1])
     noise = flow.initial_noise(((h // 2) * (w // 2), 4 * LATENT_CHANNELS),
                                flow.generators_for([str(i) for i in range(len(prompts))], seed))
-    guidance = torch.full((len(prompts),), 3.5) if base.guidance_embeds else None
+    guidance = torch.full((len(prompts),), SAMPLE_GUIDANCE) if base.guidance_embeds else None
 
     def velocity(z: Tensor, sigma: Tensor) -> Tensor:
         return base.transformer(hidden_states=z, encoder_hidden_states=seq,

@@ -1,4 +1,4 @@
-"""A small face parser: images -> 19-class CelebAMask-HQ label maps (DESIGN.md sections 2 and 7).
+"""A small face parser: images -> 19-class CelebAMask-HQ label maps (embedded default).
 
 The embedded default has no pretrained face parser offline, so the `base` stage trains this one on
 SynthFaces. `parse_masks` uses it to label images without annotations and `evaluate` to measure
@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from facemogle.core.io import InputError, atomic_path
+from facemogle.core.io import read_json, InputError, atomic_path
 from facemogle.core.labels import NUM_LABELS
 
 WEIGHTS_NAME = "model.safetensors"
@@ -112,12 +112,7 @@ def save_parser(parser: FaceParser, directory: str | Path) -> None:
 def load_parser(directory: str | Path, device: torch.device | str | None = None) -> FaceParser:
     """Load a parser written by `save_parser` (weights as saved, in eval mode)."""
     directory = Path(directory)
-    try:
-        config = json.loads((directory / CONFIG_NAME).read_text())
-    except FileNotFoundError:
-        raise InputError(f"{directory / CONFIG_NAME}: face parser config not found") from None
-    except json.JSONDecodeError as err:
-        raise InputError(f"{directory / CONFIG_NAME}: not valid JSON ({err.msg})") from None
+    config = read_json(directory / CONFIG_NAME, missing="face parser config not found")
     if set(config) != {"width", "num_classes"}:
         raise InputError(f"{directory / CONFIG_NAME}: expected keys 'width' and 'num_classes', "
                          f"got {sorted(config)}")

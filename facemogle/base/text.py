@@ -1,4 +1,4 @@
-"""Text encoders: token states plus one pooled vector per prompt (DESIGN.md section 2).
+"""Text encoders: token states plus one pooled vector per prompt (docs/design.md, "Two settings").
 
 FLUX conditions its transformer on two text encodings: a token sequence (T5-XXL, the joint-attention
 stream) and a pooled vector (CLIP-L, added to the timestep embedding). Both settings expose the same
@@ -13,7 +13,6 @@ stream) and a pooled vector (CLIP-L, added to the timestep embedding). Both sett
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -24,7 +23,7 @@ from torch import Tensor
 from transformers import AutoModel, AutoTokenizer, CLIPTextModel, CLIPTokenizer, T5EncoderModel
 from transformers import T5TokenizerFast
 
-from facemogle.core.io import InputError
+from facemogle.core.io import read_json, InputError
 
 MINILM_NAME = "all-MiniLM-L6-v2"
 FLUX_TEXT_NAME = "flux-clip-t5"
@@ -195,12 +194,7 @@ def _read_manifest(base_dir_or_manifest: str | Path | dict) -> tuple[dict, str]:
     path = Path(base_dir_or_manifest)
     if path.is_dir():
         path = path / TEXT_MANIFEST
-    try:
-        return json.loads(path.read_text()), str(path)
-    except FileNotFoundError:
-        raise InputError(f"{path}: text encoder manifest not found (run the base stage)") from None
-    except json.JSONDecodeError as err:
-        raise InputError(f"{path}: not valid JSON ({err.msg})") from None
+    return read_json(path, missing="text encoder manifest not found (run the base stage)"), str(path)
 
 
 def load_text_encoder(base_dir_or_manifest: str | Path | dict, *,

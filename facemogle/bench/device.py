@@ -84,3 +84,23 @@ def release_memory(device: torch.device) -> None:
 def autocast(device: torch.device, dtype: torch.dtype):
     """bf16/fp16 autocast as the trainer runs it (`accelerator.autocast()`); off for float32."""
     return torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
+
+
+class StepContext:
+    """What `facemogle.training.step.train_step` uses of an accelerator, for one process without
+    accelerate's global state: autocast at the benchmark's dtype (as `Accelerator(
+    mixed_precision=...)` runs it), plain backward, clipping on every step."""
+
+    sync_gradients = True
+
+    def __init__(self, device: torch.device, dtype: torch.dtype):
+        self.device, self.dtype = device, dtype
+
+    def autocast(self):
+        return autocast(self.device, self.dtype)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        loss.backward()
+
+    def clip_grad_norm_(self, parameters, max_norm: float) -> torch.Tensor:
+        return torch.nn.utils.clip_grad_norm_(parameters, max_norm)

@@ -21,9 +21,9 @@ attention 2 x; LoRA and MoGLE 2 x. A training step is forward + backward ("model
 MFU); activation checkpointing recomputes the blocks' forward once more ("hardware FLOPs", HFU).
 At 512 px and batch 1 this gives 37.7 TFLOP forward, 42.3 TFLOP backward, 80.0 TFLOP per step
 (117.6 with recomputation); the counts agree with `torch.utils.flop_counter` to within 1% (the
-test runs both on the meta device). DESIGN.md section 9's "about 65 TFLOP per forward" is
-2 x 11.9 B x 2560 + attention, which charges every token with both streams' weights of the
-double blocks and with the per-sample modulation layers.
+test runs both on the meta device). A naive estimate, 2 x 11.9 B x 2560 + attention, gives about
+65 TFLOP per forward because it charges every token with both streams' weights of the double
+blocks and with the per-sample modulation layers.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 import safetensors.torch
 import torch
@@ -15,28 +15,11 @@ from facemogle.core.config import TrainConfig
 from facemogle.core.labels import NUM_SLOTS
 from facemogle.models.facemogle import FaceMoGLE
 from facemogle.sampling.sampler import Conditions, decode_images, generate_latents
-from facemogle.training.step import Batch, make_batch, make_optimizer, training_loss
+from facemogle.training.step import Batch, draw_batch, make_optimizer, train_step
 from facemogle.core.flux import SAMPLE_GUIDANCE
 from facemogle.bench.flops import Flops
-from facemogle.bench.device import Clock, autocast, peak_memory, release_memory, reset_memory
+from facemogle.bench.device import Clock, StepContext, autocast, peak_memory, release_memory, reset_memory
 from facemogle.bench.setup import BenchSize
-
-
-def to_device(batch: Batch, device: torch.device) -> Batch:
-    return Batch(*(None if t is None else t.to(device, non_blocking=True) for t in (
-        batch.x0, batch.text, batch.pooled, batch.cond_latents, batch.cond_keep, batch.sigma,
-        batch.noise)))
-
-
-def next_batch(cache: LatentCache, batch_size: int, cfg: TrainConfig, generator: torch.Generator,
-               device: torch.device) -> Batch:
-    """One training batch as `train` builds it: rows, condition dropout, time and noise drawn on
-    the CPU, the key-mask decision made there, then one copy to the device."""
-    rows = torch.randint(len(cache.ids), (batch_size,), generator=generator)
-    batch = make_batch(cache, rows, cfg, generator)
-    if bool(batch.cond_keep.all()):
-        batch.cond_keep = None  # no key mask needed (a CPU tensor: no device sync)
-    return to_device(batch, device)
 
 
 @dataclass
@@ -53,19 +36,20 @@ class TrainRun:
     peak: float | None
 
 
-def bench_train_step(run: TrainRun, batch: Batch, optimizer: torch.optim.Optimizer,
-                trainable: list[nn.Parameter], clock: Clock) -> tuple[Tensor, Any, Any]:
-    """One step as `train` runs it; returns the loss and the marks after backward and after the
-    optimizer."""
-    with autocast(run.device, run.dtype):
-        loss = training_loss(run.model, batch, latent_size=run.cache.latent_size,
-                             guidance=run.cfg.guidance, checkpointing=run.checkpointing)
-    loss.backward()
-    after_backward = clock.mark()
-    torch.nn.utils.clip_grad_norm_(trainable, run.cfg.grad_clip)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    return loss.detach(), after_backward, clock.mark()
+    def batch(self, batch_size: int, generator: torch.Generator) -> Batch:
+        """One training batch on the device, drawn as `train` draws it."""
+        return draw_batch(self.cache, batch_size, self.cfg, generator, self.device)
+
+    def step(self, batch: Batch, optimizer: torch.optim.Optimizer,
+             trainable: list[nn.Parameter], clock: Clock) -> tuple[Tensor, Any, Any]:
+        """`train_step`, the step the `train` stage runs; returns the loss and the clock marks
+        after backward and after the optimizer."""
+        marks = []
+        loss = train_step(self.model, batch, optimizer, trainable,
+                          replace(self.cfg, gradient_checkpointing=self.checkpointing),
+                          StepContext(self.device, self.dtype), latent_size=self.cache.latent_size,
+                          after_backward=lambda: marks.append(clock.mark()))
+        return loss, marks[0], clock.mark()
 
 
 def measure_training(run: TrainRun, batch_size: int, steps: int, warmup: int,
@@ -83,14 +67,13 @@ def measure_training(run: TrainRun, batch_size: int, steps: int, warmup: int,
     clock = Clock(run.device)
     reset_memory(run.device)
     for _ in range(warmup):
-        bench_train_step(run, next_batch(run.cache, batch_size, run.cfg, generator, run.device),
-                    optimizer, trainable, clock)
+        run.step(run.batch(batch_size, generator), optimizer, trainable, clock)
     marks, losses = [], []
     for _ in range(steps):
         start = clock.mark()
-        batch = next_batch(run.cache, batch_size, run.cfg, generator, run.device)
+        batch = run.batch(batch_size, generator)
         data = clock.mark()
-        loss, backward, end = bench_train_step(run, batch, optimizer, trainable, clock)
+        loss, backward, end = run.step(batch, optimizer, trainable, clock)
         marks.append((start, data, backward, end))
         losses.append(loss)
     phase = lambda i, j: sum(clock.seconds(m[i], m[j]) for m in marks) / steps  # noqa: E731

@@ -17,7 +17,7 @@ from torch.utils._pytree import tree_leaves
 from facemogle.core.io import atomic_path, write_json, write_text
 from facemogle.sampling.sampler import generate_latents
 from facemogle.training.step import make_optimizer
-from facemogle.bench.measure import TrainRun, bench_train_step, next_batch, sample_conditions
+from facemogle.bench.measure import TrainRun, sample_conditions
 from facemogle.bench.device import Clock, autocast
 
 
@@ -95,12 +95,11 @@ def profile_run(run: TrainRun, batch_size: int, out_dir: str | Path, seed: int,
     trainable = run.model.trainable_parameters()
     optimizer = make_optimizer(trainable, run.cfg)
     clock = Clock(run.device)
-    batches = [next_batch(run.cache, batch_size, run.cfg, generator, run.device)
-               for _ in range(2 * steps + 1)]
+    batches = [run.batch(batch_size, generator) for _ in range(2 * steps + 1)]
 
     def train_steps() -> None:
         for _ in range(steps):
-            bench_train_step(run, batches.pop(), optimizer, trainable, clock)
+            run.step(batches.pop(), optimizer, trainable, clock)
 
     cond = sample_conditions(run.cache, batch_size, run.device)
 
@@ -109,7 +108,7 @@ def profile_run(run: TrainRun, batch_size: int, out_dir: str | Path, seed: int,
             generate_latents(run.model, cond, list(range(batch_size)),
                              latent_size=run.cache.latent_size, steps=2)
 
-    bench_train_step(run, batches.pop(), optimizer, trainable, clock)  # optimizer state, warm caches
+    run.step(batches.pop(), optimizer, trainable, clock)  # optimizer state, warm caches
     report: dict[str, Any] = {"batch_size": batch_size, "train_steps": steps}
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()

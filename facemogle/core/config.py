@@ -4,6 +4,11 @@ Every section of `params.yaml` is mirrored by a frozen dataclass. `load_params` 
 keys, wrong types and invalid choices with a `ConfigError` that names the key (dotted path) and
 what would be valid, so a bad `dvc exp run -S key=value` stops the stage before any work is done.
 
+The schema is declarative: a field's type gives its choices (`Literal`) and its YAML type, and
+`spec(...)` beside the field gives its bounds and any other rule on its value alone. A section's
+dotted key (`train`, `base.vae`) comes from where it nests in `Params`, so a rule is never spelt
+with its key; the few rules between two fields are each section's `_check_across_fields`.
+
 Defaults are the paper's values where the paper has one; `params.yaml` holds the embedded
 (offline, CPU) profile.
 """
@@ -11,11 +16,13 @@ Defaults are the paper's values where the paper has one; `params.yaml` holds the
 from __future__ import annotations
 
 import dataclasses
+import functools
 import types
 import typing
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Any, Literal, NamedTuple, Union, get_args, get_origin
 
 import yaml
 
@@ -37,7 +44,118 @@ class ConfigError(ValueError):
 def check(condition: bool, key: str, expected: str, value: Any) -> None:
     """Raise a `ConfigError` naming `key` unless `condition` holds."""
     if not condition:
-        raise ConfigError(f"params: '{key}' must be {expected}, got {value!r}")
+        _fail(key, expected, value)
+
+
+def _fail(key: str, expected: str, value: Any) -> typing.NoReturn:
+    raise ConfigError(f"params: '{key}' must be {expected}, got {value!r}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Declaring the schema
+# ----------------------------------------------------------------------------------------------
+
+
+class Rule(NamedTuple):
+    """A rule on one field's value: `test(value)` holds, or the value must be `expected`."""
+
+    test: Callable[[Any], bool]
+    expected: str
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """Numeric bounds of a field; called on a value, says whether the value is within them."""
+
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+    multiple_of: int | None = None
+
+    def __call__(self, value: Any) -> bool:
+        return ((self.ge is None or value >= self.ge) and (self.gt is None or value > self.gt)
+                and (self.le is None or value <= self.le) and (self.lt is None or value < self.lt)
+                and (self.multiple_of is None or value % self.multiple_of == 0))
+
+    def describe(self, integer: bool) -> str:
+        """What a valid value is, in words ("a positive integer", "in [0, 1)")."""
+        if self.multiple_of is not None:  # with ge and le
+            return f"a multiple of {self.multiple_of} between {self.ge} and {self.le}"
+        kind = "integer" if integer else "number"
+        low = ("[", self.ge) if self.ge is not None else ("(", self.gt)
+        high = (self.le, "]") if self.le is not None else (self.lt, ")")
+        if high[0] is None:
+            if low == ("[", 0):
+                return f"a non-negative {kind}"
+            if low == ("(", 0) or (integer and low == ("[", 1)):
+                return f"a positive {kind}"
+            article = "an integer" if integer else "a number"
+            return f"{article} {'>=' if low[0] == '[' else '>'} {low[1]}"
+        interval = f"{low[0]}{low[1]}, {high[0]}{high[1]}"
+        return f"an integer in {interval}" if integer else f"in {interval}"
+
+
+class _Spec(NamedTuple):
+    bounds: Bounds | None
+    expected: str | None  # words for `bounds`, where `Bounds.describe` would not do
+    rules: tuple[Rule, ...]
+
+
+_SPEC = "facemogle.spec"  # the `field` metadata key of a `_Spec`
+
+
+def spec(default: Any, *rules: Rule, ge: float | None = None, gt: float | None = None,
+         le: float | None = None, lt: float | None = None, multiple_of: int | None = None,
+         expected: str | None = None) -> Any:
+    """A dataclass field with `default` whose value must be within the bounds and pass `rules`.
+
+    A value out of bounds is reported as "must be `expected`", by default the bounds in words
+    (see `Bounds.describe`; "null or ..." where the field may be null, and null always passes).
+    """
+    given = {"ge": ge, "gt": gt, "le": le, "lt": lt, "multiple_of": multiple_of}
+    bounds = Bounds(**given) if any(v is not None for v in given.values()) else None
+    return field(default=default, metadata={_SPEC: _Spec(bounds, expected, rules)})
+
+
+# Dropping a conditioning input while training (the train.*_drop fields).
+_PROBABILITY: dict[str, Any] = {"ge": 0, "lt": 1, "expected": "a probability in [0, 1)"}
+
+
+class _Section:
+    """Base of the config dataclasses: each field's `spec` is checked when one is made (loaded,
+    built in code, or `dataclasses.replace`d), then the rules between its fields."""
+
+    def __post_init__(self) -> None:
+        _check_fields(self)
+        self._check_across_fields()
+
+    def _check_across_fields(self) -> None:
+        """Rules that relate two fields of the section; none unless the section has some."""
+
+
+def _check_fields(section: Any) -> None:
+    """Raise a `ConfigError` naming the dotted key of the first field of `section` that breaks
+    its `spec`."""
+    for name, key, nullable, rules in _field_rules(type(section)):
+        value = getattr(section, name)
+        if value is None and nullable:
+            continue
+        for rule in rules:
+            check(rule.test(value), key, rule.expected, value)
+
+
+def _key(section: Any, name: str) -> str:
+    """The dotted key of field `name` of `section` (`train.lr`, `base.vae.steps`)."""
+    return _prefixes()[type(section)] + name
+
+
+def _check_parser_path(section: MasksConfig | ZeroShotConfig) -> None:
+    """The segformer parser is loaded from `parser_path`: it must be set."""
+    check(section.parser != "segformer" or section.parser_path is not None,
+          _key(section, "parser_path"),
+          f"a hub id or directory when {_key(section, 'parser')} is 'segformer'",
+          section.parser_path)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -46,38 +164,30 @@ def check(condition: bool, key: str, expected: str, value: Any) -> None:
 
 
 @dataclass(frozen=True)
-class DataConfig:
+class DataConfig(_Section):
     """Where the faces, masks and captions come from (`download` stage)."""
 
     source: Literal["synthfaces", "mmcelebahq", "celebamaskhq", "ffhq_text"] = "mmcelebahq"
     variant: Literal["standard", "zeroshot"] = "standard"  # SynthFaces distribution
-    resolution: int = 512
+    resolution: int = spec(512, ge=64, le=1024, multiple_of=16)
     seed: int = 0  # data generation seed, separate from the training seed
-    num_train: int = 27000  # SynthFaces: train images rendered; real sets: ids below it train
-    num_test: int = 3000  # SynthFaces: test images rendered; real sets: first test ids kept
-    captions_per_image: int = 10  # SynthFaces: rendered; real sets: the first ones kept
+    # SynthFaces: train images rendered; real sets: ids below it train
+    num_train: int = spec(27000, ge=1)
+    # SynthFaces: test images rendered; real sets: first test ids kept
+    num_test: int = spec(3000, ge=1)
+    captions_per_image: int = spec(10, ge=1)  # SynthFaces: rendered; real sets: the first ones kept
     hub_repo: str | None = None
     hub_revision: str | None = None
     local_path: str | None = None
-    max_images: int | None = None  # real data sets: at most this many ids per split
+    max_images: int | None = spec(None, ge=1)  # real data sets: at most this many ids per split
     on_error: Literal["stop", "skip"] = "stop"
-
-    def __post_init__(self) -> None:
-        check(64 <= self.resolution <= 1024 and self.resolution % 16 == 0, "data.resolution",
-              "a multiple of 16 between 64 and 1024", self.resolution)
-        check(self.num_train >= 1, "data.num_train", "a positive integer", self.num_train)
-        check(self.num_test >= 1, "data.num_test", "a positive integer", self.num_test)
-        check(self.captions_per_image >= 1, "data.captions_per_image", "a positive integer",
-              self.captions_per_image)
-        check(self.max_images is None or self.max_images >= 1, "data.max_images",
-              "null or a positive integer", self.max_images)
 
 
 EVAL_SETS: tuple[str, ...] = ("test", "zeroshot")  # pipeline entries of the per-set stages
 
 
 @dataclass(frozen=True)
-class ZeroShotConfig:
+class ZeroShotConfig(_Section):
     """The zero-shot test set (paper Table 2: MM-FFHQ-Female): faces from a distribution the
     model was not trained on, sampled and evaluated like the test split of `data`.
 
@@ -87,17 +197,15 @@ class ZeroShotConfig:
 
     source: Literal["synthfaces", "mmcelebahq", "celebamaskhq", "ffhq_text"] = "ffhq_text"
     variant: Literal["standard", "zeroshot"] = "zeroshot"  # SynthFaces distribution
-    num_test: int = 3000
+    num_test: int = spec(3000, ge=1)
     hub_repo: str | None = None
     hub_revision: str | None = None
     local_path: str | None = None
     parser: Literal["none", "mediapipe", "segformer", "tiny"] = "mediapipe"  # its label maps
     parser_path: str | None = None
 
-    def __post_init__(self) -> None:
-        check(self.num_test >= 1, "zeroshot.num_test", "a positive integer", self.num_test)
-        check(self.parser != "segformer" or self.parser_path is not None, "zeroshot.parser_path",
-              "a hub id or directory when zeroshot.parser is 'segformer'", self.parser_path)
+    def _check_across_fields(self) -> None:
+        _check_parser_path(self)
 
     def data_config(self, data: DataConfig) -> DataConfig:
         """`data` with this set's source: what `download` reads for the zero-shot entry."""
@@ -119,166 +227,115 @@ def set_sections(sections: tuple[str, ...], eval_set: str) -> tuple[str, ...]:
 
 
 @dataclass(frozen=True)
-class MasksConfig:
+class MasksConfig(_Section):
     """How every image gets its label map (`parse_masks` stage)."""
 
     parser: Literal["none", "mediapipe", "segformer", "tiny"] = "none"
     parser_path: str | None = None  # segformer: hub id or local directory
-    color_tolerance: int = 0  # max per-channel distance at which a colour snaps to the palette
+    # max per-channel distance at which a colour snaps to the palette
+    color_tolerance: int = spec(0, ge=0, le=64)
 
-    def __post_init__(self) -> None:
-        check(0 <= self.color_tolerance <= 64, "masks.color_tolerance", "an integer in [0, 64]",
-              self.color_tolerance)
-        check(self.parser != "segformer" or self.parser_path is not None, "masks.parser_path",
-              "a hub id or directory when masks.parser is 'segformer'", self.parser_path)
+    def _check_across_fields(self) -> None:
+        _check_parser_path(self)
 
 
 @dataclass(frozen=True)
-class TinyVAEConfig:
+class TinyVAEConfig(_Section):
     """The small AutoencoderKL the embedded `base` stage trains (16 latent channels, x8 down)."""
 
-    block_out_channels: tuple[int, ...] = (8, 16, 32, 64)
-    layers_per_block: int = 1
-    steps: int = 1500
-    batch_size: int = 16
-    lr: float = 2e-3
-    kl_weight: float = 1e-6
-    warmup_steps: int = 50
-    mask_fraction: float = 0.5  # share of each batch that is decoupled mask images, not faces
-    color_weight: float = 1.0  # pulls latent channels 0-2 to the mean colour of their 8x8 cell
-
-    def __post_init__(self) -> None:
-        # Four blocks give three downsamplings: x8, like the FLUX VAE.
-        check(len(self.block_out_channels) == 4, "base.vae.block_out_channels",
-              "a list of 4 widths (x8 downsampling)", self.block_out_channels)
-        check(all(w >= 4 and w % 4 == 0 for w in self.block_out_channels),
-              "base.vae.block_out_channels", "widths that are multiples of 4 (GroupNorm groups)",
-              self.block_out_channels)
-        check(self.layers_per_block >= 1, "base.vae.layers_per_block", "a positive integer",
-              self.layers_per_block)
-        check(self.steps >= 0, "base.vae.steps", "a non-negative integer", self.steps)
-        check(self.batch_size >= 1, "base.vae.batch_size", "a positive integer", self.batch_size)
-        check(self.lr > 0, "base.vae.lr", "a positive number", self.lr)
-        check(self.kl_weight >= 0, "base.vae.kl_weight", "a non-negative number", self.kl_weight)
-        check(self.warmup_steps >= 0, "base.vae.warmup_steps", "a non-negative integer",
-              self.warmup_steps)
-        check(0.0 <= self.mask_fraction <= 1.0, "base.vae.mask_fraction", "in [0, 1]",
-              self.mask_fraction)
-        check(self.color_weight >= 0, "base.vae.color_weight", "a non-negative number",
-              self.color_weight)
+    # Four blocks give three downsamplings: x8, like the FLUX VAE.
+    block_out_channels: tuple[int, ...] = spec(
+        (8, 16, 32, 64),
+        Rule(lambda widths: len(widths) == 4, "a list of 4 widths (x8 downsampling)"),
+        Rule(lambda widths: all(w >= 4 and w % 4 == 0 for w in widths),
+             "widths that are multiples of 4 (GroupNorm groups)"))
+    layers_per_block: int = spec(1, ge=1)
+    steps: int = spec(1500, ge=0)
+    batch_size: int = spec(16, ge=1)
+    lr: float = spec(2e-3, gt=0)
+    kl_weight: float = spec(1e-6, ge=0)
+    warmup_steps: int = spec(50, ge=0)
+    # share of each batch that is decoupled mask images, not faces
+    mask_fraction: float = spec(0.5, ge=0, le=1)
+    # pulls latent channels 0-2 to the mean colour of their 8x8 cell
+    color_weight: float = spec(1.0, ge=0)
 
 
 @dataclass(frozen=True)
-class TinyTransformerConfig:
+class TinyTransformerConfig(_Section):
     """The small FluxTransformer2DModel the embedded `base` stage trains text-to-image."""
 
-    num_layers: int = 2
-    num_single_layers: int = 4
+    num_layers: int = spec(2, ge=1)
+    num_single_layers: int = spec(4, ge=0)
     attention_head_dim: int = 32
     num_attention_heads: int = 4
     axes_dims_rope: tuple[int, int, int] = (8, 12, 12)
     guidance_embeds: bool = False
-    steps: int = 1500
-    batch_size: int = 16
-    lr: float = 1e-3
-    text_dropout: float = 0.1
-    warmup_steps: int = 100
-    grad_clip: float = 1.0
-    captions_per_image: int = 2  # the first k captions of each image are encoded and drawn from
+    steps: int = spec(1500, ge=0)
+    batch_size: int = spec(16, ge=1)
+    lr: float = spec(1e-3, gt=0)
+    text_dropout: float = spec(0.1, ge=0, lt=1)
+    warmup_steps: int = spec(100, ge=0)
+    grad_clip: float = spec(1.0, gt=0)
+    # the first k captions of each image are encoded and drawn from
+    captions_per_image: int = spec(2, ge=1)
 
-    def __post_init__(self) -> None:
-        check(self.num_layers >= 1, "base.transformer.num_layers", "a positive integer",
-              self.num_layers)
-        check(self.num_single_layers >= 0, "base.transformer.num_single_layers",
-              "a non-negative integer", self.num_single_layers)
-        check(sum(self.axes_dims_rope) == self.attention_head_dim, "base.transformer.axes_dims_rope",
+    def _check_across_fields(self) -> None:
+        check(sum(self.axes_dims_rope) == self.attention_head_dim, _key(self, "axes_dims_rope"),
               f"three sizes summing to attention_head_dim={self.attention_head_dim}",
               self.axes_dims_rope)
-        check(self.steps >= 0, "base.transformer.steps", "a non-negative integer", self.steps)
-        check(self.batch_size >= 1, "base.transformer.batch_size", "a positive integer",
-              self.batch_size)
-        check(0.0 <= self.text_dropout < 1.0, "base.transformer.text_dropout", "in [0, 1)",
-              self.text_dropout)
-        check(self.lr > 0, "base.transformer.lr", "a positive number", self.lr)
-        check(self.warmup_steps >= 0, "base.transformer.warmup_steps", "a non-negative integer",
-              self.warmup_steps)
-        check(self.grad_clip > 0, "base.transformer.grad_clip", "a positive number",
-              self.grad_clip)
-        check(self.captions_per_image >= 1, "base.transformer.captions_per_image",
-              "a positive integer", self.captions_per_image)
 
 
 @dataclass(frozen=True)
-class TinyParserConfig:
+class TinyParserConfig(_Section):
     """The small face parser (19-class segmentation net) the embedded `base` stage trains."""
 
-    width: int = 16
-    steps: int = 500
-    batch_size: int = 16
-    lr: float = 2e-3
-    warmup_steps: int = 20
+    width: int = spec(16, ge=4)
+    steps: int = spec(500, ge=0)
+    batch_size: int = spec(16, ge=1)
+    lr: float = spec(2e-3, gt=0)
+    warmup_steps: int = spec(20, ge=0)
     class_weighted: bool = True  # cross-entropy weights ~ 1/sqrt(class frequency)
-    decoded_fraction: float = 0.5  # share of each batch shown as VAE encode -> decode output
-
-    def __post_init__(self) -> None:
-        check(self.width >= 4, "base.parser.width", "an integer >= 4", self.width)
-        check(self.steps >= 0, "base.parser.steps", "a non-negative integer", self.steps)
-        check(self.batch_size >= 1, "base.parser.batch_size", "a positive integer",
-              self.batch_size)
-        check(self.lr > 0, "base.parser.lr", "a positive number", self.lr)
-        check(self.warmup_steps >= 0, "base.parser.warmup_steps", "a non-negative integer",
-              self.warmup_steps)
-        check(0.0 <= self.decoded_fraction <= 1.0, "base.parser.decoded_fraction", "in [0, 1]",
-              self.decoded_fraction)
+    # share of each batch shown as VAE encode -> decode output
+    decoded_fraction: float = spec(0.5, ge=0, le=1)
 
 
 @dataclass(frozen=True)
-class BaseConfig:
+class BaseConfig(_Section):
     """The pretrained foundation: trained here (`tiny`) or resolved from FLUX.1-dev (`flux`)."""
 
     kind: Literal["tiny", "flux"] = "flux"
     flux_path: str = "black-forest-labs/FLUX.1-dev"  # hub id or local directory
     flux_revision: str | None = None
     dtype: DType = "bfloat16"
-    text_max_tokens: int = 512  # T5 sequence length (FLUX.1-dev: 512); MiniLM: 32 is plenty
+    # T5 sequence length (FLUX.1-dev: 512); MiniLM: 32 is plenty
+    text_max_tokens: int = spec(512, ge=1, le=512)
     vae: TinyVAEConfig = field(default_factory=TinyVAEConfig)
     transformer: TinyTransformerConfig = field(default_factory=TinyTransformerConfig)
     parser: TinyParserConfig = field(default_factory=TinyParserConfig)
 
-    def __post_init__(self) -> None:
-        check(1 <= self.text_max_tokens <= 512, "base.text_max_tokens", "an integer in [1, 512]",
-              self.text_max_tokens)
-
 
 @dataclass(frozen=True)
-class CacheConfig:
+class CacheConfig(_Section):
     """Encoding the latent cache (`cache_latents` stage)."""
 
-    batch_size: int = 32  # images (and captions) per VAE / text-encoder call
-    shard_size: int = 256  # images per shard: the unit of resuming and of splitting the work
-    num_processes: int = 1  # processes under torchrun, one per device: shards are split
-
-    def __post_init__(self) -> None:
-        for key in ("batch_size", "shard_size", "num_processes"):
-            value = getattr(self, key)
-            check(value >= 1, f"cache.{key}", "a positive integer", value)
+    batch_size: int = spec(32, ge=1)  # images (and captions) per VAE / text-encoder call
+    # images per shard: the unit of resuming and of splitting the work
+    shard_size: int = spec(256, ge=1)
+    # processes under torchrun, one per device: shards are split
+    num_processes: int = spec(1, ge=1)
 
 
 @dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(_Section):
     """MoGLE sizes and how condition tokens are modulated (paper section 3.2)."""
 
-    expert_hidden: int = 32  # paper: 64 -> 32 -> 64 experts
-    gate_hidden: int = 64
+    expert_hidden: int = spec(32, ge=1)  # paper: 64 -> 32 -> 64 experts
+    gate_hidden: int = spec(64, ge=1)
     condition_guidance: float = 1.0  # guidance-embedding value of the condition stream, always
     # full: image tokens attend to every condition token (paper); aligned: to the one at their
     # own position only (the embedded tiny base cannot find it by itself; models/condition.py).
     condition_attention: Literal["full", "aligned"] = "full"
-
-    def __post_init__(self) -> None:
-        check(self.expert_hidden >= 1, "model.expert_hidden", "a positive integer",
-              self.expert_hidden)
-        check(self.gate_hidden >= 1, "model.gate_hidden", "a positive integer", self.gate_hidden)
 
 
 # The paper's LoRA targets (official config, identical to OminiControl's): 343 layers on FLUX.1-dev.
@@ -290,121 +347,82 @@ PAPER_LORA_TARGETS: tuple[str, ...] = (
 
 
 @dataclass(frozen=True)
-class LoraConfig:
+class LoraConfig(_Section):
     """LoRA on the condition stream (paper: r=4, alpha=4, gaussian init)."""
 
-    rank: int = 4
-    alpha: float = 4.0
+    rank: int = spec(4, ge=1)
+    alpha: float = spec(4.0, gt=0)
     init: Literal["gaussian", "default"] = "gaussian"
-    dropout: float = 0.0
+    dropout: float = spec(0.0, ge=0, lt=1)
     # Regular expressions over module names, each matched in full (peft's regex form).
-    target_modules: tuple[str, ...] = PAPER_LORA_TARGETS
-
-    def __post_init__(self) -> None:
-        check(self.rank >= 1, "lora.rank", "a positive integer", self.rank)
-        check(self.alpha > 0, "lora.alpha", "a positive number", self.alpha)
-        check(0.0 <= self.dropout < 1.0, "lora.dropout", "in [0, 1)", self.dropout)
-        check(len(self.target_modules) >= 1, "lora.target_modules", "a non-empty list of regexes",
-              self.target_modules)
+    target_modules: tuple[str, ...] = spec(
+        PAPER_LORA_TARGETS, Rule(lambda targets: len(targets) >= 1, "a non-empty list of regexes"))
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(_Section):
     """LoRA + MoGLE training (paper section 4.1)."""
 
-    steps: int = 4000
-    batch_size: int = 4
-    grad_accum: int = 1
+    steps: int = spec(4000, ge=1)
+    batch_size: int = spec(4, ge=1)
+    grad_accum: int = spec(1, ge=1)
     optimizer: Literal["prodigy", "adamw"] = "prodigy"
-    lr: float = 1.0  # Prodigy's lr is a multiplier on its estimated step size
-    weight_decay: float = 0.01
-    grad_clip: float = 0.5
-    text_drop: float = 0.1
-    local_mask_drop: float = 0.1  # each local mask independently
-    mask_drop: float = 0.1  # the whole mask: trains text-only generation
+    lr: float = spec(1.0, gt=0)  # Prodigy's lr is a multiplier on its estimated step size
+    weight_decay: float = spec(0.01, ge=0, expected="non-negative")
+    grad_clip: float = spec(0.5, gt=0)
+    text_drop: float = spec(0.1, **_PROBABILITY)
+    local_mask_drop: float = spec(0.1, **_PROBABILITY)  # each local mask independently
+    mask_drop: float = spec(0.1, **_PROBABILITY)  # the whole mask: trains text-only generation
     logit_normal_mean: float = 0.0
-    logit_normal_std: float = 1.0
+    logit_normal_std: float = spec(1.0, gt=0, expected="positive")
     guidance: float = 1.0  # guidance-embedding value while training (FLUX.1-dev)
-    checkpoint_every: int = 1000
-    keep_checkpoints: int = 2
-    log_every: int = 10
+    checkpoint_every: int = spec(1000, ge=1)
+    keep_checkpoints: int = spec(2, ge=1)
+    log_every: int = spec(10, ge=1)
     mixed_precision: Precision = "bf16"
     gradient_checkpointing: bool = True
     compile: bool = False  # torch.compile the transformer blocks (GPU; slow to start on CPU)
-    num_processes: int = 1
-
-    def __post_init__(self) -> None:
-        for key in ("steps", "batch_size", "grad_accum", "checkpoint_every", "keep_checkpoints",
-                    "log_every", "num_processes"):
-            value = getattr(self, key)
-            check(value >= 1, f"train.{key}", "a positive integer", value)
-        check(self.lr > 0, "train.lr", "a positive number", self.lr)
-        check(self.weight_decay >= 0, "train.weight_decay", "non-negative", self.weight_decay)
-        check(self.grad_clip > 0, "train.grad_clip", "a positive number", self.grad_clip)
-        for key in ("text_drop", "local_mask_drop", "mask_drop"):
-            value = getattr(self, key)
-            check(0.0 <= value < 1.0, f"train.{key}", "a probability in [0, 1)", value)
-        check(self.logit_normal_std > 0, "train.logit_normal_std", "positive",
-              self.logit_normal_std)
+    num_processes: int = spec(1, ge=1)
 
 
 @dataclass(frozen=True)
-class SampleConfig:
-    """Sampling the test split in the three modes (DESIGN.md section 4)."""
+class SampleConfig(_Section):
+    """Sampling the test split in the three modes (docs/design.md, "The three modes")."""
 
-    steps: int = 28
+    steps: int = spec(28, ge=1)
     guidance: float = 3.5  # guidance embedding, used when the transformer has one (FLUX.1-dev)
-    cfg_scale: float = 1.0  # true classifier-free guidance; 1.0 is off
-    batch_size: int = 8
-    modes: tuple[Mode, ...] = MODES
-    max_images: int | None = None
-    num_processes: int = 1  # processes under torchrun, one per device: images are split
-
-    def __post_init__(self) -> None:
-        for key in ("steps", "batch_size", "num_processes"):
-            value = getattr(self, key)
-            check(value >= 1, f"sample.{key}", "a positive integer", value)
-        check(self.cfg_scale >= 1.0, "sample.cfg_scale", "a number >= 1.0 (1.0 = off)",
-              self.cfg_scale)
-        check(len(self.modes) >= 1 and len(set(self.modes)) == len(self.modes), "sample.modes",
-              f"a non-empty list of distinct modes from {list(MODES)}", self.modes)
-        check(self.max_images is None or self.max_images >= 1, "sample.max_images",
-              "null or a positive integer", self.max_images)
+    # true classifier-free guidance; 1.0 is off
+    cfg_scale: float = spec(1.0, ge=1, expected="a number >= 1.0 (1.0 = off)")
+    batch_size: int = spec(8, ge=1)
+    modes: tuple[Mode, ...] = spec(
+        MODES, Rule(lambda modes: len(modes) >= 1 and len(set(modes)) == len(modes),
+                    f"a non-empty list of distinct modes from {list(MODES)}"))
+    max_images: int | None = spec(None, ge=1)
+    # processes under torchrun, one per device: images are split
+    num_processes: int = spec(1, ge=1)
 
 
 @dataclass(frozen=True)
-class EvaluateConfig:
+class EvaluateConfig(_Section):
     """Which metric backends run, and where their weights are (paper section 4.3)."""
 
-    batch_size: int = 16
-    kid_subsets: int = 100
-    kid_subset_size: int = 1000
+    batch_size: int = spec(16, ge=1)
+    kid_subsets: int = spec(100, ge=1)
+    kid_subset_size: int = spec(1000, ge=2)
     inception_path: str | None = None
     clip_score_model: str | None = None  # e.g. openai/clip-vit-base-patch16
     cmmd_model: str | None = None  # e.g. openai/clip-vit-large-patch14-336
     dino_model: str | None = None  # e.g. facebook/dino-vitb8
     imagereward_path: str | None = None
     cmmd_estimator: Literal["biased", "unbiased"] = "biased"  # CMMD paper's code: biased
-    detector_folds: int = 5  # cross-fitting folds of the embedded real-vs-generated detector
-    detector_steps: int = 200
-    detector_size: int = 64  # px the detector sees
-
-    def __post_init__(self) -> None:
-        check(self.batch_size >= 1, "evaluate.batch_size", "a positive integer", self.batch_size)
-        check(self.kid_subsets >= 1, "evaluate.kid_subsets", "a positive integer",
-              self.kid_subsets)
-        check(self.kid_subset_size >= 2, "evaluate.kid_subset_size", "an integer >= 2",
-              self.kid_subset_size)
-        check(self.detector_folds >= 2, "evaluate.detector_folds", "an integer >= 2",
-              self.detector_folds)
-        check(self.detector_steps >= 1, "evaluate.detector_steps", "a positive integer",
-              self.detector_steps)
-        check(8 <= self.detector_size <= 512, "evaluate.detector_size",
-              "an integer in [8, 512]", self.detector_size)
+    # cross-fitting folds of the embedded real-vs-generated detector
+    detector_folds: int = spec(5, ge=2)
+    detector_steps: int = spec(200, ge=1)
+    detector_size: int = spec(64, ge=8, le=512)  # px the detector sees
 
 
 @dataclass(frozen=True)
-class Params:
+class Params(_Section):
     """All of `params.yaml`."""
 
     seed: int = 42
@@ -425,6 +443,50 @@ class Params:
 SECTIONS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Params))
 
 
+def _nested_sections(cls: type, prefix: str = "") -> Iterator[tuple[type, str]]:
+    """`cls` and every config dataclass nested in it, each with its dotted-key prefix."""
+    yield cls, prefix
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            yield from _nested_sections(hints[f.name], f"{prefix}{f.name}.")
+
+
+@functools.cache
+def _prefixes() -> dict[type, str]:
+    """The dotted-key prefix of each section class, from where it nests in `Params`
+    (`TinyVAEConfig`: "base.vae."); each class nests at one place only."""
+    prefixes: dict[type, str] = {}
+    for cls, prefix in _nested_sections(Params):
+        if prefixes.setdefault(cls, prefix) != prefix:
+            raise TypeError(f"{cls.__name__} nests at both '{prefixes[cls]}' and '{prefix}'")
+    return prefixes
+
+
+def _non_null(tp: Any) -> tuple[Any, bool]:
+    """`tp` without its `None` option, and whether it had one (`int | None` -> int, True)."""
+    options = get_args(tp) if get_origin(tp) in (Union, types.UnionType) else (tp,)
+    rest = [option for option in options if option is not type(None)]
+    return (rest[0] if len(rest) == 1 else tp), len(rest) < len(options)
+
+
+@functools.cache
+def _field_rules(cls: type) -> tuple[tuple[str, str, bool, tuple[Rule, ...]], ...]:
+    """(name, dotted key, whether null passes, rules) of each field of `cls` that has a `spec`."""
+    hints = typing.get_type_hints(cls)
+    found = []
+    for f in dataclasses.fields(cls):
+        if _SPEC not in f.metadata:
+            continue
+        bounds, expected, rules = f.metadata[_SPEC]
+        tp, nullable = _non_null(hints[f.name])
+        if bounds is not None:
+            words = expected or bounds.describe(integer=tp is int)
+            rules = (Rule(bounds, "null or " + words if nullable else words),) + rules
+        found.append((f.name, _prefixes()[cls] + f.name, nullable, rules))
+    return tuple(found)
+
+
 # ----------------------------------------------------------------------------------------------
 # Strict conversion from plain YAML values
 # ----------------------------------------------------------------------------------------------
@@ -443,57 +505,65 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
+def _not_bool(*types_: type) -> Callable[[Any], bool]:
+    return lambda value: isinstance(value, types_) and not isinstance(value, bool)
+
+
+# The YAML scalars a field type accepts, and its name in the error message.
+_SCALARS: dict[type, tuple[Callable[[Any], bool], str]] = {
+    bool: (lambda value: isinstance(value, bool), "true or false"),
+    int: (_not_bool(int), "an integer"),
+    float: (_not_bool(int, float), "a number"),
+    str: (lambda value: isinstance(value, str), "a string"),
+}
+
+
 def _convert(value: Any, tp: Any, key: str) -> Any:
+    """`value` (plain YAML) as field type `tp`, or a `ConfigError` naming `key`."""
     origin = get_origin(tp)
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
-            raise ConfigError(f"params: '{key}' must be a mapping of {tp.__name__} fields, "
-                              f"got {value!r}")
+            _fail(key, f"a mapping of {tp.__name__} fields", value)
         return _from_dict(tp, value, key + ".")
     if origin is Literal:
-        choices = get_args(tp)
-        if value not in choices:
-            raise ConfigError(f"params: '{key}' must be one of {list(choices)}, got {value!r}")
+        if value not in get_args(tp):
+            _fail(key, f"one of {list(get_args(tp))}", value)
         return value
     if origin in (Union, types.UnionType):
-        args = get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _convert(value, arg, key)
-            except ConfigError as err:
-                errors.append(err)
-        raise ConfigError(f"params: '{key}' must be {_type_name(tp)}, got {value!r}")
+        return _convert_union(value, tp, key)
     if origin is tuple:
-        args = get_args(tp)
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"params: '{key}' must be a list, got {value!r}")
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_convert(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
-        if len(value) != len(args):
-            raise ConfigError(f"params: '{key}' must be a list of {len(args)} values, got {value!r}")
-        return tuple(_convert(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"params: '{key}' must be true or false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"params: '{key}' must be an integer, got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"params: '{key}' must be a number, got {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"params: '{key}' must be a string, got {value!r}")
-        return value
+        return _convert_tuple(value, get_args(tp), key)
+    if tp in _SCALARS:
+        accepts, name = _SCALARS[tp]
+        if not accepts(value):
+            _fail(key, name, value)
+        return float(value) if tp is float else value
     raise TypeError(f"unsupported config type {tp!r} for '{key}'")
+
+
+def _convert_union(value: Any, tp: Any, key: str) -> Any:
+    """`value` as the first option of `tp` that takes it."""
+    options = get_args(tp)
+    if value is None and type(None) in options:
+        return None
+    for option in options:
+        if option is not type(None):
+            try:
+                return _convert(value, option, key)
+            except ConfigError:
+                pass
+    _fail(key, _type_name(tp), value)
+
+
+def _convert_tuple(value: Any, args: tuple[Any, ...], key: str) -> tuple:
+    """`value` as `tuple[args]`: `tuple[T, ...]` any length, else exactly `len(args)` items."""
+    if not isinstance(value, (list, tuple)):
+        _fail(key, "a list", value)
+    if len(args) == 2 and args[1] is Ellipsis:
+        args = (args[0],) * len(value)
+    elif len(value) != len(args):
+        _fail(key, f"a list of {len(args)} values", value)
+    return tuple(_convert(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
 
 
 def _from_dict(cls: type, data: dict, prefix: str = "") -> Any:

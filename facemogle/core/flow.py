@@ -1,12 +1,12 @@
 """Rectified flow as FLUX uses it: noising, the velocity loss, seeds and the Euler sampler.
 
-One time convention everywhere (DESIGN.md section 6, section 8): sigma in [0, 1], with
+One time convention everywhere (docs/design.md, "Time convention"): sigma in [0, 1], with
 x_t = (1 - sigma) x_0 + sigma * noise, so sigma = 1 is pure noise and sampling runs from
 sigma = 1 to 0. The FLUX transformer multiplies sigma by 1000 itself; MoGLE's gating network
 receives sigma unchanged, in training and in sampling (the official code fed it [0, 1000] at
-sampling time: reference/official-implementation.md, bug B2).
+sampling time: docs/design.md, bug B2).
 
-Nothing here does I/O (STYLE.md item 7).
+Nothing here does I/O.
 """
 
 from __future__ import annotations

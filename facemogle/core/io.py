@@ -78,6 +78,17 @@ def write_jsonl(path: str | Path, rows: list[dict]) -> None:
     write_text(path, "".join(json.dumps(r, sort_keys=False) + "\n" for r in rows))
 
 
+def read_json(path: str | Path, *, missing: str = "not found") -> Any:
+    """A JSON file's value; a missing file (`missing` says what to do) or invalid JSON is an
+    `InputError` naming the file."""
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise InputError(f"{path}: {missing}") from None
+    except json.JSONDecodeError as err:
+        raise InputError(f"{path}: not valid JSON ({err.msg})") from None
+
+
 def read_jsonl(path: str | Path) -> list[dict]:
     """Read a JSON-lines file; a malformed line is an `InputError` naming file and line."""
     rows = []

@@ -1,4 +1,7 @@
-"""CelebAMask-HQ labels, palette, label-map conversions and mask decoupling (DESIGN.md section 5)."""
+"""CelebAMask-HQ labels, palette, label-map conversions and mask decoupling.
+
+The contracts are in docs/design.md, "Label palette and decoupling".
+"""
 
 from __future__ import annotations
 
@@ -106,7 +109,7 @@ def color_to_label_map(rgb: np.ndarray, tolerance: int = 0, source: str = "mask"
     """(H, W, 3) uint8 colour mask -> (H, W) uint8 label indices by exact palette lookup.
 
     With `tolerance > 0` an off-palette colour whose unique nearest palette colour is within
-    `tolerance` per channel snaps to it (for JPEG-damaged masks, DESIGN.md section 5). Any other
+    `tolerance` per channel snaps to it (for JPEG-damaged masks). Any other
     colour raises `MaskColorError` naming `source` and the colours with their pixel counts.
     """
     rgb = np.asarray(rgb)
@@ -184,7 +187,7 @@ def resize_label_map(label_map: np.ndarray, size: int | tuple[int, int]) -> np.n
 
 
 def decouple(label_map: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """Label map -> the 20 condition images of Face-MoGLE (paper section 3, DESIGN.md section 5).
+    """Label map -> the 20 condition images of Face-MoGLE (paper section 3).
 
     Args:
         label_map: (H, W) or (B, H, W) integer label indices 0..18.

@@ -1,6 +1,6 @@
 """FLUX's latent conventions: VAE range and normalisation, 2x2 token packing, position ids.
 
-DESIGN.md section 5: a 512 px image -> (16, 64, 64) latent -> 1024 tokens x 64. Packing and ids
+At 512 px: an image -> (16, 64, 64) latent -> 1024 tokens x 64. Packing and ids
 follow diffusers' `FluxPipeline` layouts exactly (tested against them), so image tokens and mask
 tokens of the same grid share positions.
 """
@@ -83,7 +83,7 @@ def encode(vae: AutoencoderKL, images01: torch.Tensor, *, generator: torch.Gener
 
     The posterior mean by default, so the same image always gives the same latent: the official
     code's unseeded `latent_dist.sample()` made every run irreproducible
-    (reference/official-implementation.md section 2). `sample=True` draws from the posterior with
+    (docs/design.md, bug B11). `sample=True` draws from the posterior with
     `generator`. Gradients follow the caller's grad mode; the result has the VAE's dtype.
     """
     _check_images(vae, images01)

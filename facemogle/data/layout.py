@@ -1,4 +1,4 @@
-"""The normalized data layout written by `download` and `parse_masks` (DESIGN.md section 4).
+"""The normalized data layout written by `download` and `parse_masks` (docs/design.md, "Stages").
 
 `download --out DIR` writes::
 
@@ -17,14 +17,13 @@ Ids are strings: SynthFaces ids are zero-padded indices ("000042"), real data se
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
 
-from facemogle.core.io import InputError, read_jsonl
+from facemogle.core.io import read_json, InputError, open_image, read_jsonl
 
 IMAGES = "images"
 MASKS = "masks"
@@ -92,12 +91,7 @@ def mask_path(root: str | Path, id_: str) -> Path:
 def read_split(root: str | Path) -> dict[str, list[str]]:
     """Read `root/split.json`: {"train": [ids], "test": [ids]}, ids unique strings."""
     path = Path(root) / SPLIT
-    try:
-        split = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise InputError(f"{path}: not found (run the download stage first)") from None
-    except json.JSONDecodeError as err:
-        raise InputError(f"{path}: not valid JSON ({err.msg})") from None
+    split = read_json(path, missing="not found (run the download stage first)")
     if not isinstance(split, dict) or set(split) != set(SPLITS):
         raise InputError(f"{path}: expected an object with keys {list(SPLITS)}")
     ids = [i for name in SPLITS for i in split[name]]
@@ -114,3 +108,12 @@ def read_captions(root: str | Path) -> dict[str, list[str]]:
     if not path.is_file():
         raise InputError(f"{path}: not found (run the download stage first)")
     return {row["id"]: list(row["captions"]) for row in read_jsonl(path)}
+
+
+def read_image(path: Path, mode: str | None = None) -> Image.Image:
+    """Fully decode an image (converted to `mode` if given); a bad file raises `ItemError`."""
+    try:
+        image = open_image(path)
+    except InputError as err:
+        raise item_error(path, err) from None
+    return image.convert(mode) if mode is not None and image.mode != mode else image

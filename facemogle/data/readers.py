@@ -1,4 +1,4 @@
-"""Readers of the data sets the `download` stage accepts (`data.source`, DESIGN.md sections 2, 4).
+"""Readers of the data sets the `download` stage accepts (`data.source`).
 
 A reader lists `entries()` (id, split, the file that stands for the item) and `load(entry)`
 returns a `Sample`; a bad item raises `ItemError` naming the file, so the stage can stop or skip
@@ -7,7 +7,7 @@ it (`data.on_error`). Layouts, as their authors distribute them:
 - MM-CelebA-HQ (`mmcelebahq`): `face/{i}.jpg`, `mask/{i}.png` ("P" PNGs whose pixel values are the
   label indices 0..18), captions in `text/{i}.txt` (one per line) and/or `text.json`
   ({"{i}.jpg": [...]}). Ids 0..29999; train = ids below the split boundary (27,000), test = the
-  rest (official-implementation.md section 1).
+  rest (the official code trains on ids 0..26999).
 
 A mask must have its image's size, or a size the image is an integer multiple of: CelebA-HQ
 faces are 1024 px and the CelebAMask-HQ annotations 512 px, and copies of both data sets keep
@@ -34,12 +34,12 @@ import numpy as np
 from PIL import Image
 
 from facemogle.core.config import ConfigError, DataConfig
-from facemogle.data.layout import Entry, ItemError, Sample, item_error
-from facemogle.core.io import InputError, open_image
+from facemogle.data.layout import Entry, ItemError, Sample, read_image
+from facemogle.core.io import InputError
 from facemogle.core.labels import LABELS, label_map_image
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
-MMCELEBAHQ_SPLIT = 27000  # official-implementation.md section 1: ids < 27000 train
+MMCELEBAHQ_SPLIT = 27000  # the official code trains on ids < 27000
 
 
 class Reader(Protocol):
@@ -55,15 +55,6 @@ class Reader(Protocol):
 # ----------------------------------------------------------------------------------------------
 # Helpers
 # ----------------------------------------------------------------------------------------------
-
-
-def read_image(path: Path, mode: str | None = None) -> Image.Image:
-    """Fully decode an image (converted to `mode` if given); a bad file raises `ItemError`."""
-    try:
-        image = open_image(path)
-    except InputError as err:
-        raise item_error(path, err) from None
-    return image.convert(mode) if mode is not None and image.mode != mode else image
 
 
 def _id_key(id_: str) -> tuple[int, int, str]:

@@ -1,6 +1,6 @@
 """SynthFaces: procedurally rendered portraits with exact CelebAMask-HQ label maps and captions.
 
-The embedded default's data set (DESIGN.md sections 2 and 5). Every face is drawn from signed
+The embedded default's data set (docs/design.md, "Two settings"). Every face is drawn from signed
 distance fields in a face-local frame (unit = half the face width, tilted with the head), so the
 geometry does not depend on the resolution: the label map is the hard geometry sampled at pixel
 centres (composed with CelebAMask-HQ precedence, later parts overwrite earlier ones) and the RGB

@@ -1,6 +1,6 @@
 """The ablation table (paper Tables 3-5) from DVC experiments.
 
-    python -m facemogle.ablations [--out table.md]
+    python -m facemogle.evaluation.ablations [--out table.md]
 
 Reads the workspace and every experiment through `dvc.api.exp_show` and writes one Markdown row
 per run: its `gating` and `experts`, then per set and mode the mask mIoU (does the face follow

@@ -1,6 +1,6 @@
 """The `evaluate` stage's work: every metric that can run, per mode, paired by image id.
 
-Embedded metrics (DESIGN.md section 7) use the face parser trained by the `base` stage: mask
+Embedded metrics (docs/design.md, "Metrics") use the face parser trained by the `base` stage: mask
 mIoU (the parser's label map of each generated face vs its input mask), attribute accuracy
 (colours read from the generated pixels in the parser's regions vs the caption's colours),
 accessory accuracy (hat, glasses, earrings, necklace present as the caption says), and a Frechet
@@ -25,7 +25,7 @@ import torch
 
 from facemogle.core import labels
 from facemogle.core.config import EvaluateConfig
-from facemogle.data import synthfaces
+from facemogle.data import colours
 from facemogle.core.io import read_jsonl, read_rgb, write_json
 from facemogle.evaluation.metrics.attributes import attribute_accuracy, attribute_metric_values
 from facemogle.evaluation.metrics.common import MetricValue, metrics_json, pair_by_id, skip_all
@@ -71,8 +71,8 @@ def parser_metrics(parser, generated: list[np.ndarray], reference: list[np.ndarr
                            "the data set has no attribute annotations")
     else:
         result = attribute_accuracy(generated, gen_maps, attributes,
-                                    read_color=synthfaces.read_color,
-                                    color_attributes=synthfaces.COLOR_ATTRIBUTES,
+                                    read_color=colours.read_color,
+                                    color_attributes=colours.COLOR_ATTRIBUTES,
                                     accessory_labels=ACCESSORY_LABELS)
         values += attribute_metric_values(result, backend)
     return values

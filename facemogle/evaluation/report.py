@@ -8,7 +8,6 @@ and the skip reasons are listed under the table.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -16,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from facemogle.core.config import MODES
-from facemogle.core.io import InputError, write_text
+from facemogle.core.io import read_json, InputError, write_text
 
 MISSING = "-"
 
@@ -117,12 +116,7 @@ def markdown_report(by_mode: Mapping[str, Mapping[str, Mapping[str, Any]]],
 
 def read_metrics(path: str | Path) -> dict[str, Any]:
     """A metrics JSON file as written by `base.metrics_json`."""
-    try:
-        data = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise InputError(f"{path}: metrics file not found") from None
-    except json.JSONDecodeError as err:
-        raise InputError(f"{path}: not valid JSON ({err.msg})") from None
+    data = read_json(path, missing="metrics file not found")
     if not isinstance(data, dict):
         raise InputError(f"{path}: expected a JSON object of metrics")
     return data

@@ -1,4 +1,4 @@
-"""Face parsers for images without masks: RGB image -> 19-class label map (DESIGN.md section 2).
+"""Face parsers for images without masks: RGB image -> 19-class label map.
 
 Backends (`masks.parser`), each built by a loader function in `PARSERS`:
 
@@ -9,7 +9,7 @@ Backends (`masks.parser`), each built by a loader function in `PARSERS`:
   (person below the chin). It has no ears, glasses, hats or jewellery.
 - `segformer`: a `transformers` `SegformerForSemanticSegmentation` face parser with
   CelebAMask-HQ classes, from a hub id or a local folder (`masks.parser_path`).
-- `tiny`: the small parser the `base` stage trains (`facemogle.models.parser`), from the folder
+- `tiny`: the small parser the `base` stage trains (`facemogle.base.segmenter`), from the folder
   given to `parse_masks --parser-dir`.
 
 Heavy backends import their packages only when loaded; a missing package is a
@@ -277,7 +277,7 @@ def load_segformer(path: str | None, device: torch.device | None = None) -> Segf
 
 
 class TinyParser:
-    """Wraps `facemogle.models.parser.FaceParser` (images in [0, 1]) for one image at a time."""
+    """Wraps `facemogle.base.segmenter.FaceParser` (images in [0, 1]) for one image at a time."""
 
     def __init__(self, model: torch.nn.Module, device: torch.device):
         self.model, self.device = model, device
@@ -299,9 +299,9 @@ def load_tiny(path: str | None, device: torch.device | None = None) -> TinyParse
         raise ConfigError("masks.parser 'tiny' needs the trained parser's folder: pass "
                           "--parser-dir (the base stage's parser output) to parse_masks")
     try:
-        module = importlib.import_module("facemogle.models.parser")
+        module = importlib.import_module("facemogle.base.segmenter")
     except ImportError as err:
-        raise MissingExtraError(f"masks.parser 'tiny' needs facemogle.models.parser, which "
+        raise MissingExtraError(f"masks.parser 'tiny' needs facemogle.base.segmenter, which "
                                 f"cannot be imported ({err})") from None
     device = device or default_device()
     return TinyParser(module.load_parser(path, device=device), device)

@@ -17,9 +17,8 @@ from pathlib import Path
 import numpy as np
 from facemogle.core.config import ConfigError, MasksConfig
 from facemogle.data import layout
-from facemogle.data.layout import ItemError, item_error
+from facemogle.data.layout import ItemError, item_error, read_image
 from facemogle.masks.face_parsers import FaceParser, load_parser, parse_image
-from facemogle.data.readers import read_image
 from facemogle.core.io import InputError, atomic_path, write_json
 from facemogle.core.labels import LABELS, NUM_LABELS, load_label_map, save_label_map, slot_presence
 from facemogle.data.items import check_not_empty, run_items

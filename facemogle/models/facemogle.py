@@ -2,7 +2,7 @@
 
 `FaceMoGLE` holds the trainable parts (the MoGLE mask encoder and the LoRA adapter, which lives
 inside the transformer) next to the frozen transformer, and predicts the flow velocity for one
-denoising step. The three modes of DESIGN.md section 4 differ only in the inputs:
+denoising step. The three modes (docs/design.md, "The three modes") differ only in the inputs:
 
 - multimodal: prompt embeddings + mask slot latents;
 - mask2face: embeddings of the empty prompt + mask slot latents;
@@ -39,6 +39,12 @@ class FaceMoGLE(nn.Module):
         mogle = build_mogle(model_cfg, experts=experts, gating=gating, token_dim=token_dim)
         return cls(transformer, mogle, condition_guidance=model_cfg.condition_guidance,
                    condition_attention=model_cfg.condition_attention)
+
+    @classmethod
+    def from_params(cls, transformer: nn.Module, params) -> FaceMoGLE:
+        """`build` from the `model`, `lora`, `experts` and `gating` params of a `Params`."""
+        return cls.build(transformer, params.model, params.lora, experts=params.experts,
+                         gating=params.gating)
 
     @property
     def guidance_embeds(self) -> bool:

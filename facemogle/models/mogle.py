@@ -1,6 +1,6 @@
 """MoGLE: the mixture of global and local experts that encodes a decoupled mask (paper section 3.2).
 
-Inputs are FLUX-packed latent tokens (DESIGN.md sections 5 and 6): the 20 mask slots (slot 0 =
+Inputs are FLUX-packed latent tokens (docs/design.md, "The model"): the 20 mask slots (slot 0 =
 the global colour mask, slots 1..19 = the binary masks of labels 0..18) VAE-encoded and packed
 2x2 into D-dim tokens, L tokens per image, spatially aligned with the noisy image tokens z_t.
 
@@ -13,7 +13,7 @@ the global colour mask, slots 1..19 = the binary masks of labels 0..18) VAE-enco
 Time convention: `sigma` is the flow time in [0, 1] (1 = pure noise) in training and sampling
 alike; the gate scales it by 1000 internally before the sinusoidal embedding. The official
 release fed the gate t in (0, 1) in training but scheduler timesteps in (0, 1000] in sampling
-(bug B2, DESIGN.md section 8), so its gate saw at test time times it was never trained on.
+(docs/design.md, bug B2), so its gate saw at test time times it was never trained on.
 
 Ablations of paper Tables 3-5 are the registries `EXPERTS` and `GATINGS` at the end of the file,
 whose keys are the valid values of the `experts` and `gating` params.
@@ -249,7 +249,7 @@ class MoGLE(nn.Module):
                              f"matching cond, got shape {tuple(z_t.shape)}")
         if tuple(sigma.shape) != (batch,):
             raise ValueError(f"MoGLE: sigma must have shape ({batch},), got {tuple(sigma.shape)}")
-        # Guards bug B2 (module docstring); skipped under torch.compile to avoid a graph break.
+        # Guards bug B2 (docs/design.md); skipped under torch.compile to avoid a graph break.
         # Checked on CPU only: on an accelerator the check would cost a host sync every step.
         if (sigma.device.type == "cpu" and not torch.compiler.is_compiling()
                 and not bool(((sigma >= 0) & (sigma <= 1)).all())):

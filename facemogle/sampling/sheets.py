@@ -47,16 +47,6 @@ def contact_sheet(rows: list[dict], title: str) -> Image.Image:
     return sheet
 
 
-def image_grid(images: list[np.ndarray], columns: int) -> Image.Image:
-    """Tile equally sized (H, W, 3) uint8 images into a grid."""
-    h, w = images[0].shape[:2]
-    rows = (len(images) + columns - 1) // columns
-    grid = Image.new("RGB", (columns * w, rows * h), (255, 255, 255))
-    for n, image in enumerate(images):
-        grid.paste(Image.fromarray(image), ((n % columns) * w, (n // columns) * h))
-    return grid
-
-
 def to_uint8(images01: torch.Tensor) -> list[np.ndarray]:
     """(B, 3, H, W) in [0, 1] -> list of (H, W, 3) uint8."""
     array = (images01.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu()
@@ -65,20 +55,3 @@ def to_uint8(images01: torch.Tensor) -> list[np.ndarray]:
 
 def save_sheet(path: str | Path, image: Image.Image) -> None:
     save_png(path, image)
-
-
-def training_grid(model, base, cache, seed: int, path: str | Path, count: int = 4) -> None:
-    """After training: a few test ids in the three modes (rows: modes; columns: ids).
-
-    Uses the default sampler settings, so the train stage does not depend on `sample` params.
-    """
-    from facemogle.core.config import SampleConfig
-    from facemogle.sampling.sampler import sample_rows
-
-    rows = torch.arange(min(count, len(cache.ids)))
-    images = []
-    for mode in ("multimodal", "mask2face", "text2face"):
-        images += to_uint8(sample_rows(model, base, cache, rows, mode, SampleConfig(),
-                                       seed=seed))
-    save_png(path, image_grid(images, columns=len(rows)).resize(
-        (len(rows) * CELL, 3 * CELL), Image.NEAREST))

@@ -20,7 +20,7 @@ from facemogle.core.config import ConfigError, Params, TrainConfig
 from facemogle.models.condition import enable_compile
 from facemogle.models.facemogle import FaceMoGLE
 log = logging.getLogger(__name__)
-from facemogle.training.step import to_device, make_batch, make_optimizer, training_loss
+from facemogle.training.step import draw_batch, make_optimizer, train_step
 
 
 def make_accelerator(cfg: TrainConfig) -> Accelerator:
@@ -41,6 +41,30 @@ def make_accelerator(cfg: TrainConfig) -> Accelerator:
             f"train.num_processes={started} (`accelerate launch --cpu` starts a single process "
             "unless MPI is configured)")
     return accelerator
+
+
+def _resume(checkpoints: Path, resolved: dict, model: FaceMoGLE,
+            optimizer: torch.optim.Optimizer, generator: torch.Generator,
+            live) -> tuple[int, list[tuple[int, float]]]:
+    """(start step, loss history) of the last checkpoint made under `resolved`, or (0, []);
+    model, optimizer and generator are restored in place and the loss curve is logged again."""
+    resumable = find_resumable(checkpoints, resolved)
+    if resumable is None:
+        return 0, []
+    start, history = load_training_state(resumable, model, optimizer, generator)
+    log.info("resuming from %s at step %d", resumable, start)
+    for past_step, value in history if live is not None else ():
+        live.step = past_step  # the curve survives the resume
+        live.log_metric("loss", value)
+    return start, history
+
+
+def _mean_loss(losses: list[torch.Tensor], accelerator, step: int) -> float:
+    """Mean of the interval's losses over every process; one host sync per log interval."""
+    value = accelerator.reduce(torch.stack(losses).mean(), reduction="mean").item()
+    if not math.isfinite(value):
+        raise FloatingPointError(f"train: loss became {value} at step {step}")
+    return value
 
 
 def train(model: FaceMoGLE, cache: LatentCache, params: Params, out_dir: str | Path, *,
@@ -65,54 +89,28 @@ def train(model: FaceMoGLE, cache: LatentCache, params: Params, out_dir: str | P
         enable_compile()
     model, optimizer = accelerator.prepare(model, optimizer)
     inner = accelerator.unwrap_model(model)
-    # Every process draws the same global batch (rows, dropout, time, noise) and trains on its own
-    # slice of it: ranks see different samples (the official code seeded every DDP rank alike, so
-    # all ranks drew identical noise and time), and N processes x batch b reproduce one process
-    # with batch N*b.
-    generator = torch.Generator().manual_seed(params.seed)
+    generator = torch.Generator().manual_seed(params.seed)  # shared by every process
     world, rank = accelerator.num_processes, accelerator.process_index
-    start, history = 0, []
-    resumable = find_resumable(out_dir / "checkpoints", resolved)
-    if resumable is not None:
-        start, history = load_training_state(resumable, inner, optimizer, generator)
-        log.info("resuming from %s at step %d", resumable, start)
-        for past_step, value in history if live is not None else ():
-            live.step = past_step  # the curve survives the resume
-            live.log_metric("loss", value)
-    n = len(cache.ids)
+    start, history = _resume(out_dir / "checkpoints", resolved, inner, optimizer, generator, live)
     bar = tqdm(range(start, cfg.steps), desc="train", unit="step", initial=start, total=cfg.steps,
                disable=not accelerator.is_main_process)
     running = []
     for step in bar:
         for _ in range(cfg.grad_accum):
             with accelerator.accumulate(model):
-                rows = torch.randint(n, (cfg.batch_size * world,), generator=generator)
-                batch = make_batch(cache, rows, cfg, generator).shard(rank, world)
-                if bool(batch.cond_keep.all()):
-                    batch.cond_keep = None  # no key mask needed (decided on the CPU copy)
-                batch = to_device(batch, accelerator.device)
-                with accelerator.autocast():
-                    loss = training_loss(model, batch, latent_size=cache.latent_size,
-                                         guidance=cfg.guidance,
-                                         checkpointing=cfg.gradient_checkpointing)
-                accelerator.backward(loss)
-                if accelerator.sync_gradients:
-                    accelerator.clip_grad_norm_(trainable, cfg.grad_clip)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            running.append(loss.detach())
+                batch = draw_batch(cache, cfg.batch_size, cfg, generator, accelerator.device,
+                                   rank=rank, world=world)
+                loss = train_step(model, batch, optimizer, trainable, cfg, accelerator,
+                                  latent_size=cache.latent_size)
+            running.append(loss)
         done = step + 1
         if done % cfg.log_every == 0 or done == cfg.steps:
-            mean = accelerator.reduce(torch.stack(running).mean(), reduction="mean")
-            value = mean.item()  # one host sync per log interval
+            history.append((done, _mean_loss(running, accelerator, done)))
             running = []
-            if not math.isfinite(value):
-                raise FloatingPointError(f"train: loss became {value} at step {done}")
-            history.append((done, value))
-            bar.set_postfix(loss=f"{value:.4f}")
+            bar.set_postfix(loss=f"{history[-1][1]:.4f}")
             if live is not None:
                 live.step = done
-                live.log_metric("loss", value)
+                live.log_metric("loss", history[-1][1])
         if accelerator.is_main_process and (done % cfg.checkpoint_every == 0 or done == cfg.steps):
             save_training_state(out_dir / "checkpoints", done, inner, optimizer, generator,
                                 history, resolved, keep=cfg.keep_checkpoints)

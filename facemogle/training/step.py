@@ -4,15 +4,16 @@ loss, the optimizer (docs/design.md, "Training"). `train` and the benchmark both
 
 from __future__ import annotations
 
-import logging
+from collections.abc import Callable
 from dataclasses import dataclass, fields
+from typing import Any
+
 import torch
 from torch import Tensor
 from facemogle.core import flow, latents
 from facemogle.cache.store import LatentCache
 from facemogle.core.config import TrainConfig
 from facemogle.models.facemogle import FaceMoGLE
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -43,7 +44,7 @@ def make_batch(cache: LatentCache, rows: Tensor, cfg: TrainConfig,
     - local masks: each of slots 1..19 independently with p = local_mask_drop becomes the empty
       slot (the official code zeroes each binary mask image the same way);
     - whole mask: with p = mask_drop the sample has no condition tokens at all, so text-only
-      generation is trained rather than only advertised (official-implementation.md B4);
+      generation is trained rather than only advertised (docs/design.md, bug B4);
     - sigma ~ logit-normal(mean, std), one per sample (paper section 4.1).
     """
     b = rows.shape[0]
@@ -68,7 +69,7 @@ def make_batch(cache: LatentCache, rows: Tensor, cfg: TrainConfig,
 
 def training_loss(model: FaceMoGLE, batch: Batch, *, latent_size: int, guidance: float = 1.0,
                   checkpointing: bool = False) -> Tensor:
-    """Rectified-flow loss of one batch (DESIGN.md section 6)."""
+    """Rectified-flow loss of one batch (docs/design.md, "Training")."""
     device = batch.x0.device
     z_t = flow.add_noise(batch.x0, batch.noise, batch.sigma)  # (B, L, C)
     img_ids = latents.image_ids(latent_size, latent_size, device=device)
@@ -89,6 +90,40 @@ def make_optimizer(params: list[torch.nn.Parameter], cfg: TrainConfig) -> torch.
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-def to_device(batch: Batch, device: torch.device) -> Batch:
-    return Batch(*(None if getattr(batch, f.name) is None else getattr(batch, f.name).to(device)
+def draw_batch(cache: LatentCache, batch_size: int, cfg: TrainConfig, generator: torch.Generator,
+               device: torch.device, *, rank: int = 0, world: int = 1) -> Batch:
+    """This process's slice of one global batch (`batch_size` x `world` rows), on `device`.
+
+    Rows, condition dropout, time and noise are drawn on the CPU from the generator every
+    process shares, so ranks see different samples and N processes x batch b reproduce one
+    process with batch N*b; the key-mask decision is made on the CPU copy (no device sync), then
+    one copy goes to the device.
+    """
+    rows = torch.randint(len(cache.ids), (batch_size * world,), generator=generator)
+    batch = make_batch(cache, rows, cfg, generator).shard(rank, world)
+    if bool(batch.cond_keep.all()):
+        batch.cond_keep = None  # no key mask needed
+    return Batch(*(None if getattr(batch, f.name) is None
+                   else getattr(batch, f.name).to(device, non_blocking=True)
                    for f in fields(batch)))
+
+
+def train_step(model, batch: Batch, optimizer: torch.optim.Optimizer,
+               trainable: list[torch.nn.Parameter], cfg: TrainConfig, accelerator, *,
+               latent_size: int, after_backward: Callable[[], Any] | None = None) -> Tensor:
+    """One optimisation step: loss under the accelerator's autocast (fp32 trainable weights),
+    backward, gradient clipping when gradients are synchronised, optimizer step. Returns the
+    detached loss. `accelerator` is an `accelerate.Accelerator` (the `train` stage) or any object
+    with its `autocast`, `backward`, `clip_grad_norm_` and `sync_gradients` (the benchmark);
+    `after_backward` is called between backward and the optimizer (the benchmark's timer)."""
+    with accelerator.autocast():
+        loss = training_loss(model, batch, latent_size=latent_size, guidance=cfg.guidance,
+                             checkpointing=cfg.gradient_checkpointing)
+    accelerator.backward(loss)
+    if after_backward is not None:
+        after_backward()
+    if accelerator.sync_gradients:
+        accelerator.clip_grad_norm_(trainable, cfg.grad_clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss.detach()

@@ -1,7 +1,7 @@
 """The metric suite of paper section 4.3 plus the metrics the embedded setting measures exactly.
 
 One small module per family, each a pure function over images or features plus, where a model
-is needed, a backend that loads it (DESIGN.md section 7):
+is needed, a backend that loads it (docs/design.md, "Metrics"):
 
 - `distances`: Frechet distance, KID, RBF MMD over features; `feature_space_metrics`.
 - `inception`: FID / KID x1000 (Inception-V3 pool3 through torchmetrics/torch-fidelity).

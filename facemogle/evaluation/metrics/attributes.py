@@ -1,7 +1,7 @@
 """Attribute accuracy: does the generated face show the colours and accessories of its caption?
 
-The embedded stand-in for the CLIP "Text" column (DESIGN.md section 7). For every image, a face
-parser's label map of the generated face says where each region is; for each colour attribute
+The embedded stand-in for the CLIP "Text" column (docs/design.md, "Metrics"). For every image, a
+face parser's label map of the generated face says where each region is; for each colour attribute
 the caption states (e.g. hair colour), `read_color` names the colour of the pixels in that
 attribute's regions, compared with the caption's word; for each accessory the caption states
 (hat, eyeglasses, earrings, necklace), its presence in the label map is compared with the

@@ -1,8 +1,8 @@
 """Shared pieces of the metric suite: metric values, skipping, id pairing, image batches.
 
 Every metric is a `MetricValue`. A metric whose model or package is not available is *skipped*
-with the reason (`value is None`), never reported as a number (DESIGN.md section 7). The metrics
-JSON a stage writes is `metrics_json(values)`: `{name: value, ..., "backends": {...},
+with the reason (`value is None`), never reported as a number (docs/design.md, "Metrics"). The
+metrics JSON a stage writes is `metrics_json(values)`: `{name: value, ..., "backends": {...},
 "skipped": {...}}`.
 """
 
@@ -101,7 +101,7 @@ def pair_by_id(generated: Mapping[str, Any], reference: Mapping[str, Any]) -> li
 
     Every generated image must have a reference and vice versa: a missing or extra id is a
     `ValueError` listing them (the official scripts paired sorted file names and silently
-    truncated the longer list; DESIGN.md section 8).
+    truncated the longer list; docs/design.md, bug B7).
     """
     missing = [i for i in reference if i not in generated]
     extra = [i for i in generated if i not in reference]

@@ -6,7 +6,7 @@ tokens, CLS included, describes the image's structure. The distance of a generat
 MSE between its matrix and that of the reference photo with the same id; the metric is the mean
 of these per-image MSEs.
 
-Two faults of the official script are avoided (reference notes, section 6): it summed the
+Two faults of the official script are avoided (docs/design.md, bug B6): it summed the
 per-image MSEs within each batch of 64 before averaging over batches, and it skipped the
 model's preprocessing. Here every image goes through the model's own image processor (DINO:
 resize to 224, ImageNet mean/std) and the mean is over images, independent of batch size.

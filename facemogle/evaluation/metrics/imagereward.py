@@ -1,8 +1,8 @@
 """ImageReward v1.0 (the paper's "IR" column): a human-preference score of (prompt, image).
 
 Optional: needs the `image-reward` package (module `ImageReward`, which imports torchvision)
-and its `ImageReward.pt` checkpoint. No wheel ships the weights (reference notes, offline
-assets); `evaluate.imagereward_path` names the checkpoint file (or the package's model name,
+and its `ImageReward.pt` checkpoint. No wheel ships the weights;
+`evaluate.imagereward_path` names the checkpoint file (or the package's model name,
 which the package fetches from the hub). The package also builds its BLIP text side from hub
 files, so offline use needs those in the Hugging Face cache. Without package or weights the
 metric is skipped with the reason.

@@ -1,8 +1,8 @@
 """Mask consistency as segmentation agreement: mIoU and pixel accuracy of label maps.
 
-The embedded stand-in for the DINO "Mask" column (DESIGN.md section 7): a face parser reads the
-generated face's label map, which is compared with the input mask. Intersections and unions are
-summed over the whole set before dividing (the standard mIoU), so small images and small
+The embedded stand-in for the DINO "Mask" column (docs/design.md, "Metrics"): a face parser reads
+the generated face's label map, which is compared with the input mask. Intersections and unions
+are summed over the whole set before dividing (the standard mIoU), so small images and small
 regions weigh by their pixels, not per image.
 """
 
