@@ -12,9 +12,9 @@ from pathlib import Path
 
 import torch
 
+from facemogle.base.segmenter import load_parser
 from facemogle.core.config import MODES, load_params
 from facemogle.evaluation.evaluate import evaluate
-from facemogle.base.segmenter import load_parser
 
 PARAMS = ("seed", "evaluate")
 

@@ -21,27 +21,19 @@ from accelerate import PartialState
 from PIL import Image
 from tqdm import tqdm
 
-from facemogle.core import labels
 from facemogle.base.loader import load_base
 from facemogle.cache.store import load_cache
-from facemogle.training.checkpoint import load_model_weights
+from facemogle.core import labels
 from facemogle.core.config import load_params
 from facemogle.core.io import atomic_path, read_jsonl, read_rgb, shared_atomic_dir
-from facemogle.models.facemogle import FaceMoGLE
 from facemogle.sampling.sampler import sample_rows
 from facemogle.sampling.sheets import contact_sheet, save_sheet, to_uint8
+from facemogle.training.checkpoint import load_trained
 
 PARAMS = ("seed", "gating", "experts", "model", "lora", "sample")
 SHEET_ROWS = 12
 
 log = logging.getLogger(__name__)
-
-
-def load_trained(base, model_dir: str | Path, params) -> FaceMoGLE:
-    """Rebuild Face-MoGLE on `base` and load the trained weights of `model_dir`."""
-    model = FaceMoGLE.from_params(base.transformer, params)
-    load_model_weights(model_dir, model)
-    return model.eval()
 
 
 def write_sheets(samples: Path, sheets_dir: str | Path, labels_dir: str | Path,
@@ -70,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = params.sample
     processes = PartialState(cpu=not torch.cuda.is_available())  # one device per process
     base = load_base(args.base, device=processes.device, load_text_encoder=False)
-    model = load_trained(base, args.model, params).to(processes.device)
+    model = load_trained(base.transformer, args.model, params).to(processes.device)
     cache = load_cache(args.latents, "test")
     count = len(cache.ids) if cfg.max_images is None else min(cfg.max_images, len(cache.ids))
     mine = list(range(processes.process_index, count, processes.num_processes))

@@ -61,8 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     live = None
     if accelerator.is_main_process:
         live = Live(args.metrics_dir, dvcyaml=False, save_dvc_exp=False, report=None)
-    history = train(model, cache, params, args.out, accelerator=accelerator, resolved=resolved,
-                    live=live)
+    train(model, cache, params, args.out, accelerator=accelerator, resolved=resolved, live=live)
     if accelerator.is_main_process:
         live.make_summary()
         live.end()

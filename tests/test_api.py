@@ -11,17 +11,17 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from facemogle.core import flow, labels
+from facemogle.app.gate_maps import GatingTrace, gating_grid
+from facemogle.app.pipeline import FaceMoGLEPipeline, mask_to_label_map
 from facemogle.base.build import build_base
 from facemogle.base.loader import load_base
 from facemogle.base.standin import save_flux_standin
-from facemogle.training.checkpoint import save_model
+from facemogle.core import flow, labels
 from facemogle.core.config import BaseConfig, Params, load_params
-from facemogle.app.gate_maps import GatingTrace, gating_grid
 from facemogle.core.io import InputError, read_jsonl, write_json
 from facemogle.core.labels import MaskColorError
 from facemogle.models.facemogle import FaceMoGLE
-from facemogle.app.pipeline import FaceMoGLEPipeline, mask_to_label_map
+from facemogle.training.checkpoint import save_model
 from stages import sample
 from stages.train import resolved_config
 

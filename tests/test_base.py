@@ -10,24 +10,35 @@ import yaml
 from safetensors.torch import load_file
 
 from facemogle.base import loader as base_mod
-from facemogle.core import latents
+from facemogle.base.build import build_base
+from facemogle.base.flux import resolve_flux
+from facemogle.base.loader import load_base
 from facemogle.base.pretrain import (
-    FLIP_LABELS, CaptionTable, augment, class_weights, color_latent_loss, encode_texts, parser_miou,
+    FLIP_LABELS,
+    CaptionTable,
+    augment,
+    class_weights,
+    color_latent_loss,
+    encode_texts,
+    parser_miou,
     vae_norm_groups,
 )
-from facemogle.base.build import build_base
-from facemogle.base.loader import load_base
-from facemogle.base.flux import resolve_flux
+from facemogle.base.segmenter import FaceParser, load_parser
 from facemogle.base.standin import save_flux_standin
+from facemogle.base.text import FluxTextEncoder, MiniLMTextEncoder
+from facemogle.core import latents
 from facemogle.core.config import (
-    BaseConfig, ConfigError, DataConfig, TinyParserConfig, TinyTransformerConfig, TinyVAEConfig,
+    BaseConfig,
+    ConfigError,
+    DataConfig,
+    TinyParserConfig,
+    TinyTransformerConfig,
+    TinyVAEConfig,
     to_dict,
 )
-from facemogle.data.download import download
 from facemogle.core.io import InputError
 from facemogle.core.labels import LABEL_INDEX, NUM_LABELS
-from facemogle.base.segmenter import FaceParser, load_parser
-from facemogle.base.text import FluxTextEncoder, MiniLMTextEncoder
+from facemogle.data.download import download
 from stages import base as stage
 
 TINY = BaseConfig(

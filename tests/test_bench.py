@@ -13,9 +13,9 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from facemogle.bench import flops, measure, run, setup
-from facemogle.core.flux import FLUX_DEV_TRANSFORMER
 from facemogle.core import latents
 from facemogle.core.config import LoraConfig, ModelConfig, load_params
+from facemogle.core.flux import FLUX_DEV_TRANSFORMER
 from facemogle.models.facemogle import FaceMoGLE
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 
 from facemogle.app import cli
-from facemogle.core import labels
 from facemogle.app.pipeline import FaceMoGLEPipeline
+from facemogle.core import labels
 
 STEPS = "2"
 

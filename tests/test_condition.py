@@ -13,11 +13,16 @@ from diffusers import FluxTransformer2DModel
 from peft.tuners.lora import LoraLayer
 from safetensors.torch import load_file, save_file
 
-from facemogle.core.config import ConfigError, LoraConfig
-from facemogle.models.condition import (attach_lora, condition_forward, load_lora_state_dict,
-                                        lora_parameters, lora_state_dict)
 from facemogle.base.standin import tiny_transformer
+from facemogle.core.config import ConfigError, LoraConfig
 from facemogle.core.flux import FLUX_DEV_TRANSFORMER
+from facemogle.models.condition import (
+    attach_lora,
+    condition_forward,
+    load_lora_state_dict,
+    lora_parameters,
+    lora_state_dict,
+)
 
 IN_CH = 16
 TOL = 1e-5

@@ -20,13 +20,18 @@ from PIL import Image
 
 pytest.importorskip("gradio")
 
-from facemogle.core import labels
 from facemogle.app.demo import (
-    DemoApp, editor_label_map, legend_html, load_examples, mode_name, snap_to_palette,
+    DemoApp,
+    editor_label_map,
+    legend_html,
+    load_examples,
+    mode_name,
+    snap_to_palette,
 )
+from facemogle.app.pipeline import FaceMoGLEPipeline
+from facemogle.core import labels
 from facemogle.core.io import InputError
 from facemogle.core.labels import MaskColorError
-from facemogle.app.pipeline import FaceMoGLEPipeline
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"

@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
+from facemogle.base.standin import tiny_transformer
 from facemogle.core import flow, latents
 from facemogle.core.config import LoraConfig, ModelConfig
 from facemogle.models.facemogle import FaceMoGLE
 from facemogle.sampling.sampler import Conditions, generate_latents
 from facemogle.training.step import Batch, training_loss
-from facemogle.base.standin import tiny_transformer
 
 LATENT = 8  # latent grid 8x8 -> 16 tokens of 64 dims (a 64 px image)
 TOKENS = (LATENT // 2) ** 2

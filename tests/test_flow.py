@@ -9,8 +9,17 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 
 from facemogle.core.flow import (
-    FLUX_DEV_SCHEDULER, add_noise, euler_sample, flux_mu, generators_for, initial_noise,
-    make_scheduler, rectified_flow_loss, sample_sigmas, seed_for, velocity_target,
+    FLUX_DEV_SCHEDULER,
+    add_noise,
+    euler_sample,
+    flux_mu,
+    generators_for,
+    initial_noise,
+    make_scheduler,
+    rectified_flow_loss,
+    sample_sigmas,
+    seed_for,
+    velocity_target,
 )
 
 B, L, C = 4, 4, 4  # tiny packed latents: batch, tokens, channels

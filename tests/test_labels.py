@@ -9,9 +9,20 @@ from PIL import Image
 
 from facemogle.core.io import InputError
 from facemogle.core.labels import (
-    NUM_LABELS, NUM_SLOTS, PALETTE, MaskColorError, check_label_map, color_to_label_map, decouple,
-    label_map_image, label_map_to_color, load_label_map, recombine, resize_label_map,
-    save_label_map, slot_presence,
+    NUM_LABELS,
+    NUM_SLOTS,
+    PALETTE,
+    MaskColorError,
+    check_label_map,
+    color_to_label_map,
+    decouple,
+    label_map_image,
+    label_map_to_color,
+    load_label_map,
+    recombine,
+    resize_label_map,
+    save_label_map,
+    slot_presence,
 )
 
 

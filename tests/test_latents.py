@@ -6,10 +6,18 @@ import pytest
 import torch
 from diffusers import AutoencoderKL, FluxPipeline
 
-from facemogle.core.latents import (
-    decode, encode, encode_batched, from_vae_range, image_ids, pack, text_ids, to_vae_range, unpack,
-)
 from facemogle.base.standin import tiny_vae
+from facemogle.core.latents import (
+    decode,
+    encode,
+    encode_batched,
+    from_vae_range,
+    image_ids,
+    pack,
+    text_ids,
+    to_vae_range,
+    unpack,
+)
 
 SHIFT, SCALE = 0.1159, 0.3611  # FLUX.1-dev AE
 

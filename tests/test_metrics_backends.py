@@ -28,9 +28,15 @@ from facemogle.evaluation.metrics import BackendUnavailable, metrics_json
 from facemogle.evaluation.metrics.clip_score import ClipScorer, clip_score_metrics
 from facemogle.evaluation.metrics.cmmd import ClipImageEmbedder, cmmd_metrics
 from facemogle.evaluation.metrics.detection import (
-    SmallDetector, cross_fit_scores, detection_metrics,
+    SmallDetector,
+    cross_fit_scores,
+    detection_metrics,
 )
-from facemogle.evaluation.metrics.dino import DinoStructure, dino_metrics, key_self_similarity
+from facemogle.evaluation.metrics.dino import (
+    DinoStructure,
+    dino_metrics,
+    key_self_similarity,
+)
 from facemogle.evaluation.metrics.imagereward import ImageRewardScorer
 from facemogle.evaluation.metrics.inception import InceptionFeatures, fid_kid_metrics
 from facemogle.evaluation.metrics.suite import ModelSuite, small_detector_metrics

@@ -17,15 +17,24 @@ from torchmetrics.image.kid import poly_mmd
 from facemogle.core.io import InputError
 from facemogle.core.labels import LABEL_INDEX, LABELS
 from facemogle.evaluation.metrics import (
-    MetricValue, feature_space_metrics, feature_space_names, frechet_distance, kid, metrics_json,
-    pair_by_id, rbf_mmd2,
+    MetricValue,
+    feature_space_metrics,
+    feature_space_names,
+    frechet_distance,
+    kid,
+    metrics_json,
+    pair_by_id,
+    rbf_mmd2,
 )
-from facemogle.evaluation.metrics.attributes import attribute_accuracy, attribute_metric_values
+from facemogle.evaluation.metrics.attributes import (
+    attribute_accuracy,
+    attribute_metric_values,
+)
 from facemogle.evaluation.metrics.cmmd import cmmd
 from facemogle.evaluation.metrics.detection import detection_metrics, equal_error_rate
 from facemogle.evaluation.metrics.distances import polynomial_mmd2
-from facemogle.evaluation.report import markdown_report, markdown_table, write_report
 from facemogle.evaluation.metrics.segmentation import mask_iou, mask_metric_values
+from facemogle.evaluation.report import markdown_report, markdown_table, write_report
 
 
 @pytest.fixture

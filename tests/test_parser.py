@@ -7,9 +7,9 @@ import json
 import pytest
 import torch
 
+from facemogle.base.segmenter import FaceParser, load_parser, save_parser
 from facemogle.core.io import InputError
 from facemogle.core.labels import NUM_LABELS
-from facemogle.base.segmenter import FaceParser, load_parser, save_parser
 
 
 @pytest.fixture

@@ -11,11 +11,15 @@ import pytest
 import torch
 
 from facemogle.core.config import ConfigError, MasksConfig
+from facemogle.core.labels import LABEL_INDEX, LABELS, NUM_LABELS
 from facemogle.masks import face_parsers as parsers
 from facemogle.masks.face_parsers import (
-    MissingExtraError, class_table, load_parser, parse_image, person_regions,
+    MissingExtraError,
+    class_table,
+    load_parser,
+    parse_image,
+    person_regions,
 )
-from facemogle.core.labels import LABEL_INDEX, LABELS, NUM_LABELS
 
 
 def test_registry_matches_the_config_choices():

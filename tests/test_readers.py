@@ -11,12 +11,18 @@ import pytest
 from PIL import Image
 
 from facemogle.core.config import ConfigError, DataConfig
-from facemogle.data import readers
-from facemogle.data.layout import ItemError
-from facemogle.data.readers import (CelebAMaskHQReader, FFHQTextReader, MMCelebAHQReader,
-                                    find_layout_root, open_reader, source_root)
 from facemogle.core.io import InputError
 from facemogle.core.labels import LABEL_INDEX, label_map_image
+from facemogle.data import readers
+from facemogle.data.layout import ItemError
+from facemogle.data.readers import (
+    CelebAMaskHQReader,
+    FFHQTextReader,
+    MMCelebAHQReader,
+    find_layout_root,
+    open_reader,
+    source_root,
+)
 
 SIZE = 32
 

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from facemogle.data import synthfaces as sf
 from facemogle.core.labels import LABEL_INDEX, LABELS, NUM_LABELS, PALETTE
+from facemogle.data import colours
+from facemogle.data import synthfaces as sf
 
 N_FREQ = 2000  # faces for the class-frequency test (64 px)
 RARE = ("eye_g", "hat", "ear_r", "neck_l")
@@ -80,7 +81,7 @@ def test_attributes_are_json_and_absent_items_have_no_colour(faces64):
         assert (a["hat_color"] is None) == (not a["hat"])
         assert (a["hair_color"] is None) == (a["hair_style"] == "bald")
         assert a["lipstick"] == (a["lip_color"] != "natural")
-        for key, vocab in sf.ATTRIBUTE_VOCAB.items():
+        for key, vocab in colours.ATTRIBUTE_VOCAB.items():
             assert a[key] is None or a[key] in vocab
 
 
@@ -135,11 +136,11 @@ def test_512_px_renders():
 def _recovery_failures(faces: list[sf.SynthFace]) -> list[tuple]:
     failures = []
     for face in faces:
-        for attr in sf.COLOR_ATTRIBUTES:
+        for attr in colours.COLOR_ATTRIBUTES:
             value = face.attributes[attr]
             if value is None:
                 continue
-            read = sf.read_color(sf.region_pixels(face.image, face.label_map, attr), attr)
+            read = colours.read_color(colours.region_pixels(face.image, face.label_map, attr), attr)
             if read != value:
                 failures.append((attr, value, read))
     return failures
@@ -156,28 +157,28 @@ def test_colours_are_recovered_from_the_named_regions_at_128_px():
 
 
 def test_read_color_names_reference_colours_under_shading():
-    for attr, vocab in sf.ATTRIBUTE_VOCAB.items():
+    for attr, vocab in colours.ATTRIBUTE_VOCAB.items():
         for name in vocab:
-            ref = np.array(sf.COLORS[name], float)
+            ref = np.array(colours.COLORS[name], float)
             for gain in (0.85, 1.0, 1.1):
                 pixels = np.clip(np.tile(ref * gain, (20, 1)), 0, 255).astype(np.uint8)
-                assert sf.read_color(pixels, attr) == name, (attr, name, gain)
+                assert colours.read_color(pixels, attr) == name, (attr, name, gain)
 
 
 def test_read_color_ignores_sclera_and_pupil():
-    iris = np.tile(sf.COLORS["blue"], (10, 1))
+    iris = np.tile(colours.COLORS["blue"], (10, 1))
     white, black = np.tile((238, 236, 230), (12, 1)), np.tile((20, 16, 16), (8, 1))
     pixels = np.concatenate([iris, white, black]).astype(np.uint8)
-    assert sf.read_color(pixels, "eye_color") == "blue"
+    assert colours.read_color(pixels, "eye_color") == "blue"
 
 
 def test_read_color_refuses_unknown_attribute_and_empty_region():
     with pytest.raises(KeyError, match="nose_color"):
-        sf.read_color(np.zeros((3, 3), np.uint8), "nose_color")
+        colours.read_color(np.zeros((3, 3), np.uint8), "nose_color")
     with pytest.raises(ValueError, match="hair_color"):
-        sf.read_color(np.zeros((0, 3), np.uint8), "hair_color")
+        colours.read_color(np.zeros((0, 3), np.uint8), "hair_color")
     with pytest.raises(ValueError, match="hair_color"):
-        sf.read_color(np.zeros((4, 4, 3), np.uint8), "hair_color")
+        colours.read_color(np.zeros((4, 4, 3), np.uint8), "hair_color")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -196,7 +197,7 @@ def test_caption_zero_mentions_every_colour_and_accessory(faces64):
                    "earrings": ("earrings",), "necklace": ("necklace",)}
     for face in faces64[:300]:
         caption, a = face.captions[0], face.attributes
-        for attr in sf.COLOR_ATTRIBUTES:
+        for attr in colours.COLOR_ATTRIBUTES:
             if a[attr] is not None:
                 assert _mentions_colour(caption, attr, a[attr]), (attr, a[attr], caption)
         for item, words in accessories.items():

@@ -6,11 +6,16 @@ import pytest
 import torch
 
 from facemogle.base.standin import save_flux_standin
-from facemogle.core.io import InputError
 from facemogle.base.text import (
-    FLUX_TEXT_NAME, MINILM_NAME, FluxTextEncoder, MiniLMTextEncoder, TextEncoder, load_text_encoder,
+    FLUX_TEXT_NAME,
+    MINILM_NAME,
+    FluxTextEncoder,
+    MiniLMTextEncoder,
+    TextEncoder,
+    load_text_encoder,
     text_manifest,
 )
+from facemogle.core.io import InputError
 
 PROMPTS = ["a woman with long red hair and green eyes, smiling",
            "a bald man with a grey beard and glasses", ""]

@@ -8,13 +8,13 @@ import pytest
 import torch
 from accelerate import Accelerator
 
+from facemogle.base.standin import tiny_transformer
 from facemogle.cache.store import LatentCache
-from facemogle.training.checkpoint import load_model_weights
 from facemogle.core.config import LoraConfig, ModelConfig, params_from_dict, to_dict
 from facemogle.models.facemogle import FaceMoGLE
-from facemogle.training.step import make_batch, make_optimizer, training_loss
+from facemogle.training.checkpoint import load_model_weights
 from facemogle.training.loop import train
-from facemogle.base.standin import tiny_transformer
+from facemogle.training.step import make_batch, make_optimizer, training_loss
 
 LATENT, TOKENS, T, D = 8, 16, 5, 24
 

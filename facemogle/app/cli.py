@@ -19,14 +19,20 @@ import numpy as np
 import torch
 from PIL import Image
 
-from facemogle.core import labels
-from facemogle.base.loader import DTYPES
-from facemogle.core.config import ConfigError
-from facemogle.masks.face_parsers import PARSERS, MissingExtraError, default_device, load_parser
-from facemogle.masks.face_parsers import parse_image
 from facemogle.app.gate_maps import gating_grid
-from facemogle.core.io import InputError, atomic_path, read_rgb
 from facemogle.app.pipeline import FaceMoGLEPipeline, mask_to_label_map
+from facemogle.base.loader import DTYPES
+from facemogle.core import labels
+from facemogle.core.config import ConfigError
+from facemogle.core.flux import SAMPLE_GUIDANCE
+from facemogle.core.io import InputError, atomic_path, read_rgb
+from facemogle.masks.face_parsers import (
+    PARSERS,
+    MissingExtraError,
+    default_device,
+    load_parser,
+    parse_image,
+)
 
 # Failures caused by what the user gave (files, flags, params): one line, exit status 2.
 USER_ERRORS = (InputError, ConfigError, MissingExtraError, FileNotFoundError)
@@ -83,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
                      "folder; tiny: folder)")
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--steps", type=_positive, default=28)
-    gen.add_argument("--guidance", type=float, default=3.5,
+    gen.add_argument("--guidance", type=float, default=SAMPLE_GUIDANCE,
                      help="guidance embedding (FLUX.1-dev; ignored by the tiny base)")
     gen.add_argument("--cfg-scale", type=float, default=1.0, help="true CFG scale (1 = off)")
     gen.add_argument("--size", type=_image_size, default=None,

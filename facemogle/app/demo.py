@@ -23,10 +23,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from facemogle.core import labels
 from facemogle.app.gate_maps import gating_grid
-from facemogle.core.io import InputError, read_jsonl
 from facemogle.app.pipeline import FaceMoGLEPipeline
+from facemogle.core import labels
+from facemogle.core.io import InputError, read_jsonl
 
 # No telemetry and no update checks: the demo must work offline (set before gradio is imported).
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")

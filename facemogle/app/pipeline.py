@@ -1,13 +1,13 @@
-"""`FaceMoGLEPipeline`: a trained Face-MoGLE as a diffusers-style pipeline (DESIGN.md section 1).
+"""`FaceMoGLEPipeline`: a trained Face-MoGLE as a diffusers-style pipeline (the Python API).
 
     pipe = FaceMoGLEPipeline.from_pretrained("data/model")  # the train stage's output
     image = pipe(prompt="a woman with red hair", mask="mask.png", seed=0).images[0]
 
 A checkpoint folder is what the `train` stage writes (`lora.safetensors`, `mogle.safetensors`,
 `config.json`) and optionally a `base/` subfolder with the frozen base it was trained on;
-`save_pretrained` writes such a self-contained folder. The three modes of DESIGN.md section 4
-are chosen by the inputs alone: prompt + mask (multimodal), mask only (mask2face: the empty
-prompt), prompt only (text2face: no condition tokens at all); neither is unconditional.
+`save_pretrained` writes such a self-contained folder. The three modes are chosen by the inputs
+alone (docs/design.md, "The three modes"): prompt + mask (multimodal), mask only (mask2face: the
+empty prompt), prompt only (text2face: no condition tokens at all); neither is unconditional.
 
 Prompts and masks are encoded as the `cache_latents` stage encodes them (rounded to float16 like
 the cache) and sampled by the `sample` stage's sampler with the same per-image seeding, so a test
@@ -19,7 +19,6 @@ rounding depends on the batch they run in.
 
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -33,21 +32,21 @@ from diffusers.utils import BaseOutput
 from PIL import Image
 from torch import Tensor
 
-from facemogle.core import flow, labels, latents
-from facemogle.base.loader import MANIFEST, Base, load_base, read_manifest
-from facemogle.training.checkpoint import write_weights, load_model_weights
-from facemogle.core.config import SECTIONS, params_from_dict
 from facemogle.app.gate_maps import GatingRecorder, GatingTrace
-from facemogle.core.io import InputError, atomic_path, write_json
-from facemogle.models.facemogle import FaceMoGLE
+from facemogle.base.loader import MANIFEST, Base, load_base, read_manifest
 from facemogle.base.text import FLUX_TEXT_NAME, TEXT_MANIFEST, text_manifest
-from facemogle.sampling.sampler import Conditions, velocity_fn, decode_images
+from facemogle.core import flow, labels, latents
+from facemogle.core.config import SECTIONS, params_from_dict
+from facemogle.core.flux import FLUX_RESOLUTION
+from facemogle.core.io import InputError, atomic_path, read_json, write_json
+from facemogle.models.facemogle import FaceMoGLE
+from facemogle.sampling.sampler import Conditions, decode_images, velocity_fn
 from facemogle.sampling.sheets import to_uint8
+from facemogle.training.checkpoint import load_trained, write_weights
 
 MODEL_FILES: tuple[str, ...] = ("lora.safetensors", "mogle.safetensors", "config.json")
 BASE_SUBDIR = "base"
 # FLUX.1-dev's base manifest records no training resolution; the paper trains at 512 px.
-FLUX_RESOLUTION = 512
 # The cache stores latents and text embeddings in float16 (facemogle.cache.STORE_DTYPE) and the
 # model was trained and is sampled by the `sample` stage on those rounded values; the pipeline
 # rounds the same way so that its conditions are the ones the model knows.
@@ -87,7 +86,7 @@ def mask_to_label_map(mask: MaskInput, *, size: tuple[int, int], resize: bool = 
     image (same modes), an (H, W) integer array or tensor of label indices, or an (H, W, 3)
     uint8 colour mask. Colours must be palette colours (`labels.PALETTE`) or, with `tolerance`,
     within it of exactly one. A mask of another size is an error unless `resize` (nearest
-    neighbour: label maps are categorical, DESIGN.md section 5).
+    neighbour: label maps are categorical).
     """
     if isinstance(mask, (str, Path)):
         source = str(mask)
@@ -134,6 +133,16 @@ def _broadcast(values: list | None, size: int) -> list:
     return values * size if len(values) == 1 else values
 
 
+def _batch_inputs(prompt, mask, seed, generator) -> tuple[list, list]:
+    """The per-sample prompts and masks (None where absent), of the batch size that the
+    prompt, mask and seed/generator lists agree on."""
+    prompts = _as_list(prompt, (str,))
+    masks = _as_list(mask, (str, Path, Image.Image, np.ndarray, Tensor))
+    batch = _batch_size(prompts, masks, _as_list(seed, (int,)),
+                        _as_list(generator, (torch.Generator,)))
+    return _broadcast(prompts, batch), _broadcast(masks, batch)
+
+
 # ----------------------------------------------------------------------------------------------
 # Checkpoint folders
 # ----------------------------------------------------------------------------------------------
@@ -163,10 +172,7 @@ def resolve_checkpoint(path_or_hub_id: str | Path, revision: str | None = None) 
 
 def read_model_config(folder: Path) -> dict:
     """`config.json` of a checkpoint folder: the train stage's params and `base_manifest`."""
-    try:
-        config = json.loads((folder / "config.json").read_text())
-    except json.JSONDecodeError as err:
-        raise InputError(f"{folder / 'config.json'}: not valid JSON ({err.msg})") from None
+    config = read_json(folder / "config.json")
     if not isinstance(config.get("base_manifest"), dict):
         raise InputError(f"{folder / 'config.json'}: no 'base_manifest' (the base the model was "
                          f"trained on); was it written by the train stage?")
@@ -264,9 +270,7 @@ class FaceMoGLEPipeline:
         with tempfile.TemporaryDirectory() as work:
             root = found or _flux_base_from_manifest(recorded, Path(work))
             base = load_base(root, device=device, dtype=dtype)
-        model = FaceMoGLE.build(base.transformer, params.model, params.lora,
-                                experts=params.experts, gating=params.gating)
-        load_model_weights(folder, model)
+        model = load_trained(base.transformer, folder, params)
         model.to(device=device, dtype=base.transformer.dtype)
         resolution = int(recorded.get("resolution", FLUX_RESOLUTION))
         return cls(model, base, config=config, base_dir=found, resolution=resolution)
@@ -452,36 +456,51 @@ class FaceMoGLEPipeline:
         if output_type not in ("pil", "np", "pt"):
             raise ValueError(f"output_type must be 'pil', 'np' or 'pt', got {output_type!r}")
         size = self._size(height, width)
-        prompts = _as_list(prompt, (str,))
-        masks = _as_list(mask, (str, Path, Image.Image, np.ndarray, Tensor))
-        batch = _batch_size(prompts, masks, _as_list(seed, (int,)),
-                            _as_list(generator, (torch.Generator,)))
-        prompts, masks = _broadcast(prompts, batch), _broadcast(masks, batch)
+        prompts, masks = _batch_inputs(prompt, mask, seed, generator)
         latent_size = size // 8
-        channels = self.model.transformer.config.in_channels
-        noise = flow.initial_noise(((latent_size // 2) ** 2, channels),
-                                   self._generators(batch, seed, generator),
-                                   device=self.device, dtype=self.dtype)  # (B, L, C)
+        noise = self._initial_noise(len(prompts), latent_size, seed, generator)  # (B, L, C)
         texts = [self.encode_prompt(p) for p in prompts]
-        slots = [None if m is None else self.encode_mask(mask_to_label_map(
-            m, size=(size, size), resize=resize_mask, tolerance=color_tolerance,
+        slots = self._encode_masks(masks, size, resize=resize_mask, tolerance=color_tolerance)
+        images, gating = self._sample_modes(
+            texts, slots, noise, latent_size, size, steps=num_inference_steps,
+            guidance=guidance_scale, cfg_scale=true_cfg_scale, record=return_gating)
+        result = self._postprocess(images, output_type)
+        return FaceMoGLEPipelineOutput(result, gating) if return_dict else (result, gating)
+
+    def _initial_noise(self, batch: int, latent_size: int, seed, generator) -> Tensor:
+        """(B, L, C) starting noise, image b's drawn from its own generator."""
+        channels = self.model.transformer.config.in_channels
+        return flow.initial_noise(((latent_size // 2) ** 2, channels),
+                                  self._generators(batch, seed, generator),
+                                  device=self.device, dtype=self.dtype)  # (B, L, C)
+
+    def _encode_masks(self, masks: list, size: int, *, resize: bool,
+                      tolerance: int) -> list[Tensor | None]:
+        """Per sample: the (20, L, C) slot latents of its mask, or None without one."""
+        return [None if m is None else self.encode_mask(mask_to_label_map(
+            m, size=(size, size), resize=resize, tolerance=tolerance,
             source=f"mask {n}")) for n, m in enumerate(masks)]
+
+    def _sample_modes(self, texts: list, slots: list, noise: Tensor, latent_size: int,
+                      size: int, *, steps: int, guidance: float, cfg_scale: float,
+                      record: bool) -> tuple[Tensor, GatingTrace | None]:
+        """(B, 3, H, W) float32 CPU images in [0, 1], and the gating trace if `record`."""
+        batch = len(texts)
         images = torch.empty(batch, 3, size, size)
         gating = None
         # Samples with and without a mask run as separate batches, as the sample stage runs its
-        # modes: text2face samples then have no condition tokens at all (DESIGN.md section 4)
-        # rather than masked-out ones, and cost nothing in the condition stream.
+        # modes: text2face samples then have no condition tokens at all rather than masked-out
+        # ones (docs/design.md, "The three modes"), and cost nothing in the condition stream.
         for has_mask in (True, False):
             rows = [n for n in range(batch) if (slots[n] is not None) == has_mask]
             if rows:
                 cond = self._conditions(rows, texts, slots, self.empty_prompt())
                 out, recorder = self._sample_group(
-                    cond, noise[rows], latent_size, steps=num_inference_steps,
-                    guidance=guidance_scale, cfg_scale=true_cfg_scale, record=return_gating)
+                    cond, noise[rows], latent_size, steps=steps, guidance=guidance,
+                    cfg_scale=cfg_scale, record=record)
                 images[rows] = out.float().cpu()
                 gating = recorder.trace() if recorder is not None else gating
-        result = self._postprocess(images, output_type)
-        return FaceMoGLEPipelineOutput(result, gating) if return_dict else (result, gating)
+        return images, gating
 
     @staticmethod
     def _postprocess(images01: Tensor, output_type: str):

@@ -7,9 +7,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from facemogle.core.config import BaseConfig
-from facemogle.base.pretrain import build_tiny
+
 from facemogle.base.flux import build_flux
+from facemogle.base.pretrain import build_tiny
+from facemogle.core.config import BaseConfig
 
 
 def build_base(cfg: BaseConfig, data_dir: str | Path, out_dir: str | Path, *, seed: int,

@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from facemogle.core.config import BaseConfig, ConfigError
-from facemogle.core.config import to_dict
-from facemogle.core.io import atomic_path, write_json
-from facemogle.base.text import FLUX_TEXT_NAME, TEXT_MANIFEST
-from facemogle.base.text import text_manifest
-from facemogle.base.loader import MANIFEST
 
+from facemogle.base.loader import MANIFEST
+from facemogle.base.text import FLUX_TEXT_NAME, TEXT_MANIFEST, text_manifest
+from facemogle.core.config import BaseConfig, ConfigError, to_dict
+from facemogle.core.io import atomic_path, write_json
 
 FLUX_PARTS: tuple[str, ...] = ("transformer", "vae", "text_encoder", "text_encoder_2", "tokenizer",
                                "tokenizer_2", "scheduler")

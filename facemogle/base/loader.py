@@ -10,12 +10,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
 import torch
-from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
-from facemogle.core.io import read_json, InputError
+from diffusers import (
+    AutoencoderKL,
+    FlowMatchEulerDiscreteScheduler,
+    FluxTransformer2DModel,
+)
+
 from facemogle.base.text import TextEncoder
 from facemogle.base.text import load_text_encoder as _load_text_encoder
-
+from facemogle.core.io import InputError, read_json
 
 MANIFEST = "base.json"
 

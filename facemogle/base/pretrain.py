@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -22,21 +23,35 @@ from torch import Tensor
 from torchmetrics.classification import MulticlassJaccardIndex
 from torchmetrics.image import PeakSignalNoiseRatio
 from tqdm.auto import tqdm
-from facemogle.core import flow, latents
-from facemogle.core.config import BaseConfig, TinyParserConfig, TinyTransformerConfig
-from facemogle.core.config import TinyVAEConfig, to_dict
-from facemogle.data.layout import image_path, mask_path, read_captions, read_split
-from facemogle.core.io import InputError, atomic_path, read_rgb, write_json
-from facemogle.core.labels import LABEL_INDEX, NUM_LABELS, NUM_SLOTS, decouple, load_label_map
+
+from facemogle.base.loader import MANIFEST, Base
 from facemogle.base.segmenter import FaceParser, save_parser
-from facemogle.base.text import MINILM_NAME, TEXT_MANIFEST, MiniLMTextEncoder
-from facemogle.base.text import TextEncoder, text_manifest
 from facemogle.base.standin import tiny_transformer, tiny_vae
+from facemogle.base.text import (
+    MINILM_NAME,
+    TEXT_MANIFEST,
+    MiniLMTextEncoder,
+    TextEncoder,
+    text_manifest,
+)
+from facemogle.core import flow, latents
+from facemogle.core.config import (
+    BaseConfig,
+    TinyParserConfig,
+    TinyTransformerConfig,
+    TinyVAEConfig,
+    to_dict,
+)
 from facemogle.core.flux import LATENT_CHANNELS, SAMPLE_GUIDANCE
-from facemogle.base.loader import Base, MANIFEST
-
-
-
+from facemogle.core.io import InputError, atomic_path, read_rgb, write_json
+from facemogle.core.labels import (
+    LABEL_INDEX,
+    NUM_LABELS,
+    NUM_SLOTS,
+    decouple,
+    load_label_map,
+)
+from facemogle.data.layout import image_path, mask_path, read_captions, read_split
 
 LOG_EVERY = 10  # training steps per logged loss mean
 

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from facemogle.core.io import read_json, InputError, atomic_path
+from facemogle.core.io import InputError, atomic_path, read_json
 from facemogle.core.labels import NUM_LABELS
 
 WEIGHTS_NAME = "model.safetensors"

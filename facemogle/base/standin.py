@@ -4,8 +4,10 @@
 from __future__ import annotations
 
 from pathlib import Path
+
 import torch
 from diffusers import AutoencoderKL, FluxTransformer2DModel
+
 from facemogle.core import flow
 from facemogle.core.flux import LATENT_CHANNELS, VAE_SCALE, VAE_SHIFT
 

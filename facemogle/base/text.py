@@ -20,10 +20,17 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from transformers import AutoModel, AutoTokenizer, CLIPTextModel, CLIPTokenizer, T5EncoderModel
-from transformers import T5TokenizerFast
+from transformers import (
+    AutoModel,
+    AutoTokenizer,
+    CLIPTextModel,
+    CLIPTokenizer,
+    T5EncoderModel,
+    T5TokenizerFast,
+)
 
-from facemogle.core.io import read_json, InputError
+from facemogle.core.flux import FLUX_TEXT_TOKENS
+from facemogle.core.io import InputError, read_json
 
 MINILM_NAME = "all-MiniLM-L6-v2"
 FLUX_TEXT_NAME = "flux-clip-t5"
@@ -138,7 +145,7 @@ class FluxTextEncoder:
 
     name = FLUX_TEXT_NAME
 
-    def __init__(self, flux_dir: str | Path, max_tokens: int = 512, *,
+    def __init__(self, flux_dir: str | Path, max_tokens: int = FLUX_TEXT_TOKENS, *,
                  device: torch.device | str | None = None, dtype: torch.dtype | None = None):
         flux_dir = Path(flux_dir)
         dtype = dtype or torch.bfloat16

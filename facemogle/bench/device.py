@@ -9,6 +9,7 @@ import platform
 import time
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
+
 import torch
 
 

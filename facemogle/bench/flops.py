@@ -31,9 +31,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from typing import Any
-import torch
-from facemogle.core.config import LoraConfig
 
+import torch
+
+from facemogle.core.config import LoraConfig
 
 # Peak dense bf16 tensor-core FLOP/s from NVIDIA's data sheets, matched against the upper-cased
 # `torch.cuda.get_device_name` (the H100 SXM reports "NVIDIA H100 80GB HBM3").

@@ -5,21 +5,30 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from typing import Any
+
 import safetensors.torch
 import torch
 from diffusers import AutoencoderKL
 from torch import Tensor, nn
-from facemogle.core import latents
+
+from facemogle.bench.device import (
+    Clock,
+    StepContext,
+    autocast,
+    peak_memory,
+    release_memory,
+    reset_memory,
+)
+from facemogle.bench.flops import Flops
+from facemogle.bench.setup import BenchSize
 from facemogle.cache.store import STORE_DTYPE, LatentCache
+from facemogle.core import latents
 from facemogle.core.config import TrainConfig
+from facemogle.core.flux import SAMPLE_GUIDANCE
 from facemogle.core.labels import NUM_SLOTS
 from facemogle.models.facemogle import FaceMoGLE
 from facemogle.sampling.sampler import Conditions, decode_images, generate_latents
 from facemogle.training.step import Batch, draw_batch, make_optimizer, train_step
-from facemogle.core.flux import SAMPLE_GUIDANCE
-from facemogle.bench.flops import Flops
-from facemogle.bench.device import Clock, StepContext, autocast, peak_memory, release_memory, reset_memory
-from facemogle.bench.setup import BenchSize
 
 
 @dataclass

@@ -10,16 +10,17 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
 import torch
 from torch import Tensor
 from torch.utils._python_dispatch import TorchDispatchMode  # torch's dispatch-mode hook
 from torch.utils._pytree import tree_leaves
+
+from facemogle.bench.device import Clock, autocast
+from facemogle.bench.measure import TrainRun, sample_conditions
 from facemogle.core.io import atomic_path, write_json, write_text
 from facemogle.sampling.sampler import generate_latents
 from facemogle.training.step import make_optimizer
-from facemogle.bench.measure import TrainRun, sample_conditions
-from facemogle.bench.device import Clock, autocast
-
 
 # Operators whose result depends on tensor values read on the host (`.item()` and `bool(t)`
 # dispatch `_local_scalar_dense`): a host-device synchronisation when the input is on a device.

@@ -31,17 +31,32 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
 import torch
+
+from facemogle.bench.device import environment
+from facemogle.bench.flops import Tokens, peak_flops, transformer_flops
+from facemogle.bench.measure import (
+    DEFAULTS,
+    TrainRun,
+    measure_caching,
+    sample_sweep,
+    shard_bytes,
+    train_sweep,
+)
+from facemogle.bench.profile import profile_run
+from facemogle.bench.setup import (
+    BenchSize,
+    build_facemogle,
+    build_frozen,
+    flux_size,
+    synthetic_cache,
+    tiny_size,
+)
 from facemogle.core.config import TrainConfig, to_dict
+from facemogle.core.flux import SAMPLE_GUIDANCE
 from facemogle.core.io import write_json, write_text
 from facemogle.models.facemogle import FaceMoGLE
-from facemogle.bench.measure import DEFAULTS, TrainRun, measure_caching, sample_sweep, shard_bytes, train_sweep
-from facemogle.core.flux import SAMPLE_GUIDANCE
-from facemogle.bench.flops import Tokens, peak_flops, transformer_flops
-from facemogle.bench.device import environment
-from facemogle.bench.profile import profile_run
-from facemogle.bench.setup import BenchSize, build_facemogle, build_frozen, flux_size, synthetic_cache, tiny_size
-
 
 PARTS: tuple[str, ...] = ("train", "sample", "cache")
 

@@ -7,15 +7,21 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
 import torch
 from diffusers import AutoencoderKL, FluxTransformer2DModel
 from torch import Tensor, nn
+
 from facemogle.cache.store import LatentCache
 from facemogle.core.config import DataConfig, LoraConfig, ModelConfig, load_params
+from facemogle.core.flux import (
+    FLUX_DEV_TRANSFORMER,
+    FLUX_DEV_VAE,
+    FLUX_RESOLUTION,
+    FLUX_TEXT_TOKENS,
+)
 from facemogle.core.labels import NUM_SLOTS
 from facemogle.models.facemogle import FaceMoGLE
-from facemogle.core.flux import FLUX_DEV_TRANSFORMER, FLUX_DEV_VAE, FLUX_RESOLUTION, FLUX_TEXT_TOKENS
-
 
 MINILM_DIM = 384  # hidden size of all-MiniLM-L6-v2, the embedded text encoder
 

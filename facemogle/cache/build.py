@@ -21,16 +21,19 @@ import hashlib
 import json
 import logging
 from pathlib import Path
+
 import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 from tqdm import tqdm
+
+from facemogle.cache.store import CACHE_FORMAT, STORE_DTYPE
 from facemogle.core import labels, latents
 from facemogle.core.io import atomic_path, open_image, read_jsonl, write_json
+
 log = logging.getLogger(__name__)
-from facemogle.cache.store import CACHE_FORMAT, STORE_DTYPE
 
 
 def fingerprint(config: dict) -> str:

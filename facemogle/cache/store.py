@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 from torch import Tensor
-log = logging.getLogger(__name__)
 
+log = logging.getLogger(__name__)
 
 STORE_DTYPE = torch.float16  # latents and embeddings are stored in half precision (half the disk)
 
@@ -106,37 +107,81 @@ def load_cache(cache_dir: str | Path, split: str | None = None, *,
     cache_dir = Path(cache_dir)
     index = json.loads((cache_dir / "index.json").read_text())
     wanted = None if split is None else set(index[split])
-    files: list[Path] = []
-    keep_rows, slot_rows, text_rows, slot_index, pooled, counts = [], [], [], [], [], []
-    ids: list[str] = []
-    slot_base = 0
-    for shard in index["shards"]:
+    rows = _select_rows(cache_dir, index["shards"], wanted)
+    large = {"image": rows.image_rows, "slot_latents": rows.slot_rows, "text_seq": rows.text_rows}
+    tables = _large_tables(rows.files, large, dtype, in_memory)
+    empty = load_file(str(cache_dir / "empty.safetensors"))
+    counts_t = torch.cat(rows.counts)
+    return LatentCache(
+        ids=rows.ids, **tables,
+        slot_index=torch.cat(rows.slot_index),
+        text_pooled=torch.cat(rows.pooled).to(dtype),
+        caption_offsets=torch.cat([torch.zeros(1, dtype=torch.long), counts_t.cumsum(0)]),
+        empty_slot=empty["slot"].to(dtype),
+        empty_text_seq=empty["text_seq"].to(dtype),
+        empty_text_pooled=empty["text_pooled"].to(dtype),
+        latent_size=index["latent_size"],
+    )
+
+
+@dataclass
+class _SplitRows:
+    """Which rows of which shards make up a split, shard by shard, and the small tensors read
+    from them on the way (`_select_rows`)."""
+
+    files: list[Path] = field(default_factory=list)  # the shards holding rows of the split
+    ids: list[str] = field(default_factory=list)  # (N,) over all shards
+    image_rows: list[Tensor] = field(default_factory=list)  # per shard: (n,) image rows kept
+    slot_rows: list[Tensor] = field(default_factory=list)  # per shard: (m,) slot latents used
+    text_rows: list[Tensor] = field(default_factory=list)  # per shard: (k,) captions kept
+    slot_index: list[Tensor] = field(default_factory=list)  # per shard: (n, 20) split slot rows
+    pooled: list[Tensor] = field(default_factory=list)  # per shard: (k, P)
+    counts: list[Tensor] = field(default_factory=list)  # per shard: (n,) captions per image
+    num_slots: int = 0  # slot latents selected so far (where the next shard's numbering starts)
+
+
+def _select_rows(cache_dir: Path, shards: list[dict], wanted: set[str] | None) -> _SplitRows:
+    """The rows of the shards in `index.json` whose ids are `wanted` (None: all), in order."""
+    rows = _SplitRows()
+    for shard in shards:
         keep = [n for n, i in enumerate(shard["ids"]) if wanted is None or i in wanted]
         if not keep:
             continue
-        path = cache_dir / shard["file"]
-        with safe_open(str(path), framework="pt") as handle:
-            shard_slots = handle.get_tensor("slot_index")
-            offsets = handle.get_tensor("caption_offsets")
-            shard_pooled = handle.get_tensor("text_pooled")
-            num_slots = handle.get_slice("slot_latents").get_shape()[0]
-        files.append(path)
-        ids += [shard["ids"][n] for n in keep]
-        keep_t = torch.tensor(keep)
-        kept_slots = shard_slots[keep_t]
-        used = kept_slots[kept_slots >= 0]
-        remap = torch.full((num_slots,), -1, dtype=torch.long)
-        remap[used] = torch.arange(used.numel()) + slot_base
-        slot_index.append(torch.where(kept_slots >= 0, remap[kept_slots.clamp(min=0)],
-                                      kept_slots))
-        slot_base += used.numel()
-        captions = torch.cat([torch.arange(offsets[n], offsets[n + 1]) for n in keep])
-        keep_rows.append(keep_t)
-        slot_rows.append(used)
-        text_rows.append(captions)
-        pooled.append(shard_pooled[captions])
-        counts.append(offsets[keep_t + 1] - offsets[keep_t])
-    large = {"image": keep_rows, "slot_latents": slot_rows, "text_seq": text_rows}
+        _select_shard_rows(rows, cache_dir / shard["file"], shard["ids"], keep)
+    return rows
+
+
+def _select_shard_rows(rows: _SplitRows, path: Path, shard_ids: list[str],
+                       keep: list[int]) -> None:
+    """Add rows `keep` of the shard at `path` to `rows`, its slots renumbered after the
+    slot latents already selected."""
+    with safe_open(str(path), framework="pt") as handle:
+        shard_slots = handle.get_tensor("slot_index")
+        offsets = handle.get_tensor("caption_offsets")
+        shard_pooled = handle.get_tensor("text_pooled")
+        num_slots = handle.get_slice("slot_latents").get_shape()[0]
+    rows.files.append(path)
+    rows.ids += [shard_ids[n] for n in keep]
+    keep_t = torch.tensor(keep)
+    kept_slots = shard_slots[keep_t]
+    used = kept_slots[kept_slots >= 0]
+    remap = torch.full((num_slots,), -1, dtype=torch.long)
+    remap[used] = torch.arange(used.numel()) + rows.num_slots
+    rows.slot_index.append(torch.where(kept_slots >= 0, remap[kept_slots.clamp(min=0)],
+                                       kept_slots))
+    rows.num_slots += used.numel()
+    captions = torch.cat([torch.arange(offsets[n], offsets[n + 1]) for n in keep])
+    rows.image_rows.append(keep_t)
+    rows.slot_rows.append(used)
+    rows.text_rows.append(captions)
+    rows.pooled.append(shard_pooled[captions])
+    rows.counts.append(offsets[keep_t + 1] - offsets[keep_t])
+
+
+def _large_tables(files: list[Path], large: dict[str, list[Tensor]], dtype: torch.dtype,
+                  in_memory: bool | None) -> dict[str, Rows]:
+    """The large tensors' selected rows: read into memory at `dtype`, or left in the shards
+    (`MappedRows`); `in_memory` None decides by their size against `IN_MEMORY_BYTES`."""
     mapped = {key: MappedRows(files, key, rows, dtype) for key, rows in large.items()}
     if in_memory is None:
         size = sum(m.shape.numel() for m in mapped.values()) * torch.finfo(dtype).bits // 8
@@ -144,18 +189,7 @@ def load_cache(cache_dir: str | Path, split: str | None = None, *,
     tables: dict[str, Rows] = dict(mapped)
     if in_memory:
         tables = {key: _read_rows(files, key, rows).to(dtype) for key, rows in large.items()}
-    empty = load_file(str(cache_dir / "empty.safetensors"))
-    counts_t = torch.cat(counts)
-    return LatentCache(
-        ids=ids, **tables,
-        slot_index=torch.cat(slot_index),
-        text_pooled=torch.cat(pooled).to(dtype),
-        caption_offsets=torch.cat([torch.zeros(1, dtype=torch.long), counts_t.cumsum(0)]),
-        empty_slot=empty["slot"].to(dtype),
-        empty_text_seq=empty["text_seq"].to(dtype),
-        empty_text_pooled=empty["text_pooled"].to(dtype),
-        latent_size=index["latent_size"],
-    )
+    return tables
 
 
 def _read_rows(files: list[Path], key: str, rows: list[Tensor]) -> Tensor:

@@ -26,6 +26,8 @@ from typing import Any, Literal, NamedTuple, Union, get_args, get_origin
 
 import yaml
 
+from facemogle.core.flux import FLUX_RESOLUTION, FLUX_TEXT_TOKENS, SAMPLE_GUIDANCE
+
 Gating = Literal["matrix", "scalar", "static", "none"]
 Experts = Literal["global_local", "global", "local", "none"]
 Mode = Literal["multimodal", "mask2face", "text2face"]
@@ -169,7 +171,7 @@ class DataConfig(_Section):
 
     source: Literal["synthfaces", "mmcelebahq", "celebamaskhq", "ffhq_text"] = "mmcelebahq"
     variant: Literal["standard", "zeroshot"] = "standard"  # SynthFaces distribution
-    resolution: int = spec(512, ge=64, le=1024, multiple_of=16)
+    resolution: int = spec(FLUX_RESOLUTION, ge=64, le=1024, multiple_of=16)
     seed: int = 0  # data generation seed, separate from the training seed
     # SynthFaces: train images rendered; real sets: ids below it train
     num_train: int = spec(27000, ge=1)
@@ -309,7 +311,7 @@ class BaseConfig(_Section):
     flux_revision: str | None = None
     dtype: DType = "bfloat16"
     # T5 sequence length (FLUX.1-dev: 512); MiniLM: 32 is plenty
-    text_max_tokens: int = spec(512, ge=1, le=512)
+    text_max_tokens: int = spec(FLUX_TEXT_TOKENS, ge=1, le=FLUX_TEXT_TOKENS)
     vae: TinyVAEConfig = field(default_factory=TinyVAEConfig)
     transformer: TinyTransformerConfig = field(default_factory=TinyTransformerConfig)
     parser: TinyParserConfig = field(default_factory=TinyParserConfig)
@@ -390,7 +392,7 @@ class SampleConfig(_Section):
     """Sampling the test split in the three modes (docs/design.md, "The three modes")."""
 
     steps: int = spec(28, ge=1)
-    guidance: float = 3.5  # guidance embedding, used when the transformer has one (FLUX.1-dev)
+    guidance: float = SAMPLE_GUIDANCE  # guidance embedding, used when the transformer has one (FLUX.1-dev)
     # true classifier-free guidance; 1.0 is off
     cfg_scale: float = spec(1.0, ge=1, expected="a number >= 1.0 (1.0 = off)")
     batch_size: int = spec(8, ge=1)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from typing import Any
 
-
 LATENT_CHANNELS = 16  # FLUX's VAE: 16 latent channels, x8 down; 2x2 packing -> 64-d tokens
 VAE_SHIFT, VAE_SCALE = 0.1159, 0.3611  # FLUX's VAE latent normalisation (shift_factor, scaling_factor)
 

@@ -7,9 +7,10 @@ faces with `read_color`, so evaluation depends on this module and not on the ren
 from __future__ import annotations
 
 from functools import lru_cache
-import numpy as np
-from facemogle.core.labels import LABEL_INDEX
 
+import numpy as np
+
+from facemogle.core.labels import LABEL_INDEX
 
 # Colour name -> reference RGB (albedo before shading). One name, one colour, whatever it paints.
 COLORS: dict[str, tuple[int, int, int]] = {

@@ -15,14 +15,15 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+
 from PIL import Image
+
 from facemogle.core.config import DataConfig
+from facemogle.core.io import InputError, atomic_path, write_json, write_jsonl
 from facemogle.data import layout
+from facemogle.data.items import check_not_empty, run_items
 from facemogle.data.layout import Entry, Sample
 from facemogle.data.readers import Reader, open_reader
-from facemogle.core.io import InputError, atomic_path, write_json, write_jsonl
-from facemogle.data.items import check_not_empty, run_items
-
 
 log = logging.getLogger(__name__)
 

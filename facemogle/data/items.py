@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
+
 from tqdm import tqdm
+
 from facemogle.core.io import InputError
 
 log = logging.getLogger(__name__)

@@ -23,7 +23,7 @@ from typing import Any
 
 from PIL import Image
 
-from facemogle.core.io import read_json, InputError, open_image, read_jsonl
+from facemogle.core.io import InputError, open_image, read_json, read_jsonl
 
 IMAGES = "images"
 MASKS = "masks"

@@ -34,9 +34,9 @@ import numpy as np
 from PIL import Image
 
 from facemogle.core.config import ConfigError, DataConfig
-from facemogle.data.layout import Entry, ItemError, Sample, read_image
 from facemogle.core.io import InputError
 from facemogle.core.labels import LABELS, label_map_image
+from facemogle.data.layout import Entry, ItemError, Sample, read_image
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 MMCELEBAHQ_SPLIT = 27000  # the official code trains on ids < 27000

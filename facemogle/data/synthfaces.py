@@ -25,12 +25,13 @@ import platform
 import time
 from dataclasses import dataclass
 from functools import lru_cache
+
 import numpy as np
-from facemogle.data.synthfaces_text import make_captions
+
 from facemogle.core.io import save_png, write_json
 from facemogle.core.labels import LABEL_INDEX, PALETTE
 from facemogle.data.colours import COLORS, PALETTE_NAMES, PUPIL, SCLERA
-
+from facemogle.data.synthfaces_text import make_captions
 
 VARIANTS: tuple[str, ...] = ("standard", "zeroshot")
 

@@ -25,10 +25,18 @@ import torch
 
 from facemogle.core import labels
 from facemogle.core.config import EvaluateConfig
-from facemogle.data import colours
 from facemogle.core.io import read_jsonl, read_rgb, write_json
-from facemogle.evaluation.metrics.attributes import attribute_accuracy, attribute_metric_values
-from facemogle.evaluation.metrics.common import MetricValue, metrics_json, pair_by_id, skip_all
+from facemogle.data import colours
+from facemogle.evaluation.metrics.attributes import (
+    attribute_accuracy,
+    attribute_metric_values,
+)
+from facemogle.evaluation.metrics.common import (
+    MetricValue,
+    metrics_json,
+    pair_by_id,
+    skip_all,
+)
 from facemogle.evaluation.metrics.distances import feature_space_metrics
 from facemogle.evaluation.metrics.segmentation import mask_iou, mask_metric_values
 from facemogle.evaluation.metrics.suite import ModelSuite, small_detector_metrics

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from facemogle.core.config import MODES
-from facemogle.core.io import read_json, InputError, write_text
+from facemogle.core.io import InputError, read_json, write_text
 
 MISSING = "-"
 

@@ -1,5 +1,7 @@
 """The `parse_masks` stage as a library function (docs/design.md, "Stages").
 
+log = logging.getLogger(__name__)
+
 `parse_masks` gives every image a validated palette label map: the data set's own mask (palette,
 index or colour mask, checked against the palette with `masks.color_tolerance`) or, where there
 is none, a face parser's (`facemogle.masks.face_parsers`); it writes per-image slot presence and
@@ -10,18 +12,26 @@ listed in `skipped.json`. The output is written atomically.
 
 from __future__ import annotations
 
-import logging
 import contextlib
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+
 import numpy as np
+
 from facemogle.core.config import ConfigError, MasksConfig
+from facemogle.core.io import InputError, atomic_path, write_json
+from facemogle.core.labels import (
+    LABELS,
+    NUM_LABELS,
+    load_label_map,
+    save_label_map,
+    slot_presence,
+)
 from facemogle.data import layout
+from facemogle.data.items import check_not_empty, run_items
 from facemogle.data.layout import ItemError, item_error, read_image
 from facemogle.masks.face_parsers import FaceParser, load_parser, parse_image
-from facemogle.core.io import InputError, atomic_path, write_json
-from facemogle.core.labels import LABELS, NUM_LABELS, load_label_map, save_label_map, slot_presence
-from facemogle.data.items import check_not_empty, run_items
 
 log = logging.getLogger(__name__)
 

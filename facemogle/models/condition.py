@@ -1,15 +1,15 @@
 """Condition tokens as a third stream of a frozen FLUX transformer, with condition-only LoRA.
 
-Face-MoGLE (paper section 3; DESIGN.md section 6) feeds the MoGLE tokens of the mask into the
-frozen FLUX transformer as a third token stream beside the text and image tokens. How the official
-code does it (official-implementation.md section 3), and what this module reproduces:
+Face-MoGLE (paper section 3; docs/design.md, "Condition stream and LoRA") feeds the MoGLE tokens
+of the mask into the frozen FLUX transformer as a third token stream beside the text and image
+tokens. How the official code does it, and what this module reproduces:
 
 - The condition tokens reuse the image stream's modules (`x_embedder`, `norm1`, `attn.to_*`,
   `norm_q/k`, `to_out`, `norm2`, `ff` in double blocks; `norm`, `proj_mlp`, `attn`, `proj_out` in
   single blocks) with LoRA on; text and image tokens go through the same modules with LoRA off, so
   they are computed by the frozen base weights.
 - Their modulation is `time_text_embed` at timestep 0 (the condition is clean; OminiControl #66)
-  with a constant guidance value (one value in training and sampling: official bug B3).
+  with a constant guidance value (one value in training and sampling: docs/design.md, bug B3).
 - Their RoPE positions are the image positions (spatially aligned masks).
 - The three streams meet only inside attention: one attention over [text; image; condition] with
   no mask among streams, except a key mask that drops the condition of chosen samples.
@@ -23,8 +23,8 @@ streams; a third stream needs its own modulation, norms, feed-forward and residu
 which an attention processor cannot add. The official code therefore rewrites the FLUX forward
 (pinned to diffusers 0.31, OminiControl #58) and zero-scales LoRA around every image-stream call,
 which still computes the LoRA branches. Here the forward is written over the stock modules of the
-installed diffusers, reusing their weights, and follows official-implementation.md section 9
-("per-branch LoRA via `base_layer` calls"): each frozen projection runs once over the joined
+installed diffusers, reusing their weights, with LoRA applied per branch through the layers'
+`base_layer` calls: each frozen projection runs once over the joined
 streams and only the LoRA delta of the condition slice is added (`_project`). With no condition
 tokens the forward is the stock forward.
 """
@@ -39,8 +39,10 @@ import torch
 import torch.nn.functional as F
 from diffusers import FluxTransformer2DModel
 from diffusers.models.embeddings import apply_rotary_emb
-from diffusers.models.transformers.transformer_flux import (FluxSingleTransformerBlock,
-                                                            FluxTransformerBlock)
+from diffusers.models.transformers.transformer_flux import (
+    FluxSingleTransformerBlock,
+    FluxTransformerBlock,
+)
 from peft.tuners.lora import LoraLayer
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from torch import Tensor, nn
@@ -48,7 +50,7 @@ from torch.utils.checkpoint import checkpoint
 
 from facemogle.core.config import ConfigError, LoraConfig
 
-# Layers the condition stream passes through (official-implementation.md section 3); LoRA
+# Layers the condition stream passes through (docs/design.md, "Condition stream and LoRA"); LoRA
 # anywhere else would act on text or image tokens, or on nothing.
 DOUBLE_BLOCK_CONDITION_LAYERS: tuple[str, ...] = (
     "norm1.linear", "attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0", "ff.net.0.proj",
@@ -171,7 +173,7 @@ def _project(module: nn.Module, x: Tensor, cond_start: int, dim: int = 1) -> Ten
     `x` holds the streams joined along `dim` (tokens: dim 1; modulation embeddings: dim 0), the
     condition part being indices >= `cond_start`; it may be empty (no condition tokens). For a
     peft LoRA layer the base layer runs once over everything and LoRA only on the condition part
-    (DESIGN.md section 6); any other module is simply called.
+    (docs/design.md, "Condition stream and LoRA"); any other module is simply called.
     """
     if not isinstance(module, LoraLayer):
         return module(x)
@@ -432,8 +434,8 @@ def _embed_time(transformer: FluxTransformer2DModel, dtype: torch.dtype, timeste
     t = timestep.to(dtype) * 1000  # (B,) the stock forward's scaling of sigma
     g = None if guidance is None else guidance.to(dtype) * 1000  # (B,)
     if cond_guidance is not None:
-        # The condition is clean: timestep 0 (official-implementation.md section 3, OminiControl
-        # #66); its guidance value is one constant for training and sampling (bug B3).
+        # The condition is clean: timestep 0 (as in the official code and OminiControl #66); its
+        # guidance value is one constant for training and sampling (docs/design.md, bug B3).
         t = torch.cat([t, torch.zeros_like(t)])  # (2B,)
         if g is not None:
             g = torch.cat([g, torch.full_like(g, cond_guidance) * 1000])  # (2B,)
@@ -443,6 +445,9 @@ def _embed_time(transformer: FluxTransformer2DModel, dtype: torch.dtype, timeste
     return transformer.time_text_embed(t, g, pooled)
 
 
+# Mirrors `diffusers.FluxTransformer2DModel.forward` (diffusers 0.36 to 0.42: embedders, double
+# blocks, single blocks, `norm_out`, `proj_out`) with a third token stream; with no condition
+# tokens it equals the stock forward (tests/test_condition.py holds it equal).
 def condition_forward(transformer: FluxTransformer2DModel, *, hidden_states: Tensor,
                       encoder_hidden_states: Tensor, pooled_projections: Tensor, timestep: Tensor,
                       img_ids: Tensor, txt_ids: Tensor, guidance: Tensor | None = None,
@@ -477,24 +482,62 @@ def condition_forward(transformer: FluxTransformer2DModel, *, hidden_states: Ten
                   timestep, img_ids, txt_ids, guidance, cond_tokens, cond_ids, cond_keep)
     batch, n_img = hidden_states.shape[:2]
     n_text = encoder_hidden_states.shape[1]
+    x, ids = _join_condition(hidden_states, img_ids, txt_ids, cond_tokens, cond_ids)
+    n_cond = x.shape[1] - n_img
+
+    x, temb, context, rope = _embed_streams(
+        transformer, x, n_img, timestep, guidance, pooled_projections, encoder_hidden_states,
+        ids, cond_guidance if n_cond else None)
+    attn_mask = _stream_attention_mask(cond_attention, cond_keep, n_text, n_img, n_cond,
+                                       x.device)  # (B or 1, 1, 1 or S, S) or None
+    x = _run_blocks(transformer, context, x, temb, rope, attn_mask, n_img, checkpointing)
+    image = transformer.norm_out(x[:, n_text:n_text + n_img], temb[:batch])  # (B, L, D)
+    return transformer.proj_out(image)  # (B, L, Cout)
+
+
+def _join_condition(hidden_states: Tensor, img_ids: Tensor, txt_ids: Tensor,
+                    cond_tokens: Tensor | None, cond_ids: Tensor | None
+                    ) -> tuple[Tensor, list[Tensor]]:
+    """The image tokens with the condition tokens (if any) appended, and the position ids of
+    [text; image; condition] as a list to concatenate."""
     ids = [txt_ids, img_ids]
     x = hidden_states
     if cond_tokens is not None:
         ids.append(img_ids if cond_ids is None else cond_ids)
         x = torch.cat([hidden_states, cond_tokens.to(hidden_states.dtype)], dim=1)  # (B, L+Lc, Cin)
-    n_cond = x.shape[1] - n_img
+    return x, ids
 
+
+def _embed_streams(transformer: FluxTransformer2DModel, x: Tensor, n_img: int, timestep: Tensor,
+                   guidance: Tensor | None, pooled_projections: Tensor,
+                   encoder_hidden_states: Tensor, ids: list[Tensor], cond_guidance: float | None
+                   ) -> tuple[Tensor, Tensor, Tensor, tuple[Tensor, Tensor]]:
+    """The stock forward's input embeddings, with the condition stream's LoRA and modulation:
+    tokens x, `temb`, text context and RoPE, in that order."""
     x = _project(transformer.x_embedder, x, n_img)  # (B, L + Lc, D)
     temb = _embed_time(transformer, x.dtype, timestep, guidance, pooled_projections,
-                       cond_guidance if n_cond else None)  # (B or 2B, D)
+                       cond_guidance)  # (B or 2B, D)
     context = transformer.context_embedder(encoder_hidden_states)  # (B, T, D)
     rope = transformer.pos_embed(torch.cat(ids, dim=0))  # 2 x (T + L + Lc, Dh)
+    return x, temb, context, rope
+
+
+def _stream_attention_mask(cond_attention: str, cond_keep: Tensor | None, n_text: int,
+                           n_img: int, n_cond: int, device: torch.device) -> Tensor | None:
+    """`_attention_mask` for the `cond_attention` mode, which must be in CONDITION_ATTENTION."""
     if cond_attention not in CONDITION_ATTENTION:
         raise ValueError(f"condition_forward: cond_attention must be one of "
                          f"{list(CONDITION_ATTENTION)}, got {cond_attention!r}")
-    attn_mask = _attention_mask(cond_keep, n_text, n_img, n_cond, cond_attention == "aligned",
-                               x.device)  # (B or 1, 1, 1 or S, S) or None
+    return _attention_mask(cond_keep, n_text, n_img, n_cond, cond_attention == "aligned",
+                           device)  # (B or 1, 1, 1 or S, S) or None
 
+
+def _run_blocks(transformer: FluxTransformer2DModel, context: Tensor, x: Tensor, temb: Tensor,
+                rope: tuple[Tensor, Tensor], attn_mask: Tensor | None, n_img: int,
+                checkpointing: bool) -> Tensor:
+    """The double blocks over text (B, T, D) and image + condition tokens (B, L + Lc, D), then
+    the single blocks over them joined. Returns (B, T + L + Lc, D)."""
+    n_text = context.shape[1]
     for block in transformer.transformer_blocks:
         context, x = _run(_BLOCK_FNS["double"], checkpointing, block, context, x, temb, rope,
                           attn_mask, n_img)
@@ -502,6 +545,4 @@ def condition_forward(transformer: FluxTransformer2DModel, *, hidden_states: Ten
     for block in transformer.single_transformer_blocks:
         x = _run(_BLOCK_FNS["single"], checkpointing, block, x, temb, rope, attn_mask,
                  n_text + n_img)
-
-    image = transformer.norm_out(x[:, n_text:n_text + n_img], temb[:batch])  # (B, L, D)
-    return transformer.proj_out(image)  # (B, L, Cout)
+    return x

@@ -22,6 +22,7 @@ from safetensors.torch import load_file, save_file
 
 from facemogle.core.io import atomic_path, write_json
 from facemogle.models.condition import load_lora_state_dict, lora_state_dict
+from facemogle.models.facemogle import FaceMoGLE
 
 STEP_PREFIX = "step-"
 
@@ -121,3 +122,11 @@ def load_training_state(folder: str | Path, model, optimizer,
     optimizer.load_state_dict(state)
     generator.set_state(load_file(str(folder / "rng.safetensors"))["state"])
     return trainer["step"], [tuple(h) for h in trainer["history"]]
+
+
+def load_trained(transformer, model_dir: str | Path, params):
+    """Face-MoGLE rebuilt on `transformer` from `params` (`FaceMoGLE.from_params`) with the
+    trained weights of `model_dir`, in eval mode."""
+    model = FaceMoGLE.from_params(transformer, params)
+    load_model_weights(model_dir, model)
+    return model.eval()

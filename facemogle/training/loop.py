@@ -9,18 +9,24 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
+
 import torch
 from accelerate import Accelerator
 from tqdm import tqdm
+
 from facemogle.cache.store import LatentCache
-from facemogle.training.checkpoint import (
-    find_resumable, load_training_state, save_model, save_training_state,
-)
 from facemogle.core.config import ConfigError, Params, TrainConfig
 from facemogle.models.condition import enable_compile
 from facemogle.models.facemogle import FaceMoGLE
-log = logging.getLogger(__name__)
+from facemogle.training.checkpoint import (
+    find_resumable,
+    load_training_state,
+    save_model,
+    save_training_state,
+)
 from facemogle.training.step import draw_batch, make_optimizer, train_step
+
+log = logging.getLogger(__name__)
 
 
 def make_accelerator(cfg: TrainConfig) -> Accelerator:

@@ -10,8 +10,9 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from facemogle.core import flow, latents
+
 from facemogle.cache.store import LatentCache
+from facemogle.core import flow, latents
 from facemogle.core.config import TrainConfig
 from facemogle.models.facemogle import FaceMoGLE
 

@@ -16,10 +16,18 @@ is needed, a backend that loads it (docs/design.md, "Metrics"):
 """
 
 from facemogle.evaluation.metrics.common import (
-    INCEPTION_NAMES, BackendUnavailable, MetricValue, feature_space_names, metrics_json, pair_by_id,
+    INCEPTION_NAMES,
+    BackendUnavailable,
+    MetricValue,
+    feature_space_names,
+    metrics_json,
+    pair_by_id,
 )
 from facemogle.evaluation.metrics.distances import (
-    feature_space_metrics, frechet_distance, kid, rbf_mmd2,
+    feature_space_metrics,
+    frechet_distance,
+    kid,
+    rbf_mmd2,
 )
 
 __all__ = [

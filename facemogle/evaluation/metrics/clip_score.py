@@ -21,7 +21,12 @@ import torch
 from transformers import AutoProcessor, CLIPModel
 
 from facemogle.evaluation.metrics.common import (
-    Images, MetricValue, PretrainedFeatures, batched, image_list, load_pretrained,
+    Images,
+    MetricValue,
+    PretrainedFeatures,
+    batched,
+    image_list,
+    load_pretrained,
 )
 
 CLIP_SCORE_SCALE = 100.0

@@ -19,7 +19,12 @@ import torch
 from transformers import AutoConfig, AutoImageProcessor, CLIPVisionModelWithProjection
 
 from facemogle.evaluation.metrics.common import (
-    Images, MetricValue, PretrainedFeatures, batched, image_list, load_pretrained,
+    Images,
+    MetricValue,
+    PretrainedFeatures,
+    batched,
+    image_list,
+    load_pretrained,
 )
 from facemogle.evaluation.metrics.distances import rbf_mmd2
 

@@ -17,7 +17,12 @@ import torch
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 from torch import nn
 
-from facemogle.evaluation.metrics.common import Images, MetricValue, image_list, resolve_device
+from facemogle.evaluation.metrics.common import (
+    Images,
+    MetricValue,
+    image_list,
+    resolve_device,
+)
 
 METRIC_NAMES: tuple[str, ...] = ("detect_auc", "detect_eer", "detect_ap")
 

@@ -19,7 +19,12 @@ import torch
 from transformers import AutoImageProcessor, ViTModel
 
 from facemogle.evaluation.metrics.common import (
-    Images, MetricValue, PretrainedFeatures, batched, image_list, load_pretrained,
+    Images,
+    MetricValue,
+    PretrainedFeatures,
+    batched,
+    image_list,
+    load_pretrained,
 )
 
 METRIC_NAMES: tuple[str, ...] = ("dino_structure",)

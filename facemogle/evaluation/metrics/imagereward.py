@@ -18,7 +18,11 @@ import torch
 from PIL import Image
 
 from facemogle.evaluation.metrics.common import (
-    BackendUnavailable, Images, MetricValue, image_list, resolve_device,
+    BackendUnavailable,
+    Images,
+    MetricValue,
+    image_list,
+    resolve_device,
 )
 
 METRIC_NAMES: tuple[str, ...] = ("image_reward",)

@@ -22,7 +22,13 @@ import torch
 from PIL import Image
 
 from facemogle.evaluation.metrics.common import (
-    INCEPTION_NAMES, BackendUnavailable, Images, MetricValue, batched, image_list, resolve_device,
+    INCEPTION_NAMES,
+    BackendUnavailable,
+    Images,
+    MetricValue,
+    batched,
+    image_list,
+    resolve_device,
 )
 from facemogle.evaluation.metrics.distances import feature_space_metrics
 

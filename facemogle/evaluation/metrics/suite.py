@@ -21,11 +21,17 @@ import torch
 
 from facemogle.core.config import EvaluateConfig
 from facemogle.evaluation.metrics import clip_score, cmmd, dino, imagereward, inception
-from facemogle.evaluation.metrics.common import BackendUnavailable, Images, MetricValue, skip_all
-from facemogle.evaluation.metrics.detection import (
-    SmallDetector, cross_fit_scores, detection_metric_values,
+from facemogle.evaluation.metrics.common import (
+    BackendUnavailable,
+    Images,
+    MetricValue,
+    skip_all,
 )
-
+from facemogle.evaluation.metrics.detection import (
+    SmallDetector,
+    cross_fit_scores,
+    detection_metric_values,
+)
 
 # Backend -> (params key of its weights, what the weights are). Inception alone also looks in
 # torch hub's cache, where torch-fidelity keeps its weights, when its key is null.
