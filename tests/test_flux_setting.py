@@ -219,7 +219,7 @@ def test_training_step_bf16_autocast_keeps_fp32_trainables(model_and_cache, para
     model, cache = model_and_cache
     trainable = model.trainable_parameters()
     for p in trainable:
-        p.data = p.data.float()  # as facemogle.training.train does
+        p.data = p.data.float()  # as facemogle.training.loop.train does
     frozen_before = model.transformer.x_embedder.base_layer.weight.clone()
     before = [p.detach().clone() for p in trainable]
     optimizer = make_optimizer(trainable, params.train)

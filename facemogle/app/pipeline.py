@@ -47,7 +47,7 @@ from facemogle.training.checkpoint import load_trained, write_weights
 MODEL_FILES: tuple[str, ...] = ("lora.safetensors", "mogle.safetensors", "config.json")
 BASE_SUBDIR = "base"
 # FLUX.1-dev's base manifest records no training resolution; the paper trains at 512 px.
-# The cache stores latents and text embeddings in float16 (facemogle.cache.STORE_DTYPE) and the
+# The cache stores latents and text embeddings in float16 (facemogle.cache.store.STORE_DTYPE) and the
 # model was trained and is sampled by the `sample` stage on those rounded values; the pipeline
 # rounds the same way so that its conditions are the ones the model knows.
 CONDITION_STORE_DTYPE = torch.float16

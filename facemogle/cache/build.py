@@ -141,7 +141,7 @@ def build_cache(base, data_dir: str | Path, labels_dir: str | Path, out_dir: str
     """Encode every image, mask slot and caption of `data_dir` into shards under `out_dir`.
 
     Args:
-        base: a loaded `facemogle.base.Base` (its VAE and text encoder are used, frozen).
+        base: a loaded `facemogle.base.loader.Base` (its VAE and text encoder are used, frozen).
         data_dir: the `download` layout (images/, captions.jsonl, split.json).
         labels_dir: the `parse_masks` output (masks/{id}.png for every image).
         resolution: image size in pixels (square).

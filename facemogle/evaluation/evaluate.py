@@ -6,7 +6,7 @@ mIoU (the parser's label map of each generated face vs its input mask), attribut
 accessory accuracy (hat, glasses, earrings, necklace present as the caption says), and a Frechet
 distance / KID in the parser's bottleneck feature space, named `fd_parser` / `kid_parser_x1000`
 (never "FID"). The paper's model-backed metrics run when their
-weights are configured (`facemogle.metrics.suite`), and are reported skipped with the reason
+weights are configured (`facemogle.evaluation.metrics.suite`), and are reported skipped with the reason
 otherwise.
 
 Every mode is scored against the caption of its image id, including mask2face, which never saw

@@ -1,7 +1,7 @@
 """Generating faces in the three modes (docs/design.md, "The three modes"; `sample` stage).
 
 `generate_latents` is the whole sampler: per-sample seeded noise, the Euler flow-matching loop
-of `facemogle.flow`, optional true classifier-free guidance. Modes are expressed only through the
+of `facemogle.core.flow`, optional true classifier-free guidance. Modes are expressed only through the
 inputs (see `facemogle.models.facemogle`).
 """
 
