@@ -16,7 +16,7 @@ import torch
 from accelerate import PartialState
 
 from facemogle.base.loader import load_base
-from facemogle.cache.build import build_cache, folder_fingerprint
+from facemogle.cache.build import CacheOptions, build_cache, folder_fingerprint
 from facemogle.core.config import load_params, to_dict
 
 PARAMS = ("data", "cache")
@@ -37,7 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     build_cache(base, args.data, args.labels, args.out, resolution=params.data.resolution,
                 batch_size=params.cache.batch_size, shard_size=params.cache.shard_size,
                 processes=processes,
-                config={"data": to_dict(params.data), "base": folder_fingerprint(args.base)})
+                config={"data": to_dict(params.data), "base": folder_fingerprint(args.base)},
+                options=CacheOptions(max_captions=params.cache.max_captions,
+                                     trim_text_padding=params.cache.trim_text_padding))
     return 0
 
 

@@ -2,6 +2,10 @@
 
     python -m stages.evaluate --samples data/samples --data data/raw --labels data/labels \
         --base data/base --out metrics/eval
+
+Any other method's images are scored the same way (same metrics, pairing by test id): a folder
+`<mode>/<id>.png` (or .jpg) given as --samples, with `--ids data/samples/ids.json` to hold it
+to the ids the sample stage generated (README, "Scoring another method's images").
 """
 
 from __future__ import annotations
@@ -23,6 +27,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     for name in ("samples", "data", "labels", "base", "out"):
         parser.add_argument(f"--{name}", required=True)
+    parser.add_argument("--ids", default=None,
+                        help="JSON list of the test ids to score (default: --samples/ids.json, "
+                             "else the whole test split)")
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -32,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     face_parser = load_parser(parser_dir, device=device).eval() if parser_dir.exists() else None
     modes = [m for m in MODES if (Path(args.samples) / m).is_dir()]
     evaluate(args.samples, args.data, args.labels, args.out, params.evaluate, modes=modes,
-             parser=face_parser, seed=params.seed, device=device)
+             parser=face_parser, seed=params.seed, device=device, ids_file=args.ids)
     return 0
 
 

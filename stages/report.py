@@ -4,7 +4,8 @@
         --eval zero-shot=metrics/zeroshot/eval --out metrics/report.md
 
 Columns follow the paper's Table 1 (FID, KID, CMMD, Mask, Text, IR), then the embedded metrics;
-the zero-shot row is the paper's Table 2.
+the zero-shot row is the paper's Table 2. `--baseline NAME=FOLDER` adds another method's
+evaluation (`stages.evaluate` on its images) as a row named NAME in the modes it has.
 """
 
 from __future__ import annotations
@@ -28,10 +29,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--eval", type=_named_dir, action="append", required=True,
                         metavar="NAME=FOLDER", help="an evaluate stage output, as a table row")
+    parser.add_argument("--baseline", type=_named_dir, action="append", default=[],
+                        metavar="NAME=FOLDER", help="another method's evaluate output, as a row")
     parser.add_argument("--out", required=True, help="the Markdown report")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    write_report(dict(args.eval), args.out)
+    write_report(dict(args.eval), args.out, baselines=dict(args.baseline))
     return 0
 
 

@@ -1,4 +1,5 @@
-"""`sample` stage: the test split in the three modes (multimodal, mask2face, text2face).
+"""`sample` stage: the test split in the modes of `sample.modes` (multimodal, mask2face,
+text2face, and `base`: the plain base without condition tokens, a reference).
 
     torchrun --standalone --nproc_per_node 1 -m stages.sample --latents data/latents \
         --labels data/labels --data data/raw --base data/base --model data/model \
@@ -46,7 +47,7 @@ def write_sheets(samples: Path, sheets_dir: str | Path, labels_dir: str | Path,
         for mode in modes:
             rows = [{"id": i,
                      "image": read_rgb(samples / mode / f"{i}.png"),
-                     "mask": None if mode == "text2face" else masks[i],
+                     "mask": masks[i] if mode in ("multimodal", "mask2face") else None,
                      "prompt": "" if mode == "mask2face" else prompts[i]} for i in ids]
             save_sheet(sheets / f"{mode}.png", contact_sheet(rows, f"Face-MoGLE: {mode}"))
 

@@ -50,6 +50,12 @@ def test_running_evaluate_twice_gives_identical_numbers(trained_run, evaluated):
 def test_metrics_without_a_backend_are_skipped_with_the_reason(evaluated):
     metrics = json.loads((evaluated / "first" / "multimodal.json").read_text())
     assert "clip_score" not in metrics and "null" in metrics["skipped"]["clip_score"]
+    # Every mode is asked for every metric: mask2face's text metrics and text2face's DINO
+    # distance are skipped only for want of weights, never for the mode.
+    for mode, name in (("mask2face", "clip_score"), ("mask2face", "image_reward"),
+                       ("text2face", "dino_structure")):
+        skipped = json.loads((evaluated / "first" / f"{mode}.json").read_text())["skipped"]
+        assert skipped[name].startswith("evaluate.") and "is null" in skipped[name], mode
     if importlib.util.find_spec("torch_fidelity") is None:  # as on the development machine
         assert "fid" not in metrics and "torch-fidelity" in metrics["skipped"]["fid"]
 
@@ -62,3 +68,57 @@ def test_a_missing_generated_image_is_an_error_naming_its_id(trained_run, evalua
     with pytest.raises((InputError, ValueError), match=missing):
         _evaluate(trained_run, samples, tmp_path / "out", evaluated)
     assert not (tmp_path / "out" / "mask2face.json").exists()
+
+
+def test_another_methods_folder_is_scored_and_reported_beside_face_mogle(trained_run, evaluated,
+                                                                         tmp_path):
+    """A folder of images named by test id (here the real photos, one as JPEG) is scored with
+    the same metrics on the sample stage's ids, and enters the report as its own row."""
+    from PIL import Image
+
+    from stages import report
+
+    ids = json.loads((evaluated / "samples" / "ids.json").read_text())
+    folder = tmp_path / "real-photos" / "mask2face"
+    folder.mkdir(parents=True)
+    for n, i in enumerate(ids):
+        image = Image.open(trained_run.raw / "images" / f"{i}.png").convert("RGB")
+        image.save(folder / (f"{i}.jpg" if n == 0 else f"{i}.png"), quality=95)
+    out = tmp_path / "real-photos-eval"
+    assert evaluate.main(["--samples", str(folder.parent), "--data", str(trained_run.raw),
+                          "--labels", str(trained_run.labels), "--base", str(trained_run.base),
+                          "--out", str(out), "--ids", str(evaluated / "samples" / "ids.json"),
+                          "--params", str(evaluated / "params.yaml")]) == 0
+    scored = json.loads((out / "mask2face.json").read_text())
+    ours = json.loads((evaluated / "first" / "mask2face.json").read_text())
+    per_class = {k for k in (*scored, *ours) if k.startswith("mask_iou_")}  # classes present
+    assert set(scored) - per_class == set(ours) - per_class
+    assert scored["skipped"] == ours["skipped"]
+    assert sorted(p.name for p in out.iterdir()) == ["mask2face.json"]
+    assert scored["mask_miou"] != ours["mask_miou"]  # other images, other numbers
+
+    md = tmp_path / "report.md"
+    assert report.main(["--eval", f"in-distribution={evaluated / 'first'}", "--baseline",
+                        f"Real photos={out}", "--out", str(md)]) == 0
+    tables = md.read_text().split("## ")
+    mask2face = next(t for t in tables if t.startswith("mask2face"))
+    assert "| Real photos |" in mask2face and "| Face-MoGLE (in-distribution) |" in mask2face
+    assert not any("Real photos" in t for t in tables if not t.startswith("mask2face"))
+
+
+def test_an_image_of_another_size_is_refused_naming_it(trained_run, evaluated, tmp_path):
+    ids = json.loads((evaluated / "samples" / "ids.json").read_text())
+    folder = tmp_path / "small" / "mask2face"
+    folder.mkdir(parents=True)
+    for i in ids:
+        shutil.copy(evaluated / "samples" / "mask2face" / f"{i}.png", folder / f"{i}.png")
+    from PIL import Image
+
+    Image.new("RGB", (16, 16)).save(folder / f"{ids[0]}.png")
+    with pytest.raises(InputError, match=rf"{ids[0]}\.png: 16x16 px, expected"):
+        evaluate.main(["--samples", str(folder.parent), "--data", str(trained_run.raw),
+                       "--labels", str(trained_run.labels), "--base", str(trained_run.base),
+                       "--out", str(tmp_path / "out"), "--ids",
+                       str(evaluated / "samples" / "ids.json"), "--params",
+                       str(evaluated / "params.yaml")])
+    assert not (tmp_path / "out").exists()

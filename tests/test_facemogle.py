@@ -25,12 +25,21 @@ def tiny_model(guidance_embeds: bool = False, gating: str = "matrix") -> FaceMoG
                            experts="global_local", gating=gating)
 
 
-def conditions(batch: int, with_mask: bool = True, seed: int = 1) -> Conditions:
+EMPTY_SLOT = torch.full((TOKENS, 64), -0.5)  # stands for the VAE latent of a black slot
+
+
+def conditions(batch: int, with_mask: bool = True, seed: int = 1, mode: str = "") -> Conditions:
+    """Random conditions; `mode` "text2face" gives the empty mask (20 empty slots), "base" no
+    condition tokens."""
     g = torch.Generator().manual_seed(seed)
+    slots = torch.randn(batch, 20, TOKENS, 64, generator=g)
+    if mode == "text2face":
+        slots = EMPTY_SLOT.expand_as(slots)
     return Conditions(
         text=torch.randn(batch, 5, 24, generator=g), pooled=torch.randn(batch, 24, generator=g),
-        cond_latents=torch.randn(batch, 20, TOKENS, 64, generator=g) if with_mask else None,
-        empty_text=torch.randn(5, 24, generator=g), empty_pooled=torch.randn(24, generator=g))
+        cond_latents=slots if with_mask and mode != "base" else None,
+        empty_text=torch.randn(5, 24, generator=g), empty_pooled=torch.randn(24, generator=g),
+        empty_slot=EMPTY_SLOT)
 
 
 def test_only_lora_and_mogle_are_trainable():
@@ -46,7 +55,7 @@ def test_a_fixed_batch_is_overfit():
     # The same noise and time every step: the model can memorise this one batch.
     batch = Batch(x0=torch.randn(2, TOKENS, 64, generator=g), text=torch.randn(2, 5, 24, generator=g),
                   pooled=torch.randn(2, 24, generator=g),
-                  cond_latents=torch.randn(2, 20, TOKENS, 64, generator=g), cond_keep=None,
+                  cond_latents=torch.randn(2, 20, TOKENS, 64, generator=g),
                   sigma=flow.sample_sigmas(2, generator=g), noise=torch.randn(2, TOKENS, 64,
                                                                               generator=g))
     optimizer = torch.optim.Adam(model.trainable_parameters(), lr=3e-2)
@@ -81,21 +90,44 @@ def test_sampling_is_bitwise_reproducible_and_batch_invariant(guidance_embeds):
     torch.testing.assert_close(first, singles, atol=1e-5, rtol=1e-5)
 
 
-def test_text2face_ignores_mogle_and_masks_matter_otherwise():
+def _perturb(parameters, scale: float) -> None:
+    with torch.no_grad():
+        for p in parameters:
+            p.add_(scale * torch.randn_like(p))
+
+
+def test_text2face_runs_through_mogle_and_lora_and_base_does_not():
+    """text2face conditions on the empty mask, so the trained LoRA and MoGLE shape its output;
+    the `base` reference (no condition tokens) is the frozen transformer alone."""
     model = tiny_model().eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                p.add_(0.05 * torch.randn_like(p))  # non-trivial LoRA and MoGLE weights
-    cond, plain = conditions(1), conditions(1, with_mask=False)
-    with_mask = generate_latents(model, cond, [5], latent_size=LATENT, steps=3)
-    without = generate_latents(model, plain, [5], latent_size=LATENT, steps=3)
-    assert not torch.allclose(with_mask, without, atol=1e-4)
-    with torch.no_grad():
-        for p in model.mogle.parameters():
-            p.add_(1.0)  # MoGLE cannot matter when there are no condition tokens
-    torch.testing.assert_close(generate_latents(model, plain, [5], latent_size=LATENT, steps=3),
-                               without)
+    _perturb(model.trainable_parameters(), 0.05)  # non-trivial LoRA and MoGLE weights
+    text2face, base = conditions(1, mode="text2face"), conditions(1, mode="base")
+    before = {m: generate_latents(model, c, [5], latent_size=LATENT, steps=3)
+              for m, c in (("text2face", text2face), ("base", base))}
+    assert not torch.allclose(before["text2face"], before["base"], atol=1e-4)
+    _perturb(model.mogle.parameters(), 0.5)  # as training would change them
+    _perturb([p for n, p in model.named_parameters() if ".lora_" in n], 0.5)
+    after_t2f = generate_latents(model, text2face, [5], latent_size=LATENT, steps=3)
+    assert not torch.allclose(after_t2f, before["text2face"], atol=1e-4)
+    torch.testing.assert_close(generate_latents(model, base, [5], latent_size=LATENT, steps=3),
+                               before["base"])
+
+
+def test_a_dropped_mask_still_trains_lora_and_mogle():
+    """Whole-mask dropout keeps the condition tokens (the empty mask), so the loss of a dropped
+    sample reaches every trainable group."""
+    model = tiny_model()
+    _perturb([p for n, p in model.named_parameters() if "lora_B" in n], 0.05)  # B starts at 0
+    g = torch.Generator().manual_seed(4)
+    batch = Batch(x0=torch.randn(2, TOKENS, 64, generator=g),
+                  text=torch.randn(2, 5, 24, generator=g), pooled=torch.randn(2, 24, generator=g),
+                  cond_latents=EMPTY_SLOT.expand(2, 20, TOKENS, 64).clone(),
+                  sigma=flow.sample_sigmas(2, generator=g),
+                  noise=torch.randn(2, TOKENS, 64, generator=g))
+    training_loss(model, batch, latent_size=LATENT).backward()
+    for group in ("mogle.", "lora_A", "lora_B"):
+        grads = [p.grad for n, p in model.named_parameters() if group in n and p.requires_grad]
+        assert grads and any(g is not None and g.abs().sum() > 0 for g in grads), group
 
 
 def test_true_cfg_runs_and_differs_from_plain_sampling():

@@ -120,6 +120,7 @@ def test_params_flux_is_the_paper_setting():
     assert (t.steps, t.batch_size, t.optimizer, t.lr, t.weight_decay, t.grad_clip) == (
         4000, 4, "prodigy", 1.0, 0.01, 0.5)
     assert (t.mixed_precision, t.gradient_checkpointing, t.logit_normal_mean) == ("bf16", True, 0.0)
+    assert t.batch_size * t.grad_accum * t.num_processes == 8  # the paper's global batch
     assert (p.sample.steps, p.sample.guidance, p.sample.batch_size, p.sample.cfg_scale) == (
         28, 3.5, 8, 1.0)
     assert (p.lora.rank, p.lora.alpha, p.lora.init) == (4, 4.0, "gaussian")

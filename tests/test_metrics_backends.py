@@ -4,12 +4,15 @@ the skipped-backend paths and the embedded detector."""
 
 from __future__ import annotations
 
+import functools
 import importlib.util
+import json
 import string
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from transformers import (
     CLIPConfig,
     CLIPImageProcessor,
@@ -23,8 +26,12 @@ from transformers import (
     ViTModel,
 )
 
+from facemogle.core import labels
 from facemogle.core.config import EvaluateConfig
+from facemogle.core.io import write_jsonl
+from facemogle.evaluation.evaluate import evaluate_mode
 from facemogle.evaluation.metrics import BackendUnavailable, metrics_json
+from facemogle.evaluation.metrics import suite as suite_module
 from facemogle.evaluation.metrics.clip_score import ClipScorer, clip_score_metrics
 from facemogle.evaluation.metrics.cmmd import ClipImageEmbedder, cmmd_metrics
 from facemogle.evaluation.metrics.detection import (
@@ -33,7 +40,9 @@ from facemogle.evaluation.metrics.detection import (
     detection_metrics,
 )
 from facemogle.evaluation.metrics.dino import (
+    PAPER_SUM_BATCH,
     DinoStructure,
+    batch_sum_mean,
     dino_metrics,
     key_self_similarity,
 )
@@ -189,6 +198,59 @@ def test_dino_average_is_per_image_whatever_the_batch_size(dino_dir):
     assert value == pytest.approx(per_image[1].mean(), rel=1e-6)
 
 
+def _paper_keys_by_hand(model: ViTModel, images: np.ndarray) -> torch.Tensor:
+    """The official input (raw [0, 1] pixels, no normalisation, no resize) and the last layer's
+    keys recomputed from that layer's input: (N, T, D)."""
+    pixels = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
+    with torch.no_grad():
+        hidden = model(pixel_values=pixels, output_hidden_states=True,
+                       interpolate_pos_encoding=True).hidden_states
+        last = model.layers[-1]
+        return last.attention.k_proj(last.layernorm_before(hidden[-2]))
+
+
+def test_dino_paper_protocol_sums_per_image_mses_per_batch_of_64_at_its_resolution(dino_dir):
+    # 70 pairs at 48 px (the tiny model's pretraining size is 32): 6 x 6 patches + CLS, and two
+    # of the official batches (64 + 6), so the number is the sum of the MSEs over 2.
+    n, size = 70, 48
+    generated, reference = _images(n, 10, size=size), _images(n, 11, size=size)
+    backend = DinoStructure.load(dino_dir, batch_size=16, device="cpu", paper_resolution=size)
+    sim_g = key_self_similarity(_paper_keys_by_hand(backend.model, generated).double())
+    sim_r = key_self_similarity(_paper_keys_by_hand(backend.model, reference).double())
+    assert sim_g.shape == (n, 37, 37)
+    mse = (sim_g - sim_r).pow(2).mean(dim=(1, 2)).numpy()  # (N,) per-image MSE
+    np.testing.assert_allclose(backend.distances(generated, reference, protocol="paper"), mse,
+                               rtol=1e-6)
+    by_hand = (mse[:64].sum() + mse[64:].sum()) / 2
+    assert PAPER_SUM_BATCH == 64 and batch_sum_mean(mse) == pytest.approx(by_hand, rel=1e-12)
+    values = {v.name: v for v in dino_metrics(backend, generated, reference, protocol="both")}
+    assert values["dino_structure_paper"].value == pytest.approx(by_hand, rel=1e-6)
+    assert "48 px" in values["dino_structure_paper"].backend
+    # The corrected number beside it: the per-image mean after the model's processor (resize
+    # to 32, ImageNet mean/std), a different number on another scale.
+    corrected = backend.distances(generated, reference)
+    assert values["dino_structure"].value == pytest.approx(corrected.mean(), rel=1e-6)
+    assert not np.allclose(corrected, mse)
+    # The compute batch is not the protocol's: any batch size gives the same number.
+    other = DinoStructure.load(dino_dir, batch_size=70, device="cpu", paper_resolution=size)
+    assert dino_metrics(other, generated, reference, protocol="both")[1].value == pytest.approx(
+        by_hand, rel=1e-6)
+
+
+def test_dino_paper_protocol_resizes_other_sizes_to_its_resolution(dino_dir):
+    backend = DinoStructure.load(dino_dir, batch_size=4, device="cpu", paper_resolution=48)
+    generated, reference = _images(3, 12, size=40), _images(3, 13, size=48)
+    resized = np.stack([np.asarray(Image.fromarray(g).resize((48, 48), Image.BICUBIC))
+                        for g in generated])
+    np.testing.assert_allclose(backend.distances(generated, reference, protocol="paper"),
+                               backend.distances(resized, reference, protocol="paper"))
+    assert backend.self_similarity(list(generated), protocol="paper").shape == (3, 37, 37)
+    with pytest.raises(ValueError, match="protocol"):
+        backend.distances(generated, reference, protocol="official")
+    with pytest.raises(ValueError, match="dino_protocol"):
+        dino_metrics(backend, generated, reference, protocol="paper")
+
+
 # --- Inception (FID / KID) ------------------------------------------------------------------------
 
 
@@ -235,7 +297,9 @@ def test_suite_with_nothing_configured_reports_every_model_metric_skipped():
     assert all(v.value is None and v.skipped for v in values)
     reasons = {v.name: v.skipped for v in values}
     assert set(reasons) == {"fid", "kid_x1000", "kid_x1000_std", "cmmd", "clip_score",
-                            "clip_truncated_captions", "dino_structure", "image_reward"}
+                            "clip_truncated_captions", "dino_structure", "image_reward",
+                            "npr_auc", "npr_eer", "npr_ap", "wavelet_clip_auc",
+                            "wavelet_clip_eer", "wavelet_clip_ap"}
     if importlib.util.find_spec("torch_fidelity") is None:
         assert "torch-fidelity is not installed" in reasons["fid"]
     assert reasons["cmmd"] == "evaluate.cmmd_model is null: no CLIP ViT-L/14-336 weights configured"
@@ -254,10 +318,79 @@ def test_suite_computes_configured_backends_and_skips_by_mode(clip_dir, dino_dir
         assert values[name].value is not None and np.isfinite(values[name].value), name
     if importlib.util.find_spec("ImageReward") is None:
         assert "ImageReward package import failed" in values["image_reward"].skipped
-    text2face = {v.name: v for v in suite.evaluate(generated, reference, None, structure=False)}
-    assert text2face["clip_score"].skipped == "this mode has no text prompt"
-    assert text2face["dino_structure"].skipped == "this mode has no mask condition"
-    assert text2face["cmmd"].value == pytest.approx(values["cmmd"].value)
+    unpaired = {v.name: v for v in suite.evaluate(generated, reference, None, structure=False)}
+    assert unpaired["clip_score"].skipped == "no caption given"
+    assert unpaired["dino_structure"].skipped == "the reference images are not paired by id"
+    assert unpaired["cmmd"].value == pytest.approx(values["cmmd"].value)
+    assert "dino_structure_paper" not in values  # dino_protocol "corrected" (the default)
+
+
+def test_suite_writes_the_paper_protocol_beside_the_corrected_one(dino_dir, monkeypatch):
+    skipped = ModelSuite(EvaluateConfig(dino_protocol="both"), device="cpu").evaluate(
+        _images(2, 0), _images(2, 1), ["a", "b"])
+    assert {"dino_structure", "dino_structure_paper"} <= {v.name for v in skipped if v.skipped}
+    # The tiny model at 32 px instead of the protocol's 512 (4097 tokens), to stay small.
+    monkeypatch.setitem(suite_module._MODEL_LOADERS, "dino",
+                        functools.partial(DinoStructure.load, paper_resolution=IMAGE))
+    cfg = EvaluateConfig(batch_size=2, dino_model=dino_dir, dino_protocol="both")
+    generated, reference = _images(3, 0), _images(3, 1)
+    values = {v.name: v.value for v in ModelSuite(cfg, device="cpu").evaluate(
+        generated, reference, None)}
+    backend = DinoStructure.load(dino_dir, device="cpu", paper_resolution=IMAGE)
+    assert values["dino_structure"] == pytest.approx(
+        backend.distances(generated, reference).mean(), rel=1e-6)
+    assert values["dino_structure_paper"] == pytest.approx(
+        backend.distances(generated, reference, protocol="paper").sum(), rel=1e-6)
+
+
+def _write_eval_inputs(root, ids: list[str], modes: list[str]) -> dict:
+    """samples/<mode>/<id>.png, raw/images, raw/captions.jsonl (two captions per id, rows in
+    another order than `ids`) and labels/masks for a 3-id evaluation; returns the arrays."""
+    arrays = {"real": _images(len(ids), 20, size=IMAGE)}
+    for n, mode in enumerate(modes):
+        arrays[mode] = _images(len(ids), 21 + n, size=IMAGE)
+    for name, images in arrays.items():
+        folder = root / ("raw/images" if name == "real" else f"samples/{name}")
+        folder.mkdir(parents=True)
+        for i, image in zip(ids, images):
+            Image.fromarray(image).save(folder / f"{i}.png")
+    (root / "labels/masks").mkdir(parents=True)
+    for i in ids:
+        labels.save_label_map(root / "labels/masks" / f"{i}.png", np.zeros((IMAGE, IMAGE),
+                                                                           np.uint8))
+    write_jsonl(root / "raw/captions.jsonl",
+                [{"id": i, "captions": [f"caption of {i}", f"other {i} text"]}
+                 for i in sorted(ids)])
+    (root / "samples/ids.json").write_text(json.dumps(ids))
+    return arrays
+
+
+def test_every_mode_gets_text_and_structure_metrics_against_its_id(clip_dir, dino_dir,
+                                                                     tmp_path):
+    ids = ["b", "c", "a"]
+    arrays = _write_eval_inputs(tmp_path, ids, ["mask2face", "text2face"])
+    cfg = EvaluateConfig(batch_size=2, clip_score_model=clip_dir, dino_model=dino_dir,
+                         kid_subsets=1, kid_subset_size=2, detector_folds=2, detector_steps=1,
+                         detector_size=8)
+    suite = ModelSuite(cfg, device="cpu")
+    by_mode = {mode: {v.name: v for v in evaluate_mode(
+        mode, tmp_path / "samples", tmp_path / "raw", tmp_path / "labels", ids, cfg,
+        parser=None, suite=suite, seed=0)} for mode in ("mask2face", "text2face")}
+    scorer = ClipScorer.load(clip_dir, device="cpu")
+    dino_backend = DinoStructure.load(dino_dir, device="cpu")
+    for mode, values in by_mode.items():
+        assert values["clip_score"].skipped is None and values["dino_structure"].skipped is None
+        # mask2face never saw the caption: scored against caption 0 of its id all the same.
+        first = scorer.score(arrays[mode], [f"caption of {i}" for i in ids])
+        assert values["clip_score"].value == pytest.approx(first.mean(), rel=1e-6)
+        other = scorer.score(arrays[mode], [f"other {i} text" for i in ids])
+        assert values["clip_score"].value != pytest.approx(other.mean(), rel=1e-6)
+        # text2face never saw the mask: its structure is compared with the real photo of its id.
+        structure = dino_backend.distances(arrays[mode], arrays["real"])
+        assert values["dino_structure"].value == pytest.approx(structure.mean(), rel=1e-6)
+    # ImageReward is asked for in mask2face too: skipped only for want of weights.
+    assert by_mode["mask2face"]["image_reward"].skipped == (
+        "evaluate.imagereward_path is null: no ImageReward weights configured")
 
 
 def test_configured_model_that_does_not_exist_raises(tmp_path):

@@ -332,6 +332,16 @@ def test_pair_by_id_follows_reference_order_and_lists_mismatches():
 # --- Report ---------------------------------------------------------------------------------------
 
 
+def test_report_shows_the_paper_protocol_dino_distance_next_to_mask_when_reported():
+    rows = {"corrected only": {"dino_structure": 0.01},
+            "both": {"dino_structure": 0.02, "dino_structure_paper": 1.25}}
+    header, _, first, second = markdown_table(rows).splitlines()
+    assert header == "| Method | FID ↓ | KID ↓ | CMMD ↓ | Mask ↓ | Mask-paper ↓ | Text ↑ | IR ↑ |"
+    assert first == "| corrected only | - | - | - | 0.0100 | - | - | - |"
+    assert second == "| both | - | - | - | 0.0200 | 1.2500 | - | - |"
+    assert "Mask-paper" not in markdown_table({"corrected only": rows["corrected only"]})
+
+
 def test_report_table_shows_values_dashes_and_extra_columns(tmp_path):
     full = {"fid": 12.345, "cmmd": 0.5, "fd_parser": 1.5, "mask_miou": 0.75,
             "skipped": {"clip_score": "no CLIP weights"}}

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from facemogle.core.config import ConfigError, Experts, Gating, ModelConfig
-from facemogle.models.mogle import EXPERTS, GATINGS, MoGLE, NoGate, build_mogle
+from facemogle.models.mogle import check_flow_time, EXPERTS, GATINGS, MoGLE, NoGate, build_mogle
 
 VARIANTS = list(itertools.product(EXPERTS, GATINGS))
 PAPER_COUNT = 101_780
@@ -86,6 +86,24 @@ def test_bad_inputs_are_refused():
         model(cond, z_t, sigma * 1000 + 1)
 
 
+def test_the_flow_time_check_runs_on_every_device():
+    """Off the CPU the check is a device assert (no host sync); its failure carries the same
+    message. `torch._assert_async` on a CPU tensor raises at once, which exercises that path."""
+    good, bad = torch.tensor([0.0, 0.5, 1.0]), torch.tensor([0.5, 999.0])
+    check_flow_time(good)
+    with pytest.raises(ValueError, match=r"got values in \[0.5, 999\]"):
+        check_flow_time(bad)
+
+    class Accelerated(torch.Tensor):  # a CPU tensor that reports another device type
+        @property
+        def device(self):
+            return torch.device("meta")
+
+    check_flow_time(good.as_subclass(Accelerated))
+    with pytest.raises(RuntimeError, match="sigma must be the flow time"):
+        check_flow_time(bad.as_subclass(Accelerated))
+
+
 def test_config_rebuilds_the_same_module():
     model = make("local", "static", token_dim=16, expert_hidden=8, gate_hidden=12, num_local=5)
     clone = MoGLE(**model.config)
@@ -99,7 +117,8 @@ def test_build_mogle_uses_model_params():
     cfg = ModelConfig(expert_hidden=8, gate_hidden=16)
     model = build_mogle(cfg, experts="global_local", gating="matrix", token_dim=16)
     assert model.config == {"token_dim": 16, "expert_hidden": 8, "gate_hidden": 16,
-                            "num_local": 19, "experts": "global_local", "gating": "matrix"}
+                            "num_local": 19, "experts": "global_local", "gating": "matrix",
+                            "time_scale": 1000.0}
     assert model.experts.local_experts.weight1.shape == (19, 8, 16)
     assert model(*inputs(1, 4, dim=16)).shape == (1, 4, 16)
     with pytest.raises(ValueError, match="gating"):

@@ -219,7 +219,7 @@ def test_killed_training_resumes_from_its_last_checkpoint(smoke_repo):
                                                                "checkpoint_every": 2}})))
     # A different step count is a different config: resuming must refuse it...
     result = _run(cmd, repo)
-    assert f"resuming from" not in result.stderr
+    assert "resuming from" not in result.stderr
     # ...while the same config continues from the checkpoint.
     proc2 = _run(cmd, repo)
     assert "resuming from" in proc2.stderr

@@ -7,7 +7,8 @@ A checkpoint folder is what the `train` stage writes (`lora.safetensors`, `mogle
 `config.json`) and optionally a `base/` subfolder with the frozen base it was trained on;
 `save_pretrained` writes such a self-contained folder. The three modes are chosen by the inputs
 alone (docs/design.md, "The three modes"): prompt + mask (multimodal), mask only (mask2face: the
-empty prompt), prompt only (text2face: no condition tokens at all); neither is unconditional.
+empty prompt), prompt only (text2face: the empty mask through MoGLE); neither is unconditional
+(the empty prompt and the empty mask).
 
 Prompts and masks are encoded as the `cache_latents` stage encodes them (rounded to float16 like
 the cache) and sampled by the `sample` stage's sampler with the same per-image seeding, so a test
@@ -40,7 +41,7 @@ from facemogle.core.config import SECTIONS, params_from_dict
 from facemogle.core.flux import FLUX_RESOLUTION
 from facemogle.core.io import InputError, atomic_path, read_json, write_json
 from facemogle.models.facemogle import FaceMoGLE
-from facemogle.sampling.sampler import Conditions, decode_images, velocity_fn
+from facemogle.sampling.sampler import sampling_autocast, Conditions, decode_images, velocity_fn
 from facemogle.sampling.sheets import to_uint8
 from facemogle.training.checkpoint import load_trained, write_weights
 
@@ -271,7 +272,7 @@ class FaceMoGLEPipeline:
             root = found or _flux_base_from_manifest(recorded, Path(work))
             base = load_base(root, device=device, dtype=dtype)
         model = load_trained(base.transformer, folder, params)
-        model.to(device=device, dtype=base.transformer.dtype)
+        model.to(device=device)  # LoRA and MoGLE stay float32, as the sample stage runs them
         resolution = int(recorded.get("resolution", FLUX_RESOLUTION))
         return cls(model, base, config=config, base_dir=found, resolution=resolution)
 
@@ -303,6 +304,11 @@ class FaceMoGLEPipeline:
     @property
     def dtype(self) -> torch.dtype:
         return next(self.model.transformer.parameters()).dtype
+
+    @property
+    def condition_dtype(self) -> torch.dtype:
+        """The dtype of the sampler's inputs: MoGLE's (float32 unless `to(dtype)` changed it)."""
+        return next(self.model.mogle.parameters()).dtype
 
     def _text_modules(self) -> list[torch.nn.Module]:
         return [m for m in vars(self.text_encoder).values() if isinstance(m, torch.nn.Module)]
@@ -340,8 +346,8 @@ class FaceMoGLEPipeline:
         and rounded like the cache (`CONDITION_STORE_DTYPE`).
         """
         seq, pooled = self.text_encoder.encode(["" if prompt is None else prompt])
-        return (seq[0].to(CONDITION_STORE_DTYPE).to(self.device, self.dtype),
-                pooled[0].to(CONDITION_STORE_DTYPE).to(self.device, self.dtype))
+        return (seq[0].to(CONDITION_STORE_DTYPE).to(self.device, self.condition_dtype),
+                pooled[0].to(CONDITION_STORE_DTYPE).to(self.device, self.condition_dtype))
 
     def empty_prompt(self) -> tuple[Tensor, Tensor]:
         """Embeddings of "" (mask2face, unconditional, and the true-CFG negative)."""
@@ -353,7 +359,7 @@ class FaceMoGLEPipeline:
     def _encode_image(self, image01: Tensor) -> Tensor:
         """(3, H, W) in [0, 1] -> (L, C) packed VAE posterior mean, rounded like the cache."""
         z = latents.encode(self.vae, image01[None].to(self.vae.device))  # (1, C/4, h, w)
-        return latents.pack(z)[0].to(CONDITION_STORE_DTYPE).to(self.device, self.dtype)
+        return latents.pack(z)[0].to(CONDITION_STORE_DTYPE).to(self.device, self.condition_dtype)
 
     def encode_mask(self, label_map: np.ndarray) -> Tensor:
         """(H, W) label map -> (20, L, C) packed slot latents, as `cache_latents` makes them.
@@ -399,24 +405,25 @@ class FaceMoGLEPipeline:
             seeds = [seeds[0] + i for i in range(size)]
         return [torch.Generator().manual_seed(int(s)) for s in seeds]
 
-    def _conditions(self, rows: list[int], texts: list, slots: list, empty) -> Conditions:
-        cond = None if slots[rows[0]] is None else torch.stack([slots[r] for r in rows])
-        return Conditions(torch.stack([texts[r][0] for r in rows]),
-                          torch.stack([texts[r][1] for r in rows]), cond, empty[0], empty[1])
+    def _conditions(self, texts: list, slots: list, empty_slot: Tensor) -> Conditions:
+        empty = self.empty_prompt()
+        return Conditions(torch.stack([t[0] for t in texts]), torch.stack([t[1] for t in texts]),
+                          torch.stack(slots), empty[0], empty[1], empty_slot)
 
     def _sample_group(self, cond: Conditions, noise: Tensor, latent_size: int, *, steps: int,
                       guidance: float, cfg_scale: float, record: bool):
-        """Denoise one group of samples that all have, or all lack, a mask."""
+        """Denoise one batch of samples."""
         grid = (latent_size // 2, latent_size // 2)
         recorder = None
         if record and cond.cond_latents is not None:
             recorder = GatingRecorder(self.model.mogle, cond.cond_latents, grid)
         velocity = velocity_fn(self.model, cond, latent_size=latent_size, guidance=guidance,
                                 cfg_scale=cfg_scale)
-        packed = flow.euler_sample(velocity, noise, steps, scheduler=self.scheduler_config,
-                                   image_seq_len=noise.shape[1], callback=recorder,
-                                   progress=not self._progress.get("disable", False))
-        return decode_images(self.vae, packed, latent_size), recorder
+        with sampling_autocast(self.dtype, self.device):
+            packed = flow.euler_sample(velocity, noise, steps, scheduler=self.scheduler_config,
+                                       image_seq_len=noise.shape[1], callback=recorder,
+                                       progress=not self._progress.get("disable", False))
+            return decode_images(self.vae, packed.float(), latent_size), recorder
 
     @torch.no_grad()
     def __call__(self, prompt: str | None | Sequence[str | None] = None,
@@ -472,35 +479,26 @@ class FaceMoGLEPipeline:
         channels = self.model.transformer.config.in_channels
         return flow.initial_noise(((latent_size // 2) ** 2, channels),
                                   self._generators(batch, seed, generator),
-                                  device=self.device, dtype=self.dtype)  # (B, L, C)
+                                  device=self.device, dtype=self.condition_dtype)  # (B, L, C)
 
     def _encode_masks(self, masks: list, size: int, *, resize: bool,
-                      tolerance: int) -> list[Tensor | None]:
-        """Per sample: the (20, L, C) slot latents of its mask, or None without one."""
-        return [None if m is None else self.encode_mask(mask_to_label_map(
+                      tolerance: int) -> list[Tensor]:
+        """Per sample: the (20, L, C) slot latents of its mask; without one, the empty mask (20
+        empty slots), as whole-mask dropout trains text-only generation."""
+        empty = self._empty_slot((size, size)).expand(labels.NUM_SLOTS, -1, -1)  # (20, L, C)
+        return [empty if m is None else self.encode_mask(mask_to_label_map(
             m, size=(size, size), resize=resize, tolerance=tolerance,
             source=f"mask {n}")) for n, m in enumerate(masks)]
 
     def _sample_modes(self, texts: list, slots: list, noise: Tensor, latent_size: int,
                       size: int, *, steps: int, guidance: float, cfg_scale: float,
                       record: bool) -> tuple[Tensor, GatingTrace | None]:
-        """(B, 3, H, W) float32 CPU images in [0, 1], and the gating trace if `record`."""
-        batch = len(texts)
-        images = torch.empty(batch, 3, size, size)
-        gating = None
-        # Samples with and without a mask run as separate batches, as the sample stage runs its
-        # modes: text2face samples then have no condition tokens at all rather than masked-out
-        # ones (docs/design.md, "The three modes"), and cost nothing in the condition stream.
-        for has_mask in (True, False):
-            rows = [n for n in range(batch) if (slots[n] is not None) == has_mask]
-            if rows:
-                cond = self._conditions(rows, texts, slots, self.empty_prompt())
-                out, recorder = self._sample_group(
-                    cond, noise[rows], latent_size, steps=steps, guidance=guidance,
-                    cfg_scale=cfg_scale, record=record)
-                images[rows] = out.float().cpu()
-                gating = recorder.trace() if recorder is not None else gating
-        return images, gating
+        """(B, 3, H, W) float32 CPU images in [0, 1], and the gating trace if `record`. Every
+        sample has condition tokens (text2face: the empty mask), so all run as one batch."""
+        cond = self._conditions(texts, slots, self._empty_slot((size, size)))
+        out, recorder = self._sample_group(cond, noise, latent_size, steps=steps,
+                                           guidance=guidance, cfg_scale=cfg_scale, record=record)
+        return out.float().cpu(), None if recorder is None else recorder.trace()
 
     @staticmethod
     def _postprocess(images01: Tensor, output_type: str):

@@ -126,7 +126,7 @@ def sample_conditions(cache: LatentCache, batch_size: int, device: torch.device)
     rows = torch.arange(batch_size) % len(cache.ids)
     return Conditions(cache.text_seq[rows].to(device), cache.text_pooled[rows].to(device),
                       cache.slots(rows).to(device), cache.empty_text_seq.to(device),
-                      cache.empty_text_pooled.to(device))
+                      cache.empty_text_pooled.to(device), cache.empty_slot.to(device))
 
 
 def measure_sampling(run: TrainRun, vae: AutoencoderKL | None, batch_size: int,

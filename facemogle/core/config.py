@@ -30,7 +30,7 @@ from facemogle.core.flux import FLUX_RESOLUTION, FLUX_TEXT_TOKENS, SAMPLE_GUIDAN
 
 Gating = Literal["matrix", "scalar", "static", "none"]
 Experts = Literal["global_local", "global", "local", "none"]
-Mode = Literal["multimodal", "mask2face", "text2face"]
+Mode = Literal["multimodal", "mask2face", "text2face", "base"]
 # "fp32", not accelerate's "no": YAML 1.1 reads an unquoted no as false, and `dvc exp run -S`
 # rewrites params.yaml without quotes.
 Precision = Literal["fp32", "bf16", "fp16"]
@@ -326,6 +326,11 @@ class CacheConfig(_Section):
     shard_size: int = spec(256, ge=1)
     # processes under torchrun, one per device: shards are split
     num_processes: int = spec(1, ge=1)
+    # store the first n captions of each image; null: all of them (data.captions_per_image)
+    max_captions: int | None = spec(None, ge=1)
+    # store each caption's real text tokens only; reading refills the padding positions with
+    # the empty prompt's states (facemogle/cache/store.py): less disk, not bit-equal padding
+    trim_text_padding: bool = False
 
 
 @dataclass(frozen=True)
@@ -334,6 +339,9 @@ class ModelConfig(_Section):
 
     expert_hidden: int = spec(32, ge=1)  # paper: 64 -> 32 -> 64 experts
     gate_hidden: int = spec(64, ge=1)
+    # The gate embeds gate_time_scale x sigma (flow time in [0, 1]): 1000 here; 1 for the
+    # official release's weights, whose gate was trained on sigma unscaled (app/official.py).
+    gate_time_scale: float = spec(1000.0, gt=0)
     condition_guidance: float = 1.0  # guidance-embedding value of the condition stream, always
     # full: image tokens attend to every condition token (paper); aligned: to the one at their
     # own position only (the embedded tiny base cannot find it by itself; models/condition.py).
@@ -415,12 +423,18 @@ class EvaluateConfig(_Section):
     clip_score_model: str | None = None  # e.g. openai/clip-vit-base-patch16
     cmmd_model: str | None = None  # e.g. openai/clip-vit-large-patch14-336
     dino_model: str | None = None  # e.g. facebook/dino-vitb8
+    # both: dino_structure_paper (the official protocol's scale) beside dino_structure
+    dino_protocol: Literal["corrected", "both"] = "corrected"
     imagereward_path: str | None = None
     cmmd_estimator: Literal["biased", "unbiased"] = "biased"  # CMMD paper's code: biased
     # cross-fitting folds of the embedded real-vs-generated detector
     detector_folds: int = spec(5, ge=2)
     detector_steps: int = spec(200, ge=1)
     detector_size: int = spec(64, ge=8, le=512)  # px the detector sees
+    # the paper's Table 6 detectors, with the authors' weights (metrics/npr.py, wavelet_clip.py)
+    npr_path: str | None = None  # NPR state dict, e.g. NPR.pth (.pth or .safetensors)
+    wavelet_clip_path: str | None = None  # Wavelet-CLIP checkpoint, e.g. clip_wavelet_best.pth
+    wavelet_clip_backbone: str | None = None  # local folder of openai/clip-vit-large-patch14
 
 
 @dataclass(frozen=True)

@@ -9,14 +9,16 @@ distance / KID in the parser's bottleneck feature space, named `fd_parser` / `ki
 weights are configured (`facemogle.evaluation.metrics.suite`), and are reported skipped with the reason
 otherwise.
 
-Every mode is scored against the caption of its image id, including mask2face, which never saw
-it: its attribute accuracy is the level a face reaches without the text (the baseline that
-multimodal and text2face are compared with), as its mIoU is for text2face.
+Every mode gets every metric (the paper's Tables 1 and 2 fill every cell): it is scored against
+the first caption, the mask and the real photo of its image id, whichever conditions it saw.
+mask2face never saw the caption: its attribute accuracy, CLIP score and ImageReward are the
+level a face reaches without the text (the baseline that multimodal and text2face are compared
+with), as text2face's mIoU and DINO structure distance (against the real photo of the id) are
+the level without the mask.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -25,7 +27,7 @@ import torch
 
 from facemogle.core import labels
 from facemogle.core.config import EvaluateConfig
-from facemogle.core.io import read_jsonl, read_rgb, write_json
+from facemogle.core.io import InputError, read_json, read_jsonl, read_rgb, write_json
 from facemogle.data import colours
 from facemogle.evaluation.metrics.attributes import (
     attribute_accuracy,
@@ -46,8 +48,7 @@ log = logging.getLogger(__name__)
 # Accessories are judged by presence of their region in the parsed generated face.
 ACCESSORY_LABELS = {"hat": "hat", "eyeglasses": "eye_g", "earrings": "ear_r",
                     "necklace": "neck_l"}
-MASK_MODES = ("multimodal", "mask2face")
-TEXT_MODES = ("multimodal", "text2face")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")  # generated images of any method
 
 
 def _images01(images: list[np.ndarray]) -> torch.Tensor:
@@ -94,11 +95,16 @@ def evaluate_mode(mode: str, samples_dir: Path, data_dir: Path, labels_dir: Path
     `expected_ids` are the test ids the sample stage generated; a generated file missing for one
     of them, or an extra file, is an error listing the ids (never pairing by sorted names).
     """
-    generated = {p.stem: p for p in (samples_dir / mode).glob("*.png")}
+    generated = {p.stem: p for p in (samples_dir / mode).iterdir()
+                 if p.suffix.lower() in IMAGE_SUFFIXES}
     reference = {i: data_dir / "images" / f"{i}.png" for i in expected_ids}
     ids = pair_by_id(generated, reference)
     gen_images = [read_rgb(generated[i]) for i in ids]
     ref_images = [read_rgb(reference[i]) for i in ids]
+    for i, gen, ref in zip(ids, gen_images, ref_images):
+        if gen.shape != ref.shape:
+            raise InputError(f"{generated[i]}: {gen.shape[1]}x{gen.shape[0]} px, expected the "
+                             f"test image's {ref.shape[1]}x{ref.shape[0]} (data.resolution)")
     masks = [labels.load_label_map(labels_dir / "masks" / f"{i}.png") for i in ids]
     captions = {r["id"]: r["captions"][0] for r in read_jsonl(data_dir / "captions.jsonl")}
     attributes_path = data_dir / "attributes.jsonl"
@@ -114,24 +120,40 @@ def evaluate_mode(mode: str, samples_dir: Path, data_dir: Path, labels_dir: Path
     else:
         values += parser_metrics(parser, gen_images, ref_images, masks, attributes, cfg,
                                  seed=seed, backend="facemogle tiny parser (base stage)")
-    prompts = [captions[i] for i in ids] if mode in TEXT_MODES else None
-    values += suite.evaluate(gen_images, ref_images, prompts, structure=mode in MASK_MODES,
-                             seed=seed)
+    prompts = [captions[i] for i in ids]  # every mode, like the attributes above
+    values += suite.evaluate(gen_images, ref_images, prompts, seed=seed)
     values += small_detector_metrics(ref_images, gen_images, cfg, seed=seed)
     return values
 
 
+def expected_test_ids(samples_dir: Path, labels_dir: Path, ids_file: Path | None) -> list[str]:
+    """The ids a folder of generated images must hold: `ids_file` if given (another folder's
+    `ids.json`, to score a baseline on the sample stage's ids), else the folder's own `ids.json`
+    (the sample stage writes one), else the whole test split."""
+    test_ids = read_json(labels_dir / "split.json")["test"]
+    path = ids_file or samples_dir / "ids.json"
+    if ids_file is None and not path.exists():
+        return list(test_ids)
+    expected = read_json(path)
+    unknown = [i for i in expected if i not in set(test_ids)]
+    if unknown:
+        raise InputError(f"{path}: ids not in the test split: {unknown[:10]}")
+    return expected
+
+
 def evaluate(samples_dir: str | Path, data_dir: str | Path, labels_dir: str | Path,
              out_dir: str | Path, cfg: EvaluateConfig, *, modes: list[str], parser, seed: int,
-             device: torch.device | None = None) -> dict[str, dict]:
-    """Write `out_dir/<mode>.json` for each mode (`stages.report` lays them out as tables)."""
+             device: torch.device | None = None,
+             ids_file: str | Path | None = None) -> dict[str, dict]:
+    """Write `out_dir/<mode>.json` for each mode (`stages.report` lays them out as tables).
+
+    `samples_dir/<mode>/<id>.png` are the sample stage's images or any other method's (PNG,
+    JPEG or WebP named by test id, at `data.resolution`), paired with the test images by id.
+    """
     samples_dir, data_dir, labels_dir, out_dir = map(Path, (samples_dir, data_dir, labels_dir,
                                                              out_dir))
-    test_ids = set(json.loads((labels_dir / "split.json").read_text())["test"])
-    expected_ids = json.loads((samples_dir / "ids.json").read_text())
-    unknown = [i for i in expected_ids if i not in test_ids]
-    if unknown:
-        raise ValueError(f"{samples_dir / 'ids.json'}: ids not in the test split: {unknown[:10]}")
+    expected_ids = expected_test_ids(samples_dir, labels_dir,
+                                     None if ids_file is None else Path(ids_file))
     suite = ModelSuite(cfg, device=device)
     results = {}
     for mode in modes:

@@ -1,7 +1,9 @@
 """Paper-style Markdown tables from metrics JSON files (layout of the paper's Tables 1 and 2).
 
 One table per generation mode; rows are methods or runs; columns are the paper's FID, KID,
-CMMD, Mask, Text and IR, then the embedded metrics that any row has (feature-space distances,
+CMMD, Mask, Text and IR in every mode (mask2face's Text and IR, text2face's Mask are the levels
+without that condition), the DINO distance under the official protocol ("Mask-paper") next to
+Mask when a row has it, then the embedded metrics that any row has (feature-space distances,
 mask mIoU, attribute accuracy, detection). A value that is missing or skipped is shown as "-",
 and the skip reasons are listed under the table.
 """
@@ -42,6 +44,10 @@ PAPER_COLUMNS: tuple[Column, ...] = (
     Column("Text", "clip_score", False),
     Column("IR", "image_reward", False, 3),
 )
+# Shown after the paper column of the same family when some row reports it (value or skip).
+OPTIONAL_PAPER_COLUMNS: dict[str, Column] = {
+    "dino_structure": Column("Mask-paper", "dino_structure_paper", True, 4),
+}
 EMBEDDED_COLUMNS: tuple[Column, ...] = (
     Column("mIoU", "mask_miou", False, 3),
     Column("PixAcc", "mask_pixel_acc", False, 3),
@@ -68,10 +74,15 @@ def _keys(metrics: Mapping[str, Any]) -> set[str]:
 
 
 def columns_for(rows: Mapping[str, Mapping[str, Any]]) -> list[Column]:
-    """The paper's columns, then the embedded ones that some row reports (value or skip)."""
+    """The paper's columns (each followed by its optional variant that some row reports),
+    then the embedded ones that some row reports (value or skip)."""
     keys = set().union(*(_keys(m) for m in rows.values())) if rows else set()
+    paper = []
+    for column in PAPER_COLUMNS:
+        variant = OPTIONAL_PAPER_COLUMNS.get(column.key)
+        paper += [column] + ([variant] if variant is not None and variant.key in keys else [])
     extra = _space_columns(keys) + [c for c in EMBEDDED_COLUMNS if c.key in keys]
-    return [*PAPER_COLUMNS, *extra]
+    return [*paper, *extra]
 
 
 def _cell(metrics: Mapping[str, Any], column: Column) -> str:
@@ -123,9 +134,18 @@ def read_metrics(path: str | Path) -> dict[str, Any]:
 
 
 def write_report(eval_dirs: Mapping[str, str | Path], out_path: str | Path, *,
-                 modes: tuple[str, ...] = MODES, method: str = "Face-MoGLE") -> None:
+                 modes: tuple[str, ...] = MODES, method: str = "Face-MoGLE",
+                 baselines: Mapping[str, str | Path] | None = None) -> None:
     """Write the Markdown report of evaluation sets side by side: set name -> the folder of its
-    `<mode>.json` files; one table per mode, one row per set ("Face-MoGLE (zero-shot)")."""
+    `<mode>.json` files; one table per mode, one row per set ("Face-MoGLE (zero-shot)").
+    `baselines` (row name -> folder) add other methods' rows in the modes their folder has."""
     by_mode = {mode: {f"{method} ({name})": read_metrics(Path(folder) / f"{mode}.json")
                       for name, folder in eval_dirs.items()} for mode in modes}
+    for name, folder in (baselines or {}).items():
+        found = [m for m in modes if (Path(folder) / f"{m}.json").exists()]
+        if not found:
+            raise InputError(f"{folder}: no <mode>.json of the modes {list(modes)} (baseline "
+                             f"{name!r}); run stages.evaluate on its images first")
+        for mode in found:
+            by_mode[mode][name] = read_metrics(Path(folder) / f"{mode}.json")
     write_text(out_path, markdown_report(by_mode))

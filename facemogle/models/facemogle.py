@@ -6,7 +6,9 @@ denoising step. The three modes (docs/design.md, "The three modes") differ only 
 
 - multimodal: prompt embeddings + mask slot latents;
 - mask2face: embeddings of the empty prompt + mask slot latents;
-- text2face: prompt embeddings, no condition tokens at all (`cond_latents=None`).
+- text2face: prompt embeddings + the empty mask (20 empty slot latents), through MoGLE;
+- the `base` reference: prompt embeddings, no condition tokens at all (`cond_latents=None`): the
+  stock transformer forward.
 """
 
 from __future__ import annotations
@@ -53,6 +55,14 @@ class FaceMoGLE(nn.Module):
     def trainable_parameters(self) -> list[nn.Parameter]:
         """LoRA and MoGLE parameters (everything else is frozen)."""
         return [p for p in self.parameters() if p.requires_grad]
+
+    def float32_trainables(self) -> list[nn.Parameter]:
+        """Keep LoRA and MoGLE in float32 whatever the base's dtype (fp32 master weights in
+        training; the same weights at sampling), and return them."""
+        trainable = self.trainable_parameters()
+        for p in trainable:
+            p.data = p.data.float()
+        return trainable
 
     def forward(self, z_t: Tensor, sigma: Tensor, text: Tensor, pooled: Tensor, *,
                 img_ids: Tensor, txt_ids: Tensor, cond_latents: Tensor | None = None,

@@ -11,9 +11,11 @@ the global colour mask, slots 1..19 = the binary masks of labels 0..18) VAE-enco
 - Output: the weighted sum of expert outputs, one (B, L, D) token sequence.
 
 Time convention: `sigma` is the flow time in [0, 1] (1 = pure noise) in training and sampling
-alike; the gate scales it by 1000 internally before the sinusoidal embedding. The official
-release fed the gate t in (0, 1) in training but scheduler timesteps in (0, 1000] in sampling
-(docs/design.md, bug B2), so its gate saw at test time times it was never trained on.
+alike; the gate scales it by `time_scale` (params `model.gate_time_scale`, default 1000)
+before the sinusoidal embedding. The official release fed the gate t in (0, 1) in training but
+scheduler timesteps in (0, 1000] in sampling (docs/design.md, bug B2), so its gate saw at test
+time times it was never trained on; its weights are loaded with time_scale 1, the scale they
+were trained on (facemogle/app/official.py).
 
 Ablations of paper Tables 3-5 are the registries `EXPERTS` and `GATINGS` at the end of the file,
 whose keys are the valid values of the `experts` and `gating` params.
@@ -172,16 +174,18 @@ class MatrixGate(StaticGate):
     Linear projection of z_t, and the time embedding broadcast over tokens.
     """
 
-    def __init__(self, *, token_dim: int, hidden: int, num_experts: int):
+    def __init__(self, *, token_dim: int, hidden: int, num_experts: int,
+                 time_scale: float = TIME_SCALE):
         super().__init__(token_dim=token_dim, hidden=hidden, num_experts=num_experts)
+        self.time_scale = time_scale
         self.noise_proj = nn.Linear(token_dim, hidden)
         self.time_proj = Timesteps(hidden, flip_sin_to_cos=True, downscale_freq_shift=0)
         self.time_embed = TimestepEmbedding(hidden, hidden)
 
     def time_embedding(self, sigma: Tensor, dtype: torch.dtype) -> Tensor:
-        """sigma (B,) in [0, 1] -> (B, hidden) embedding of 1000 * sigma."""
+        """sigma (B,) in [0, 1] -> (B, hidden) embedding of time_scale * sigma."""
         # Sinusoids in fp32, as diffusers computes them: 1000 * sigma in bf16 rounds to steps of 4.
-        sinusoids = self.time_proj(sigma.float() * TIME_SCALE)  # (B, H)
+        sinusoids = self.time_proj(sigma.float() * self.time_scale)  # (B, H)
         return self.time_embed(sinusoids.to(dtype))  # (B, H)
 
     def gate_input(self, mask_tokens: Tensor, z_t: Tensor, sigma: Tensor) -> Tensor:
@@ -204,6 +208,22 @@ class ScalarGate(MatrixGate):
 # ----------------------------------------------------------------------------------------------
 
 
+SIGMA_RANGE_ERROR = ("MoGLE: sigma must be the flow time in [0, 1] (1 = pure noise); divide "
+                     "scheduler timesteps in [0, 1000] by 1000")
+
+
+def check_flow_time(sigma: Tensor) -> None:
+    """Refuse a gate time outside [0, 1] (guards docs/design.md, bug B2) on every device: on the
+    CPU at once with the values seen; on an accelerator as an asynchronous device assert, which
+    costs no host sync per step and fails the run at the next synchronisation."""
+    inside = ((sigma >= 0) & (sigma <= 1)).all()
+    if sigma.device.type != "cpu":
+        torch._assert_async(inside, SIGMA_RANGE_ERROR)
+    elif not bool(inside):
+        raise ValueError(f"{SIGMA_RANGE_ERROR}; got values in [{sigma.min().item():g}, "
+                         f"{sigma.max().item():g}]")
+
+
 class MoGLE(nn.Module):
     """Mixture of global and local experts over the 1 + `num_local` mask slots (paper sec. 3.2).
 
@@ -218,7 +238,8 @@ class MoGLE(nn.Module):
     """
 
     def __init__(self, *, token_dim: int = 64, expert_hidden: int = 32, gate_hidden: int = 64,
-                 num_local: int = 19, experts: str = "global_local", gating: str = "matrix"):
+                 num_local: int = 19, experts: str = "global_local", gating: str = "matrix",
+                 time_scale: float = TIME_SCALE):
         super().__init__()
         variant = _lookup(EXPERTS, experts, "experts")
         gate_cls = _lookup(GATINGS, gating, "gating")
@@ -227,7 +248,9 @@ class MoGLE(nn.Module):
         for name, value in sizes.items():
             if value < 1:
                 raise ValueError(f"MoGLE: {name} must be a positive integer, got {value!r}")
-        self.config = {**sizes, "experts": experts, "gating": gating}
+        if not time_scale > 0:
+            raise ValueError(f"MoGLE: time_scale must be positive, got {time_scale!r}")
+        self.config = {**sizes, "experts": experts, "gating": gating, "time_scale": time_scale}
         self.token_dim = token_dim
         self.num_slots = 1 + num_local
         self.experts = ExpertBank(variant, token_dim=token_dim, hidden=expert_hidden,
@@ -237,7 +260,9 @@ class MoGLE(nn.Module):
             # A softmax over one expert is identically 1: a gate would hold parameters that
             # never receive a gradient (experts="global").
             gate_cls = NoGate
-        self.gate = gate_cls(token_dim=token_dim, hidden=gate_hidden, num_experts=len(self.slots))
+        timed = {"time_scale": time_scale} if issubclass(gate_cls, MatrixGate) else {}
+        self.gate = gate_cls(token_dim=token_dim, hidden=gate_hidden, num_experts=len(self.slots),
+                             **timed)
 
     def _check_inputs(self, cond: Tensor, z_t: Tensor, sigma: Tensor) -> None:
         if cond.ndim != 4 or cond.shape[1] != self.num_slots or cond.shape[3] != self.token_dim:
@@ -249,13 +274,8 @@ class MoGLE(nn.Module):
                              f"matching cond, got shape {tuple(z_t.shape)}")
         if tuple(sigma.shape) != (batch,):
             raise ValueError(f"MoGLE: sigma must have shape ({batch},), got {tuple(sigma.shape)}")
-        # Guards bug B2 (docs/design.md); skipped under torch.compile to avoid a graph break.
-        # Checked on CPU only: on an accelerator the check would cost a host sync every step.
-        if (sigma.device.type == "cpu" and not torch.compiler.is_compiling()
-                and not bool(((sigma >= 0) & (sigma <= 1)).all())):
-            raise ValueError(f"MoGLE: sigma must be the flow time in [0, 1] (1 = pure noise), got "
-                             f"values in [{sigma.min().item():g}, {sigma.max().item():g}]; "
-                             f"divide scheduler timesteps in [0, 1000] by 1000")
+        if not torch.compiler.is_compiling():  # no graph break under torch.compile
+            check_flow_time(sigma)
 
     def gate_weights(self, cond: Tensor, z_t: Tensor, sigma: Tensor) -> Tensor:
         """Expert weights per token.
@@ -319,4 +339,4 @@ def build_mogle(model_cfg: ModelConfig, *, experts: str, gating: str,
     """
     return MoGLE(token_dim=token_dim, expert_hidden=model_cfg.expert_hidden,
                  gate_hidden=model_cfg.gate_hidden, num_local=NUM_LABELS, experts=experts,
-                 gating=gating)
+                 gating=gating, time_scale=model_cfg.gate_time_scale)

@@ -18,13 +18,16 @@ from facemogle.models.facemogle import FaceMoGLE
 
 @dataclass
 class Conditions:
-    """What one batch is conditioned on; `cond_latents` None means no mask (text2face)."""
+    """What one batch is conditioned on. text2face conditions on the empty mask (20 empty slots,
+    as whole-mask dropout trains it); `cond_latents` None means no condition tokens at all (the
+    plain base, the `base` reference mode)."""
 
     text: Tensor  # (B, T, D)
     pooled: Tensor  # (B, P)
     cond_latents: Tensor | None  # (B, 20, L, C) or None
     empty_text: Tensor  # (T, D) embeddings of "" (for true CFG)
     empty_pooled: Tensor  # (P,)
+    empty_slot: Tensor | None = None  # (L, C) latent of an empty slot (true CFG with a mask)
 
 
 def velocity_fn(model: FaceMoGLE, cond: Conditions, *, latent_size: int, guidance: float,
@@ -37,19 +40,18 @@ def velocity_fn(model: FaceMoGLE, cond: Conditions, *, latent_size: int, guidanc
         if cfg_scale == 1.0:
             return model(z_t, sigma, cond.text, cond.pooled, img_ids=img_ids, txt_ids=txt_ids,
                          cond_latents=cond.cond_latents, guidance=guidance)
-        # True CFG against the fully unconditional prediction (empty prompt, no mask tokens),
-        # for base models without a distilled guidance embedding. Both halves run in one batch;
-        # the unconditional half drops its mask through `cond_keep`.
+        # True CFG against the fully unconditional prediction (empty prompt and, with condition
+        # tokens, the empty mask: what text and whole-mask dropout train together), for base
+        # models without a distilled guidance embedding. Both halves run in one batch.
         b = z_t.shape[0]
         text = torch.cat([cond.text, cond.empty_text.expand_as(cond.text)])
         pooled = torch.cat([cond.pooled, cond.empty_pooled.expand_as(cond.pooled)])
-        slots, keep = None, None
+        slots = None
         if cond.cond_latents is not None:
-            slots = torch.cat([cond.cond_latents, cond.cond_latents])
-            keep = torch.arange(2 * b, device=device) < b
+            empty_mask = cond.empty_slot.expand_as(cond.cond_latents)  # (B, 20, L, C)
+            slots = torch.cat([cond.cond_latents, empty_mask])
         v = model(torch.cat([z_t, z_t]), torch.cat([sigma, sigma]), text, pooled,
-                  img_ids=img_ids, txt_ids=txt_ids, cond_latents=slots, cond_keep=keep,
-                  guidance=guidance)
+                  img_ids=img_ids, txt_ids=txt_ids, cond_latents=slots, guidance=guidance)
         v_cond, v_uncond = v[:b], v[b:]
         return v_uncond + cfg_scale * (v_cond - v_uncond)
 
@@ -87,15 +89,30 @@ def decode_images(vae, packed: Tensor, latent_size: int) -> Tensor:
 
 
 def mode_conditions(cache, rows: Tensor, mode: str, device: torch.device) -> Conditions:
-    """The inputs of `mode` for cached test rows; prompts are each image's first caption."""
+    """The inputs of `mode` for cached test rows; prompts are each image's first caption.
+
+    multimodal: caption + mask; mask2face: "" + mask; text2face: caption + the empty mask
+    through MoGLE; base: caption and no condition tokens (the plain base, a reference).
+    """
     first = torch.zeros_like(rows)
     text, pooled = cache.text(rows, first)  # (B, T, D), (B, P)
     if mode == "mask2face":
         text = cache.empty_text_seq.expand_as(text)
         pooled = cache.empty_text_pooled.expand_as(pooled)
-    slots = None if mode == "text2face" else cache.slots(rows).to(device)  # (B, 20, L, C)
-    return Conditions(text.to(device), pooled.to(device), slots,
-                      cache.empty_text_seq.to(device), cache.empty_text_pooled.to(device))
+    slots = cache.slots(rows)  # (B, 20, L, C)
+    if mode == "text2face":
+        slots = cache.empty_slot.expand_as(slots)
+    return Conditions(text.to(device), pooled.to(device),
+                      None if mode == "base" else slots.to(device),
+                      cache.empty_text_seq.to(device), cache.empty_text_pooled.to(device),
+                      cache.empty_slot.to(device))
+
+
+def sampling_autocast(base_dtype: torch.dtype, device: torch.device):
+    """The precision policy of sampling, shared by the `sample` stage and `FaceMoGLEPipeline`:
+    inputs, LoRA and MoGLE stay float32 as trained, and a bf16 base (FLUX.1-dev) computes in
+    bf16 under autocast; off for a float32 base."""
+    return torch.autocast(device.type, dtype=base_dtype, enabled=base_dtype != torch.float32)
 
 
 def sample_rows(model: FaceMoGLE, base, cache, rows: Tensor, mode: str, cfg, *, seed: int,
@@ -104,9 +121,7 @@ def sample_rows(model: FaceMoGLE, base, cache, rows: Tensor, mode: str, cfg, *, 
     device = next(model.parameters()).device
     seeds = [flow.seed_for(cache.ids[int(r)], seed) for r in rows]
     cond = mode_conditions(cache, rows, mode, device)
-    # A bf16 base (FLUX.1-dev) computes in bf16 while the fp32 cached inputs and MoGLE stay fp32.
-    dtype = base.transformer.dtype
-    with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+    with sampling_autocast(base.transformer.dtype, device):
         packed = generate_latents(model, cond, seeds, latent_size=cache.latent_size,
                                   steps=cfg.steps, guidance=cfg.guidance, cfg_scale=cfg.cfg_scale,
                                   scheduler_config=base.scheduler_config, progress=progress)

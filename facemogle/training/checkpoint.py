@@ -128,5 +128,6 @@ def load_trained(transformer, model_dir: str | Path, params):
     """Face-MoGLE rebuilt on `transformer` from `params` (`FaceMoGLE.from_params`) with the
     trained weights of `model_dir`, in eval mode."""
     model = FaceMoGLE.from_params(transformer, params)
+    model.float32_trainables()  # as trained, before the float32 weights are loaded
     load_model_weights(model_dir, model)
     return model.eval()

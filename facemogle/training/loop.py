@@ -87,9 +87,7 @@ def train(model: FaceMoGLE, cache: LatentCache, params: Params, out_dir: str | P
                          f"{accelerator.gradient_accumulation_steps} batches: create it with "
                          "gradient_accumulation_steps=train.grad_accum")
     out_dir = Path(out_dir)
-    trainable = model.trainable_parameters()
-    for p in trainable:
-        p.data = p.data.float()  # fp32 master weights; autocast handles bf16 compute
+    trainable = model.float32_trainables()  # fp32 master weights; autocast computes in bf16
     optimizer = make_optimizer(trainable, cfg)
     if cfg.compile:
         enable_compile()

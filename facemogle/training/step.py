@@ -24,8 +24,7 @@ class Batch:
     x0: Tensor  # (B, L, C) clean packed image latents
     text: Tensor  # (B, T, D)
     pooled: Tensor  # (B, P)
-    cond_latents: Tensor  # (B, 20, L, C)
-    cond_keep: Tensor | None  # (B,) bool: False = whole mask dropped; None = all kept
+    cond_latents: Tensor  # (B, 20, L, C); a dropped mask is 20 empty slots
     sigma: Tensor  # (B,) flow time in [0, 1]
     noise: Tensor  # (B, L, C)
 
@@ -33,8 +32,7 @@ class Batch:
         """This process's contiguous 1/count of the batch."""
         size = self.x0.shape[0] // count
         part = slice(index * size, (index + 1) * size)
-        return Batch(*(None if getattr(self, f.name) is None else getattr(self, f.name)[part]
-                       for f in fields(self)))
+        return Batch(*(getattr(self, f.name)[part] for f in fields(self)))
 
 
 def make_batch(cache: LatentCache, rows: Tensor, cfg: TrainConfig,
@@ -44,8 +42,9 @@ def make_batch(cache: LatentCache, rows: Tensor, cfg: TrainConfig,
     - text: with p = text_drop the caption is replaced by the empty prompt (as in the paper);
     - local masks: each of slots 1..19 independently with p = local_mask_drop becomes the empty
       slot (the official code zeroes each binary mask image the same way);
-    - whole mask: with p = mask_drop the sample has no condition tokens at all, so text-only
-      generation is trained rather than only advertised (docs/design.md, bug B4);
+    - whole mask: with p = mask_drop every slot, the colour mask included, becomes the empty
+      slot; the condition tokens stay, so LoRA and MoGLE learn text-only generation, the way
+      text2face samples (docs/design.md, bug B4);
     - sigma ~ logit-normal(mean, std), one per sample (paper section 4.1).
     """
     b = rows.shape[0]
@@ -60,12 +59,13 @@ def make_batch(cache: LatentCache, rows: Tensor, cfg: TrainConfig,
     drop_local = u(b, slots.shape[1]) < cfg.local_mask_drop  # (B, 20)
     drop_local[:, 0] = False  # the global colour mask is dropped only with the whole mask
     slots = torch.where(drop_local[:, :, None, None], cache.empty_slot, slots)
-    cond_keep = u(b) >= cfg.mask_drop  # (B,)
+    drop_mask = u(b) < cfg.mask_drop  # (B,)
+    slots = torch.where(drop_mask[:, None, None, None], cache.empty_slot, slots)
     x0 = cache.image[rows]  # (B, L, C)
     sigma = flow.sample_sigmas(b, cfg.logit_normal_mean, cfg.logit_normal_std,
                                generator=generator)  # (B,)
     noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype)  # (B, L, C)
-    return Batch(x0, text, pooled, slots, cond_keep, sigma, noise)
+    return Batch(x0, text, pooled, slots, sigma, noise)
 
 
 def training_loss(model: FaceMoGLE, batch: Batch, *, latent_size: int, guidance: float = 1.0,
@@ -76,7 +76,7 @@ def training_loss(model: FaceMoGLE, batch: Batch, *, latent_size: int, guidance:
     img_ids = latents.image_ids(latent_size, latent_size, device=device)
     txt_ids = latents.text_ids(batch.text.shape[1], device=device)
     pred = model(z_t, batch.sigma, batch.text, batch.pooled, img_ids=img_ids, txt_ids=txt_ids,
-                 cond_latents=batch.cond_latents, cond_keep=batch.cond_keep,
+                 cond_latents=batch.cond_latents,
                  guidance=guidance, checkpointing=checkpointing)
     return flow.rectified_flow_loss(pred, batch.x0, batch.noise)
 
@@ -97,16 +97,11 @@ def draw_batch(cache: LatentCache, batch_size: int, cfg: TrainConfig, generator:
 
     Rows, condition dropout, time and noise are drawn on the CPU from the generator every
     process shares, so ranks see different samples and N processes x batch b reproduce one
-    process with batch N*b; the key-mask decision is made on the CPU copy (no device sync), then
-    one copy goes to the device.
+    process with batch N*b; then one copy goes to the device.
     """
     rows = torch.randint(len(cache.ids), (batch_size * world,), generator=generator)
     batch = make_batch(cache, rows, cfg, generator).shard(rank, world)
-    if bool(batch.cond_keep.all()):
-        batch.cond_keep = None  # no key mask needed
-    return Batch(*(None if getattr(batch, f.name) is None
-                   else getattr(batch, f.name).to(device, non_blocking=True)
-                   for f in fields(batch)))
+    return Batch(*(getattr(batch, f.name).to(device, non_blocking=True) for f in fields(batch)))
 
 
 def train_step(model, batch: Batch, optimizer: torch.optim.Optimizer,

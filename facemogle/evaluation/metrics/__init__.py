@@ -7,9 +7,12 @@ is needed, a backend that loads it (docs/design.md, "Metrics"):
 - `inception`: FID / KID x1000 (Inception-V3 pool3 through torchmetrics/torch-fidelity).
 - `cmmd`: CMMD on CLIP ViT-L/14-336 image embeddings.
 - `clip_score`: 100 x cos(CLIP ViT-B/16 image, caption).
-- `dino`: DINO ViT-B/8 key self-similarity structure distance, per image.
+- `dino`: DINO ViT-B/8 key self-similarity structure distance, per image (and, on request,
+  under the official release's batch-summed protocol).
 - `imagereward`: ImageReward v1.0 (optional package and weights).
 - `detection`: deepfake-detection AUC / EER / AP; `SmallDetector` for offline runs.
+- `npr`, `wavelet_clip`: the paper's pretrained detectors (NPR; CLIP + wavelet head, with the
+  DWT of `wavelets`); `checkpoints`: safe, strict loading of their weight files.
 - `segmentation`: mask mIoU / pixel accuracy of parsed label maps.
 - `attributes`: caption attributes read back from the generated pixels.
 - `report`: paper-style Markdown tables; `suite`: the model metrics for a stage.

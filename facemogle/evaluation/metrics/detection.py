@@ -2,7 +2,8 @@
 
 The paper reports how well detectors (NPR, Wavelet-CLIP) tell its faces from real ones; lower
 AUC and AP and higher EER mean more realistic faces. Any `Detector` can supply the scores
-(higher = more likely generated). Pretrained detectors have no offline weights, so the embedded
+(higher = more likely generated). The paper's detectors are in `npr` and `wavelet_clip` and run
+when the authors' weights are configured; the embedded
 default is `SmallDetector`, a small CNN trained here to separate the two sets, with k-fold
 cross-fitting (`cross_fit_scores`) so that every image is scored by a model that never saw it.
 """
@@ -24,7 +25,13 @@ from facemogle.evaluation.metrics.common import (
     resolve_device,
 )
 
-METRIC_NAMES: tuple[str, ...] = ("detect_auc", "detect_eer", "detect_ap")
+
+def metric_names(prefix: str = "detect") -> tuple[str, ...]:
+    """One detector's AUC / EER / AP names: `<prefix>_auc`, `<prefix>_eer`, `<prefix>_ap`."""
+    return tuple(f"{prefix}_{k}" for k in ("auc", "eer", "ap"))
+
+
+METRIC_NAMES: tuple[str, ...] = metric_names()  # the embedded SmallDetector
 
 
 class Detector(Protocol):
@@ -79,11 +86,12 @@ def detection_metrics(real_scores: np.ndarray, fake_scores: np.ndarray) -> dict[
     }
 
 
-def detection_metric_values(real_scores: np.ndarray, fake_scores: np.ndarray, backend: str
-                            ) -> list[MetricValue]:
-    """`detection_metrics` as `METRIC_NAMES` metric values."""
+def detection_metric_values(real_scores: np.ndarray, fake_scores: np.ndarray, backend: str,
+                            *, prefix: str = "detect") -> list[MetricValue]:
+    """`detection_metrics` as metric values named `metric_names(prefix)` (one name per detector,
+    e.g. "detect" for the embedded detector, "npr", "wavelet_clip"; the same three metrics)."""
     values = detection_metrics(real_scores, fake_scores)
-    return [MetricValue(f"detect_{k}", v, backend) for k, v in values.items()]
+    return [MetricValue(f"{prefix}_{k}", v, backend) for k, v in values.items()]
 
 
 def _to_tensor(images: Images, size: int) -> torch.Tensor:

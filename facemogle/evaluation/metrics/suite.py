@@ -20,7 +20,15 @@ from collections.abc import Callable, Sequence
 import torch
 
 from facemogle.core.config import EvaluateConfig
-from facemogle.evaluation.metrics import clip_score, cmmd, dino, imagereward, inception
+from facemogle.evaluation.metrics import (
+    clip_score,
+    cmmd,
+    dino,
+    imagereward,
+    inception,
+    npr,
+    wavelet_clip,
+)
 from facemogle.evaluation.metrics.common import (
     BackendUnavailable,
     Images,
@@ -41,13 +49,16 @@ WEIGHTS: dict[str, tuple[str, str]] = {
     "clip_score": ("clip_score_model", "CLIP ViT-B/16"),
     "dino": ("dino_model", "DINO ViT-B/8"),
     "image_reward": ("imagereward_path", "ImageReward"),
+    "npr": ("npr_path", "NPR detector"),
+    "wavelet_clip": ("wavelet_clip_path", "Wavelet-CLIP detector"),
 }
 _MODEL_LOADERS = {"cmmd": cmmd.ClipImageEmbedder.load, "clip_score": clip_score.ClipScorer.load,
-                  "dino": dino.DinoStructure.load}
+                  "dino": dino.DinoStructure.load, "npr": npr.NPRDetector.load}
 
 
 class ModelSuite:
-    """FID/KID, CMMD, CLIP score, DINO structure distance and ImageReward for paired images."""
+    """FID/KID, CMMD, CLIP score, DINO structure distance, ImageReward and the NPR and
+    Wavelet-CLIP detectors (Table 6) for paired images."""
 
     def __init__(self, cfg: EvaluateConfig, *, device: torch.device | str | None = None,
                  dtype: torch.dtype = torch.float32):
@@ -66,6 +77,14 @@ class ModelSuite:
             raise BackendUnavailable(f"evaluate.{key} is null: no {what} weights configured")
         if name == "image_reward":
             return imagereward.ImageRewardScorer.load(path, device=self.device)
+        if name == "wavelet_clip":
+            if self.cfg.wavelet_clip_backbone is None:  # half configured: an error, not a skip
+                raise ValueError("evaluate.wavelet_clip_path is set but "
+                                 "evaluate.wavelet_clip_backbone (local CLIP ViT-L/14 folder) "
+                                 "is null")
+            return wavelet_clip.WaveletClipDetector.load(
+                path, self.cfg.wavelet_clip_backbone, batch_size=self.cfg.batch_size,
+                device=self.device, dtype=self.dtype)
         return _MODEL_LOADERS[name](path, batch_size=self.cfg.batch_size, device=self.device,
                                     dtype=self.dtype)
 
@@ -91,12 +110,15 @@ class ModelSuite:
                  *, structure: bool = True, seed: int = 0) -> list[MetricValue]:
         """All model metrics of generated vs reference images, paired by position.
 
-        captions: the prompt of each generated image, or None in a mode without text (text
-        metrics skipped). structure=False skips the DINO distance (a mode without a mask).
+        captions: the caption of each image's id (the `evaluate` stage passes it in every
+        mode, mask2face included: the text level a face reaches without the text), or None
+        when there is none (text metrics skipped). structure=False skips the DINO distance,
+        which needs the reference photo of each generated image's id (FID, KID and CMMD only
+        compare the two sets).
         """
         cfg = self.cfg
-        no_text = None if captions is not None else "this mode has no text prompt"
-        no_mask = None if structure else "this mode has no mask condition"
+        no_text = None if captions is not None else "no caption given"
+        no_mask = None if structure else "the reference images are not paired by id"
         return [
             *self._run("inception", inception.METRIC_NAMES, lambda b: inception.fid_kid_metrics(
                 b, generated, reference, subsets=cfg.kid_subsets,
@@ -105,11 +127,17 @@ class ModelSuite:
                 b, generated, reference, estimator=cfg.cmmd_estimator)),
             *self._run("clip_score", clip_score.METRIC_NAMES,
                        lambda b: clip_score.clip_score_metrics(b, generated, captions), no_text),
-            *self._run("dino", dino.METRIC_NAMES,
-                       lambda b: dino.dino_metrics(b, generated, reference), no_mask),
+            *self._run("dino", dino.metric_names(cfg.dino_protocol),
+                       lambda b: dino.dino_metrics(b, generated, reference,
+                                                   protocol=cfg.dino_protocol), no_mask),
             *self._run("image_reward", imagereward.METRIC_NAMES,
                        lambda b: imagereward.image_reward_metrics(b, generated, captions),
                        no_text),
+            # Table 6 detectors: real = reference, fake = generated
+            *self._run("npr", npr.METRIC_NAMES,
+                       lambda b: npr.npr_metrics(b, generated, reference)),
+            *self._run("wavelet_clip", wavelet_clip.METRIC_NAMES,
+                       lambda b: wavelet_clip.wavelet_clip_metrics(b, generated, reference)),
         ]
 
 
