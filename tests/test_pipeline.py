@@ -150,7 +150,7 @@ def smoke_repo(tmp_path_factory) -> Path:
 def test_dvc_repro_then_exp_run_changes_params_and_metrics(smoke_repo):
     repo = smoke_repo
     _run(DVC + ["repro"], repo)
-    for mode in ("multimodal", "mask2face", "text2face"):
+    for mode in ("multimodal", "mask2face", "text2face", "base"):
         metrics = json.loads((repo / "metrics" / "eval" / f"{mode}.json").read_text())
         assert metrics["mask_miou"] is not None
         assert len(list((repo / "data" / "samples" / mode).glob("*.png"))) == SMOKE["data"]["num_test"]
@@ -166,11 +166,20 @@ def test_dvc_repro_then_exp_run_changes_params_and_metrics(smoke_repo):
     assert "Running stage" not in again.stdout
     _run(["git", "add", "-A"], repo)
     _run(["git", "commit", "-qm", "baseline"], repo)
+    before = {m: _pngs(repo / "data" / "samples" / m) for m in ("text2face", "base")}
     _run(DVC + ["exp", "run", "-n", "scalar", "-S", "gating=scalar"], repo)
     diff = _run(DVC + ["exp", "diff", "--json"], repo)
     changes = json.loads(diff.stdout)
     assert changes["params"]["params.yaml"]["gating"]["new"] == "scalar"
     assert any(changes["metrics"][f] for f in changes["metrics"]), "metrics did not change"
+    # text2face runs through the trained LoRA and MoGLE: another checkpoint, other faces; the
+    # plain base (no condition tokens) is the same frozen transformer in both.
+    assert _pngs(repo / "data" / "samples" / "text2face") != before["text2face"]
+    assert _pngs(repo / "data" / "samples" / "base") == before["base"]
+
+
+def _pngs(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.glob("*.png"))}
 
 
 @pytest.mark.slow

@@ -8,18 +8,20 @@ all 20 mask slots are stored) with a stand-in VAE and text encoder that give the
 shapes at almost no compute, in a fresh process, and records the peak resident memory above the
 process's memory before `build_cache` (Linux `VmHWM`, reset through `/proc/self/clear_refs`).
 The grid varies shard size, captions, text width, batch size and resolution, in a family where
-the text dominates (64 px) and one where the images do (64-wide text), and a least-squares fit of
+the text dominates (64 px), one where the images do (64-wide text) and one where both are
+large. The stage encodes the images first and the text after them, so its peak is that of the
+larger phase; the least-squares fit of
 
-    peak = b0 + s_text * shard_text + s_pixels * shard_pixels
-              + max(b_text * batch_text, b_pixels * batch_pixels)
+    peak = b0 + max(image phase, text phase)
+    image phase = i_shard * shard_pixels + i_batch * batch_pixels
+    text phase  = t_pixels * shard_pixels + t_shard * shard_text + t_batch * batch_text
 
-(the byte sizes, in float32, of a shard's text states (K, T, D) and its face and slot images
-(N * 21, 3, R, R), and of one batch's text states (b, T, D) and images ((b + 20), 3, R, R): a
-batch and one image's 20 decoupled slots; text and images are encoded one after the other, so
-a batch of each is never held at once) is extrapolated to MM-CelebA-HQ (`MM_CELEBA_HQ`). The
-stand-ins run on the CPU and do no real work: the fit holds the data the stage holds, with the
-encoders' float32 output on the host (on a GPU the stage copies float16 to the host), not the
-encoders' own working memory.
+(the byte sizes, in float32, of a shard's face and slot images (N * 21, 3, R, R) and its text
+states (K, T, D), and of one batch's images ((b + 20), 3, R, R: a batch and one image's 20
+decoupled slots) and text states (b, T, D); `t_pixels`: images still held while the text is
+encoded) is extrapolated to MM-CelebA-HQ (`MM_CELEBA_HQ`). The stand-ins run on the CPU and do
+no real work: the fit holds the data the stage holds, with the encoders' float32 output on the
+host (on a GPU the stage copies float16 to the host), not the encoders' own working memory.
 """
 
 from __future__ import annotations
@@ -82,12 +84,14 @@ MM_CELEBA_HQ = CacheScale(images=256, captions=10, text_tokens=512, text_dim=409
 TEXT = CacheScale(images=8, captions=4, text_tokens=256, text_dim=1024, pooled_dim=768,
                   resolution=64, batch_size=8)  # the text dominates
 PIXELS = replace(TEXT, text_dim=64, resolution=256)  # the images dominate
+BOTH = replace(TEXT, captions=8, text_dim=2048, resolution=256)  # both large
 GRID = (TEXT, replace(TEXT, images=16), replace(TEXT, captions=8), replace(TEXT, text_dim=2048),
         replace(TEXT, batch_size=32), replace(TEXT, images=16, captions=8, text_dim=2048,
                                               batch_size=32),
         PIXELS, replace(PIXELS, images=16), replace(PIXELS, resolution=384),
         replace(PIXELS, batch_size=32), replace(PIXELS, images=16, resolution=384, batch_size=32),
-        replace(TEXT, images=16, captions=8, text_dim=2048, resolution=256, batch_size=32))
+        BOTH, replace(BOTH, images=16, batch_size=32), replace(BOTH, captions=16, batch_size=32))
+COEFFICIENTS = ("b0", "i_shard", "i_batch", "t_pixels", "t_shard", "t_batch")
 
 
 class StandinVAE:
@@ -206,27 +210,38 @@ def peak_memory(scale: CacheScale, build_module: str | None = None) -> int:
         return int(done.stdout.strip().splitlines()[-1])
 
 
+def _phases(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The regressors (points, 5) of the image and the text phase: (points, 2), (points, 3)."""
+    _, shard_text, shard_pixels, batch_text, batch_pixels = x.T
+    return (np.stack([shard_pixels, batch_pixels], axis=1),
+            np.stack([shard_pixels, shard_text, batch_text], axis=1))
+
+
+def _predict(c: np.ndarray, x: np.ndarray) -> np.ndarray:
+    image, text = _phases(x)
+    return c[0] + np.maximum(image @ c[1:3], text @ c[3:6])  # (points,)
+
+
 def predict(coefficients: np.ndarray, scale: CacheScale) -> float:
-    """The memory model (module docstring) with `coefficients` (b0, s_text, s_pixels, b_text,
-    b_pixels), in bytes."""
-    x = np.array(scale.regressors())
-    c = coefficients
-    return float(c[:3] @ x[:3] + max(c[3] * x[3], c[4] * x[4]))
+    """The memory model (module docstring) with `coefficients` (`COEFFICIENTS`), in bytes."""
+    return float(_predict(coefficients, np.array([scale.regressors()]))[0])
 
 
 def fit(scales: list[CacheScale], peaks: list[int]) -> np.ndarray:
-    """Least-squares coefficients of the memory model: for every choice of the max's branch at
-    each point (the grid is small), a linear fit; the one whose model fits best."""
+    """Least-squares coefficients (`COEFFICIENTS`) of the memory model: for every choice of the
+    larger phase at each point (the grid is small), a linear fit; the one that fits best."""
     x = np.array([s.regressors() for s in scales])  # (points, 5)
     y = np.array(peaks, dtype=float)  # (points,)
-    best, best_error = np.zeros(5), np.inf
-    for branch in itertools.product((True, False), repeat=len(scales)):
-        text = np.array(branch)  # (points,): the batch-text branch is the max
-        design = np.column_stack([x[:, :3], np.where(text, x[:, 3], 0), np.where(text, 0, x[:, 4])])
-        coefficients = np.linalg.lstsq(design, y, rcond=None)[0]  # (5,)
-        error = sum((predict(coefficients, s) - p) ** 2 for s, p in zip(scales, peaks))
+    image, text = _phases(x)
+    best, best_error = np.zeros(len(COEFFICIENTS)), np.inf
+    for choice in itertools.product((True, False), repeat=len(scales)):
+        is_text = np.array(choice)[:, None]  # (points, 1): the text phase is the larger
+        design = np.hstack([np.ones((len(y), 1)), np.where(is_text, 0, image),
+                            np.where(is_text, text, 0)])  # (points, 6)
+        c = np.linalg.lstsq(design, y, rcond=None)[0]  # (6,)
+        error = float(np.sum((_predict(c, x) - y) ** 2))
         if error < best_error:
-            best, best_error = coefficients, error
+            best, best_error = c, error
     return best
 
 
@@ -237,8 +252,7 @@ def report(build_module: str | None = None, grid: tuple[CacheScale, ...] = GRID)
     return {"build_module": build_module or "facemogle/cache/build.py",
             "points": [{**asdict(s), "peak_bytes": p, "fit_bytes": predict(coefficients, s),
                         "stored_bytes": s.stored_bytes()} for s, p in zip(grid, peaks)],
-            "coefficients": dict(zip(["b0", "shard_text", "shard_pixels", "batch_text",
-                                      "batch_pixels"], coefficients.tolist())),
+            "coefficients": dict(zip(COEFFICIENTS, coefficients.tolist())),
             "mm_celeba_hq": {**asdict(MM_CELEBA_HQ),
                              "peak_bytes": predict(coefficients, MM_CELEBA_HQ),
                              "stored_bytes": MM_CELEBA_HQ.stored_bytes()}}

@@ -13,6 +13,16 @@ A slot whose mask is empty is not stored per image: `slot_index` is -1 there and
 empty-slot latent. Finished shards are kept, so an interrupted stage resumes where it stopped;
 a shard written under another configuration (fingerprint) is discarded. Under torchrun the
 processes encode every n-th shard each.
+
+Options (`cache` section): `max_captions` stores the first n captions of each image (K shrinks);
+`trim_text_padding` stores each caption's real tokens only: `text_seq` is replaced by
+`text_tokens` (S, D), the captions' real tokens one after another, and `text_lengths` (K,), and
+`facemogle.cache.store` restores the full (T, D) sequence on reading. Both enter the fingerprint.
+
+Memory: a shard is streamed to disk as it is encoded (`ShardWriter`: the header first, from the
+shapes known in advance, then each batch's rows at their place in the file, already in the
+stored dtype), so a process holds one batch of encoder output, not the shard. The file's bytes
+are those `save_file` writes for the same tensors.
 """
 
 from __future__ import annotations
@@ -20,20 +30,28 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Self
 
 import numpy as np
+import safetensors.torch
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 from tqdm import tqdm
 
-from facemogle.cache.store import CACHE_FORMAT, STORE_DTYPE
+from facemogle.cache.store import CACHE_FORMAT, STORE_DTYPE, TRIMMED_CACHE_FORMAT
 from facemogle.core import labels, latents
 from facemogle.core.io import atomic_path, open_image, read_jsonl, write_json
 
 log = logging.getLogger(__name__)
+
+Specs = dict[str, tuple[torch.dtype, tuple[int, ...]]]  # tensor name -> (dtype, shape)
 
 
 def fingerprint(config: dict) -> str:
@@ -70,59 +88,268 @@ def _save(path: Path, tensors: dict[str, Tensor], stamp: str) -> None:
                   metadata={"fingerprint": stamp})
 
 
+# ----------------------------------------------------------------------------------------------
+# Writing a safetensors file block by block
+# ----------------------------------------------------------------------------------------------
+
+
+def safetensors_header(specs: Specs, metadata: dict[str, str]) -> tuple[bytes, dict[str, int]]:
+    """The header `save_file` writes for tensors of `specs` with `metadata` (length prefix
+    included), and each tensor's byte offset in the data that follows it.
+
+    The order of the tensors in the file (safetensors sorts them by dtype, then name) and the
+    dtype names are taken from safetensors itself, by serialising one element of each.
+    """
+    probe = safetensors.torch.save({k: torch.zeros(1, dtype=d) for k, (d, _) in specs.items()})
+    order = json.loads(probe[8:8 + int.from_bytes(probe[:8], "little")])  # file order
+    header: dict = {"__metadata__": metadata}
+    begin, end = {}, 0
+    for key, entry in order.items():
+        dtype, shape = specs[key]
+        begin[key], end = end, end + math.prod(shape) * dtype.itemsize
+        header[key] = {"dtype": entry["dtype"], "shape": list(shape),
+                       "data_offsets": [begin[key], end]}
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # the data starts 8-byte aligned, as safetensors pads
+    return len(text).to_bytes(8, "little") + text, begin
+
+
+def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
+    while len(data):
+        written = os.pwrite(fd, data, offset)
+        data, offset = data[written:], offset + written
+
+
+class ShardWriter:
+    """A safetensors file whose tensors are written in blocks of rows, each tensor's blocks in
+    order, each at its place in the file: memory holds only the block being written. Every row of
+    every tensor must be written before the file is closed. The bytes equal `save_file`'s for
+    the same tensors and metadata (tests/test_cache_options.py)."""
+
+    def __init__(self, path: str | Path, specs: Specs, metadata: dict[str, str]):
+        header, self._begin = safetensors_header(specs, metadata)
+        self._specs, self._data = specs, len(header)
+        self._rows = dict.fromkeys(specs, 0)  # rows written so far, per tensor
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # as save_file
+        _pwrite_all(self._fd, memoryview(header), 0)
+
+    def write(self, key: str, block: Tensor) -> None:
+        """Append `block` (rows, *shape[1:]) of the stored dtype to tensor `key`."""
+        dtype, shape = self._specs[key]
+        row = self._rows[key]
+        if block.dtype != dtype or block.shape[1:] != shape[1:] or row + len(block) > shape[0]:
+            raise ValueError(f"{key}: a {block.dtype} block {tuple(block.shape)} at row {row} "
+                             f"does not fit {dtype} {shape}")
+        raw = block.contiguous().view(-1).view(torch.uint8).numpy()  # (rows * row bytes,)
+        row_bytes = math.prod(shape[1:]) * dtype.itemsize
+        _pwrite_all(self._fd, memoryview(raw), self._data + self._begin[key] + row * row_bytes)
+        self._rows[key] = row + len(block)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, exc_type, exc, traceback) -> None:
+        os.close(self._fd)
+        missing = {k: (n, self._specs[k][1][0]) for k, n in self._rows.items()
+                   if n != self._specs[k][1][0]}
+        if exc_type is None and missing:
+            raise RuntimeError(f"shard closed with rows unwritten (written, expected): {missing}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Encoding, batch by batch
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CacheOptions:
+    """What of each image is stored (the `cache` section's `max_captions`, `trim_text_padding`)."""
+
+    max_captions: int | None = None  # the first n captions of each image; None: all
+    trim_text_padding: bool = False  # store each caption's real tokens only
+
+    def stamp(self) -> dict:
+        """Their part of the fingerprint: the shard format, and the options that are not at
+        their default (so a default cache keeps the fingerprint, and bytes, it always had)."""
+        options: dict = {"format": TRIMMED_CACHE_FORMAT if self.trim_text_padding
+                         else CACHE_FORMAT}
+        if self.max_captions is not None:
+            options["max_captions"] = self.max_captions
+        if self.trim_text_padding:
+            options["trim_text_padding"] = True
+        return options
+
+
+@dataclass(frozen=True)
+class _Inputs:
+    """Where a shard's images, label maps and captions come from."""
+
+    data_dir: Path
+    labels_dir: Path
+    captions: dict[str, list[str]]
+    resolution: int
+    batch_size: int
+
+
+@dataclass(frozen=True)
+class _Shard:
+    """One shard's images and stored captions, and what is known of it before encoding."""
+
+    ids: list[str]  # (N,)
+    presence: np.ndarray  # (N, 20) bool: which mask slots are stored
+    texts: list[str]  # (K,) the stored captions, image by image
+    offsets: np.ndarray  # (N + 1,) int64: image n's captions are texts[offsets[n]:offsets[n+1]]
+    lengths: list[int] | None  # (K,) real tokens of each caption (trim_text_padding), else None
+
+
+def token_counts(encoder, texts: list[str]) -> list[int]:
+    """How many leading positions of each text's encoded sequence are tokens, not padding
+    (at most `encoder.max_tokens`): what `cache.trim_text_padding` stores.
+
+    An encoder may say so itself (`encoder.token_counts(texts)`); otherwise its sequence
+    tokenizer is asked, with the truncation its `encode` uses: `t5_tokenizer` (FLUX: T5 tokens
+    and </s>) or `tokenizer` (the embedded MiniLM: [CLS] ... [SEP]).
+    """
+    if hasattr(encoder, "token_counts"):
+        return [int(n) for n in encoder.token_counts(texts)]
+    tokenizer = encoder.t5_tokenizer if hasattr(encoder, "t5_tokenizer") else encoder.tokenizer
+    ids = tokenizer(texts, truncation=True, max_length=encoder.max_tokens)["input_ids"]
+    return [len(row) for row in ids]
+
+
+def _plan_shard(base, ids: list[str], inputs: _Inputs, options: CacheOptions) -> _Shard:
+    maps = (labels.load_label_map(inputs.labels_dir / "masks" / f"{i}.png") for i in ids)
+    presence = np.stack([labels.slot_presence(m) for m in maps])  # (N, 20), maps read one by one
+    kept = [inputs.captions[i][:options.max_captions] for i in ids]
+    texts = [c for image_captions in kept for c in image_captions]
+    offsets = np.cumsum([0] + [len(c) for c in kept]).astype(np.int64)  # (N + 1,)
+    lengths = token_counts(base.text_encoder, texts) if options.trim_text_padding else None
+    return _Shard(ids, presence, texts, offsets, lengths)
+
+
+def _latent_dims(vae, resolution: int) -> tuple[int, int]:
+    """(L, C) of `latents.pack`'s tokens of one image: 2x2 patches of the x`down` latent grid."""
+    down = 2 ** (len(vae.config.block_out_channels) - 1)
+    return (resolution // down // 2) ** 2, 4 * vae.config.latent_channels
+
+
+def _shard_specs(base, shard: _Shard, resolution: int) -> Specs:
+    tokens, channels = _latent_dims(base.vae, resolution)
+    encoder = base.text_encoder
+    n, k = len(shard.ids), len(shard.texts)
+    specs: Specs = {
+        "image": (STORE_DTYPE, (n, tokens, channels)),
+        "slot_latents": (STORE_DTYPE, (int(shard.presence.sum()), tokens, channels)),
+        "slot_index": (torch.int64, shard.presence.shape),
+        "text_pooled": (STORE_DTYPE, (k, encoder.pooled_dim)),
+        "caption_offsets": (torch.int64, (n + 1,)),
+    }
+    if shard.lengths is None:
+        specs["text_seq"] = (STORE_DTYPE, (k, encoder.max_tokens, encoder.seq_dim))
+    else:
+        specs["text_tokens"] = (STORE_DTYPE, (sum(shard.lengths), encoder.seq_dim))
+        specs["text_lengths"] = (torch.int64, (k,))
+    return specs
+
+
 def _load_image01(path: Path) -> Tensor:
     array = np.asarray(open_image(path).convert("RGB"), dtype=np.float32) / 255.0
     return torch.from_numpy(array).permute(2, 0, 1)  # (3, H, W)
 
 
-@torch.no_grad()
-def _encode_images(vae, images01: Tensor, batch_size: int) -> Tensor:
-    out = []
-    for start in range(0, images01.shape[0], batch_size):
-        batch = images01[start:start + batch_size].to(vae.device, vae.dtype)
-        out.append(latents.pack(latents.encode(vae, batch)).float().cpu())  # (b, L, C)
-    return torch.cat(out)
+def _face_batches(inputs: _Inputs, ids: list[str]) -> Iterator[Tensor]:
+    for start in range(0, len(ids), inputs.batch_size):
+        yield torch.stack([_load_image01(inputs.data_dir / "images" / f"{i}.png")
+                           for i in ids[start:start + inputs.batch_size]])  # (b, 3, H, W)
 
 
-def _encode_shard(base, ids: list[str], data_dir: Path, labels_dir: Path,
-                  captions: dict[str, list[str]], batch_size: int) -> dict[str, Tensor]:
-    faces = torch.stack([_load_image01(data_dir / "images" / f"{i}.png") for i in ids])
-    maps = [labels.load_label_map(labels_dir / "masks" / f"{i}.png") for i in ids]
-    presence = np.stack([labels.slot_presence(m) for m in maps])  # (N, 20)
-    slots = torch.cat([labels.decouple(m)[torch.from_numpy(p)] for m, p in zip(maps, presence)])
-    slot_index = np.full(presence.shape, -1, dtype=np.int64)
-    slot_index[presence] = np.arange(int(presence.sum()))
-    texts = [c for i in ids for c in captions[i]]
-    offsets = np.cumsum([0] + [len(captions[i]) for i in ids])
-    seq, pooled = _encode_text(base.text_encoder, texts, batch_size)
-    return {
-        "image": _encode_images(base.vae, faces, batch_size).to(STORE_DTYPE),
-        "slot_latents": _encode_images(base.vae, slots, batch_size).to(STORE_DTYPE),
-        "slot_index": torch.from_numpy(slot_index),
-        "text_seq": seq.to(STORE_DTYPE),
-        "text_pooled": pooled.to(STORE_DTYPE),
-        "caption_offsets": torch.from_numpy(offsets.astype(np.int64)),
-    }
+def _slot_batches(inputs: _Inputs, shard: _Shard) -> Iterator[Tensor]:
+    """The stored slot images, image by image, in batches of `batch_size` (a batch may span
+    images): one image's 20 slot images and one batch are in memory at a time."""
+    pending: list[Tensor] = []
+    for i, present in zip(shard.ids, shard.presence):
+        label_map = labels.load_label_map(inputs.labels_dir / "masks" / f"{i}.png")
+        pending += labels.decouple(label_map)[torch.from_numpy(present)].unbind(0)  # s x (3, H, W)
+        while len(pending) >= inputs.batch_size:
+            batch = torch.stack(pending[:inputs.batch_size])  # (b, 3, H, W)
+            del pending[:inputs.batch_size]
+            yield batch
+            del batch
+    if pending:
+        yield torch.stack(pending)  # (b, 3, H, W)
 
 
-@torch.no_grad()
-def _encode_text(encoder, texts: list[str], batch_size: int) -> tuple[Tensor, Tensor]:
-    seqs, pools = [], []
+# The batch loops below `del` each batch once it is written, so that it is not held while the
+# next one is made: one batch at a time is in memory. (The generators enter `torch.no_grad()`
+# per call: as a decorator it would hold the last batch yielded while the next is made.)
+
+
+def _encode_batches(vae, batches: Iterable[Tensor]) -> Iterator[Tensor]:
+    for batch in batches:  # (b, 3, H, W) in [0, 1]
+        with torch.no_grad():
+            z = latents.encode(vae, batch.to(vae.device, vae.dtype))  # (b, C, h, w)
+        del batch
+        tokens = latents.pack(z).to(STORE_DTYPE).cpu()  # (b, L, 4C), elementwise as whole shard
+        del z
+        yield tokens
+        del tokens
+
+
+def _text_batches(encoder, texts: list[str], batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
     for start in range(0, len(texts), batch_size):
-        seq, pooled = encoder.encode(texts[start:start + batch_size])
-        seqs.append(seq.float().cpu())
-        pools.append(pooled.float().cpu())
-    return torch.cat(seqs), torch.cat(pools)
+        with torch.no_grad():
+            seq, pooled = encoder.encode(texts[start:start + batch_size])  # (b, T, D), (b, P)
+        seq, pooled = seq.to(STORE_DTYPE).cpu(), pooled.to(STORE_DTYPE).cpu()  # float32 freed
+        yield seq, pooled
+        del seq, pooled
+
+
+def _write_text(out: ShardWriter, encoder, shard: _Shard, batch_size: int) -> None:
+    if shard.lengths is not None:
+        out.write("text_lengths", torch.tensor(shard.lengths, dtype=torch.int64))  # (K,)
+    start = 0  # the batch's first caption (not zip()ped: zip would hold the previous batch)
+    for seq, pooled in _text_batches(encoder, shard.texts, batch_size):
+        out.write("text_pooled", pooled)  # (b, P)
+        if shard.lengths is None:
+            out.write("text_seq", seq)  # (b, T, D)
+        else:
+            counts = shard.lengths[start:start + len(seq)]
+            out.write("text_tokens", torch.cat([s[:n] for s, n in zip(seq, counts)]))  # (sum n, D)
+        start += len(seq)
+        del seq, pooled
+
+
+def _write_shard(base, path: Path, shard: _Shard, inputs: _Inputs, stamp: str) -> None:
+    """Encode `shard` into the safetensors file `path`, batch by batch."""
+    slot_index = np.full(shard.presence.shape, -1, dtype=np.int64)  # (N, 20)
+    slot_index[shard.presence] = np.arange(int(shard.presence.sum()))
+    with atomic_path(path) as tmp:
+        specs = _shard_specs(base, shard, inputs.resolution)
+        with ShardWriter(tmp, specs, {"fingerprint": stamp}) as out:
+            out.write("slot_index", torch.from_numpy(slot_index))  # (N, 20)
+            out.write("caption_offsets", torch.from_numpy(shard.offsets))  # (N + 1,)
+            for block in _encode_batches(base.vae, _face_batches(inputs, shard.ids)):
+                out.write("image", block)  # (b, L, C)
+                del block
+            for block in _encode_batches(base.vae, _slot_batches(inputs, shard)):
+                out.write("slot_latents", block)  # (b, L, C)
+                del block
+            _write_text(out, base.text_encoder, shard, inputs.batch_size)
 
 
 def _empty_entries(base, resolution: int) -> dict[str, Tensor]:
-    black = torch.zeros(1, 3, resolution, resolution)
-    seq, pooled = _encode_text(base.text_encoder, [""], 1)
+    black = torch.zeros(1, 3, resolution, resolution)  # (1, 3, H, W)
+    seq, pooled = next(_text_batches(base.text_encoder, [""], 1))  # (1, T, D), (1, P)
     return {
-        "slot": _encode_images(base.vae, black, 1)[0].to(STORE_DTYPE),  # (L, C)
-        "text_seq": seq[0].to(STORE_DTYPE),  # (T, D)
-        "text_pooled": pooled[0].to(STORE_DTYPE),  # (P,)
+        "slot": next(_encode_batches(base.vae, [black]))[0],  # (L, C)
+        "text_seq": seq[0],  # (T, D)
+        "text_pooled": pooled[0],  # (P,)
     }
+
+
+# ----------------------------------------------------------------------------------------------
+# The stage
+# ----------------------------------------------------------------------------------------------
 
 
 class SingleProcess:
@@ -135,9 +362,23 @@ class SingleProcess:
         pass
 
 
+def _clear_stale(base, out_dir: Path, stamp: str, resolution: int) -> None:
+    """Main process: drop the index and every shard of another configuration; write the empty
+    entries."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "index.json").unlink(missing_ok=True)  # rewritten when every shard is there
+    for old in out_dir.glob("*.safetensors"):
+        if _stamp_of(old) != stamp:
+            old.unlink()  # made under another configuration, or unreadable
+    empty_path = out_dir / "empty.safetensors"
+    if not empty_path.exists():
+        _save(empty_path, _empty_entries(base, resolution), stamp)
+
+
 def build_cache(base, data_dir: str | Path, labels_dir: str | Path, out_dir: str | Path, *,
                 resolution: int, shard_size: int = 256, batch_size: int = 32,
-                config: dict | None = None, processes=None) -> None:
+                config: dict | None = None, processes=None,
+                options: CacheOptions = CacheOptions()) -> None:
     """Encode every image, mask slot and caption of `data_dir` into shards under `out_dir`.
 
     Args:
@@ -149,24 +390,18 @@ def build_cache(base, data_dir: str | Path, labels_dir: str | Path, out_dir: str
         processes: an accelerate `PartialState` (or `SingleProcess`): process i encodes shards
             i, i + n, ...; the main process clears stale shards first and writes the index last.
             A shard's bytes do not depend on the number of processes.
+        options: which captions and tokens are stored (part of the fingerprint).
     """
     processes = processes or SingleProcess()
-    data_dir, labels_dir, out_dir = Path(data_dir), Path(labels_dir), Path(out_dir)
+    out_dir, labels_dir = Path(out_dir), Path(labels_dir)
     split = json.loads((labels_dir / "split.json").read_text())  # ids that have a label map
     ids = list(split["train"]) + list(split["test"])
-    captions = {row["id"]: row["captions"] for row in read_jsonl(data_dir / "captions.jsonl")}
+    captions = {row["id"]: row["captions"] for row in read_jsonl(Path(data_dir) / "captions.jsonl")}
+    inputs = _Inputs(Path(data_dir), labels_dir, captions, resolution, batch_size)
     stamp = fingerprint({"config": config or {}, "ids": ids, "batch_size": batch_size,
-                         "shard_size": shard_size, "format": CACHE_FORMAT})
-    index_path = out_dir / "index.json"
-    empty_path = out_dir / "empty.safetensors"
+                         "shard_size": shard_size, **options.stamp()})
     if processes.is_main_process:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        index_path.unlink(missing_ok=True)  # rewritten when every shard is there
-        for old in out_dir.glob("*.safetensors"):
-            if _stamp_of(old) != stamp:
-                old.unlink()  # made under another configuration, or unreadable
-        if not empty_path.exists():
-            _save(empty_path, _empty_entries(base, resolution), stamp)
+        _clear_stale(base, out_dir, stamp, resolution)
     processes.wait_for_everyone()
 
     shards = [ids[s:s + shard_size] for s in range(0, len(ids), shard_size)]
@@ -176,13 +411,12 @@ def build_cache(base, data_dir: str | Path, labels_dir: str | Path, out_dir: str
     for number in tqdm(mine, desc="cache_latents", unit="shard",
                        disable=not processes.is_main_process):
         path = out_dir / f"shard-{number:05d}.safetensors"
-        if path.exists():
-            continue  # finished before an interruption
-        tensors = _encode_shard(base, shards[number], data_dir, labels_dir, captions, batch_size)
-        _save(path, tensors, stamp)
+        if not path.exists():  # else finished before an interruption
+            _write_shard(base, path, _plan_shard(base, shards[number], inputs, options), inputs,
+                         stamp)
     processes.wait_for_everyone()
     if processes.is_main_process:
-        write_json(index_path, {
+        write_json(out_dir / "index.json", {
             "fingerprint": stamp,
             "shards": [{"file": f"shard-{n:05d}.safetensors", "ids": s}
                        for n, s in enumerate(shards)],

@@ -2,6 +2,15 @@
 
 `load_cache` holds a split in memory, or, when it is larger than `IN_MEMORY_BYTES`, reads each
 batch's rows from the memory-mapped shards.
+
+A cache built with `cache.trim_text_padding` stores each caption's real tokens only; reading it
+gives the full (T, D) sequence back (`PaddedText`): the stored tokens, then at the padding
+positions the encoder's states of the empty prompt "" at the same positions (stored once in
+`empty.safetensors`). These are the encoder's own padding states, but of a prompt without words:
+T5 as FLUX runs it (no attention mask) and MiniLM (padding attends to the words) give padding
+states that depend on the caption, and those are what trimming drops. Training and the sample
+stage read the same restored sequences; a prompt encoded afresh (`facemogle.app`) has its own
+padding states, so the option trades that difference for disk (docs/full-setting.md, "Memory").
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ STORE_DTYPE = torch.float16  # latents and embeddings are stored in half precisi
 
 
 CACHE_FORMAT = 2  # bumped when the shard layout changes, so older shards are re-made
+TRIMMED_CACHE_FORMAT = 3  # cache.trim_text_padding: text_tokens + text_lengths, not text_seq
 
 
 class MappedRows:
@@ -33,6 +43,7 @@ class MappedRows:
     """
 
     def __init__(self, files: list[Path], key: str, rows: list[Tensor], dtype: torch.dtype):
+        self._files, self._key, self._rows = files, key, rows
         self._slices = [safe_open(str(f), framework="pt").get_slice(key) for f in files]
         self._shard = torch.cat([torch.full((len(r),), n, dtype=torch.long)
                                  for n, r in enumerate(rows)])
@@ -43,6 +54,11 @@ class MappedRows:
     def __len__(self) -> int:
         return self.shape[0]
 
+    @property
+    def stored_numel(self) -> int:
+        """Elements these rows take in memory once read."""
+        return self.shape.numel()
+
     def __getitem__(self, index: Tensor) -> Tensor:
         index = torch.as_tensor(index)
         flat = index.reshape(-1)
@@ -51,14 +67,75 @@ class MappedRows:
             out[n] = self._slices[s][r:r + 1][0]
         return out.reshape(*index.shape, *self.shape[1:])
 
+    def in_memory(self) -> Tensor:
+        """All the rows, read into one tensor of `dtype`."""
+        parts = []
+        for path, kept in zip(self._files, self._rows):
+            with safe_open(str(path), framework="pt") as handle:
+                parts.append(handle.get_tensor(self._key)[kept])
+        return torch.cat(parts).to(self.dtype)
 
-Rows = Tensor | MappedRows  # both are indexed with a tensor of row numbers
+
+class PaddedText:
+    """Caption sequences of a cache built with `cache.trim_text_padding`, at full length when
+    indexed: caption k's stored tokens, then `fill`'s rows (the empty prompt's states) at the
+    padding positions (module docstring). Indexing with a tensor of caption rows returns a
+    (..., T, D) tensor of `dtype`, like `MappedRows`.
+
+    The tokens are per shard, either read into memory (`in_memory`) or memory-mapped.
+    """
+
+    def __init__(self, parts: list, where: Tensor, fill: Tensor, dtype: torch.dtype):
+        self._parts = parts  # per shard: its (S, D) tokens, a tensor or a safetensors slice
+        self._where = where  # (K, 3) long: shard, first token in that part, length
+        self._fill = fill.to(dtype)  # (T, D)
+        self.dtype = dtype
+        self.shape = torch.Size([len(where), *fill.shape])
+
+    @classmethod
+    def mapped(cls, files: list[Path], starts: list[Tensor], lengths: list[Tensor],
+               fill: Tensor, dtype: torch.dtype) -> PaddedText:
+        """The captions whose tokens start at `starts[s]` with `lengths[s]` in shard `s`."""
+        parts = [safe_open(str(f), framework="pt").get_slice("text_tokens") for f in files]
+        shard = torch.cat([torch.full((len(r),), n, dtype=torch.long)
+                           for n, r in enumerate(lengths)])  # (K,)
+        where = torch.stack([shard, torch.cat(starts), torch.cat(lengths)], dim=1)  # (K, 3)
+        return cls(parts, where, fill, dtype)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    @property
+    def stored_numel(self) -> int:
+        """Elements the stored tokens take in memory once read (padding is not held)."""
+        return int(self._where[:, 2].sum()) * self.shape[2]
+
+    def __getitem__(self, index: Tensor) -> Tensor:
+        index = torch.as_tensor(index)
+        flat = index.reshape(-1)
+        out = self._fill.expand(flat.numel(), *self._fill.shape).clone()  # (B, T, D)
+        for n, (s, start, length) in enumerate(self._where[flat].tolist()):
+            out[n, :length] = self._parts[s][start:start + length].to(self.dtype)  # (length, D)
+        return out.reshape(*index.shape, *self.shape[1:])
+
+    def in_memory(self) -> PaddedText:
+        """The same captions with their tokens read into one tensor of `dtype`."""
+        pieces = [self._parts[s][start:start + length]
+                  for s, start, length in self._where.tolist()]  # K x (length, D)
+        lengths = self._where[:, 2]
+        starts = lengths.cumsum(0) - lengths  # (K,)
+        tokens = torch.cat(pieces).to(self.dtype)  # (sum of lengths, D)
+        where = torch.stack([torch.zeros_like(lengths), starts, lengths], dim=1)  # (K, 3)
+        return PaddedText([tokens], where, self._fill, self.dtype)
+
+
+Rows = Tensor | MappedRows | PaddedText  # each is indexed with a tensor of row numbers
 
 
 @dataclass
 class LatentCache:
     """The cached tensors of a split, addressed by image id; the large ones are in memory or
-    read per batch from the shards (`MappedRows`)."""
+    read per batch from the shards (`MappedRows`, `PaddedText`)."""
 
     ids: list[str]
     image: Rows  # (N, L, C)
@@ -103,14 +180,14 @@ def load_cache(cache_dir: str | Path, split: str | None = None, *,
     Image, slot and text-sequence tensors are read into memory when they take at most
     `IN_MEMORY_BYTES` at `dtype` (or when `in_memory` says so), otherwise they stay in the
     memory-mapped shards and each batch reads its rows (`MappedRows`). Both give equal values.
+    Text of a cache built with `cache.trim_text_padding` comes back at full length (`PaddedText`).
     """
     cache_dir = Path(cache_dir)
     index = json.loads((cache_dir / "index.json").read_text())
     wanted = None if split is None else set(index[split])
     rows = _select_rows(cache_dir, index["shards"], wanted)
-    large = {"image": rows.image_rows, "slot_latents": rows.slot_rows, "text_seq": rows.text_rows}
-    tables = _large_tables(rows.files, large, dtype, in_memory)
     empty = load_file(str(cache_dir / "empty.safetensors"))
+    tables = _large_tables(rows, empty["text_seq"], dtype, in_memory)
     counts_t = torch.cat(rows.counts)
     return LatentCache(
         ids=rows.ids, **tables,
@@ -138,6 +215,10 @@ class _SplitRows:
     pooled: list[Tensor] = field(default_factory=list)  # per shard: (k, P)
     counts: list[Tensor] = field(default_factory=list)  # per shard: (n,) captions per image
     num_slots: int = 0  # slot latents selected so far (where the next shard's numbering starts)
+    # Trimmed text (cache.trim_text_padding): per shard, (k,) first token and (k,) token count
+    # of each kept caption in the shard's text_tokens.
+    token_starts: list[Tensor] = field(default_factory=list)
+    token_lengths: list[Tensor] = field(default_factory=list)
 
 
 def _select_rows(cache_dir: Path, shards: list[dict], wanted: set[str] | None) -> _SplitRows:
@@ -160,6 +241,8 @@ def _select_shard_rows(rows: _SplitRows, path: Path, shard_ids: list[str],
         offsets = handle.get_tensor("caption_offsets")
         shard_pooled = handle.get_tensor("text_pooled")
         num_slots = handle.get_slice("slot_latents").get_shape()[0]
+        names = handle.keys()  # a list: a safe_open handle is not iterable
+        lengths = handle.get_tensor("text_lengths") if "text_lengths" in names else None
     rows.files.append(path)
     rows.ids += [shard_ids[n] for n in keep]
     keep_t = torch.tensor(keep)
@@ -176,25 +259,27 @@ def _select_shard_rows(rows: _SplitRows, path: Path, shard_ids: list[str],
     rows.text_rows.append(captions)
     rows.pooled.append(shard_pooled[captions])
     rows.counts.append(offsets[keep_t + 1] - offsets[keep_t])
+    if lengths is not None:
+        rows.token_starts.append((lengths.cumsum(0) - lengths)[captions])  # (k,)
+        rows.token_lengths.append(lengths[captions])  # (k,)
 
 
-def _large_tables(files: list[Path], large: dict[str, list[Tensor]], dtype: torch.dtype,
+def _large_tables(rows: _SplitRows, empty_text_seq: Tensor, dtype: torch.dtype,
                   in_memory: bool | None) -> dict[str, Rows]:
     """The large tensors' selected rows: read into memory at `dtype`, or left in the shards
-    (`MappedRows`); `in_memory` None decides by their size against `IN_MEMORY_BYTES`."""
-    mapped = {key: MappedRows(files, key, rows, dtype) for key, rows in large.items()}
+    (`MappedRows`, `PaddedText`); `in_memory` None decides by their size against
+    `IN_MEMORY_BYTES`."""
+    files = rows.files
+    tables: dict[str, MappedRows | PaddedText] = {
+        "image": MappedRows(files, "image", rows.image_rows, dtype),
+        "slot_latents": MappedRows(files, "slot_latents", rows.slot_rows, dtype),
+        "text_seq": (PaddedText.mapped(files, rows.token_starts, rows.token_lengths,
+                                       empty_text_seq, dtype) if rows.token_lengths
+                     else MappedRows(files, "text_seq", rows.text_rows, dtype)),
+    }
     if in_memory is None:
-        size = sum(m.shape.numel() for m in mapped.values()) * torch.finfo(dtype).bits // 8
+        size = sum(t.stored_numel for t in tables.values()) * torch.finfo(dtype).bits // 8
         in_memory = size <= IN_MEMORY_BYTES
-    tables: dict[str, Rows] = dict(mapped)
     if in_memory:
-        tables = {key: _read_rows(files, key, rows).to(dtype) for key, rows in large.items()}
-    return tables
-
-
-def _read_rows(files: list[Path], key: str, rows: list[Tensor]) -> Tensor:
-    parts = []
-    for path, kept in zip(files, rows):
-        with safe_open(str(path), framework="pt") as handle:
-            parts.append(handle.get_tensor(key)[kept])
-    return torch.cat(parts)
+        return {key: table.in_memory() for key, table in tables.items()}
+    return dict(tables)

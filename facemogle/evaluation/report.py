@@ -133,13 +133,18 @@ def read_metrics(path: str | Path) -> dict[str, Any]:
     return data
 
 
+# The `base` mode samples the frozen base without condition tokens: a reference, not Face-MoGLE.
+BASE_ROW = "Plain base, no condition tokens"
+
+
 def write_report(eval_dirs: Mapping[str, str | Path], out_path: str | Path, *,
                  modes: tuple[str, ...] = MODES, method: str = "Face-MoGLE",
                  baselines: Mapping[str, str | Path] | None = None) -> None:
     """Write the Markdown report of evaluation sets side by side: set name -> the folder of its
     `<mode>.json` files; one table per mode, one row per set ("Face-MoGLE (zero-shot)").
     `baselines` (row name -> folder) add other methods' rows in the modes their folder has."""
-    by_mode = {mode: {f"{method} ({name})": read_metrics(Path(folder) / f"{mode}.json")
+    by_mode = {mode: {f"{BASE_ROW if mode == 'base' else method} ({name})":
+                      read_metrics(Path(folder) / f"{mode}.json")
                       for name, folder in eval_dirs.items()} for mode in modes}
     for name, folder in (baselines or {}).items():
         found = [m for m in modes if (Path(folder) / f"{m}.json").exists()]
