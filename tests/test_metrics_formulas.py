@@ -383,3 +383,14 @@ def test_ablation_table_rows_and_missing_values():
     assert cells[:4] == ["main", "matrix", "global_local", "0.412"]
     assert cells[3 + 6 + 4] == "0.250"  # zero-shot text2face attribute accuracy
     assert ablated.split("|")[4].strip() == "-"
+
+
+def test_report_shows_the_papers_detector_columns_when_a_row_has_them():
+    """Table 6: NPR and Wavelet-CLIP columns appear when a detector ran, not for skips."""
+    ran = {"npr_auc": 0.61, "npr_eer": 0.42, "npr_ap": 0.6, "skipped": {
+        "wavelet_clip_auc": "evaluate.wavelet_clip_path is null"}}
+    skipped = {"skipped": {"npr_auc": "evaluate.npr_path is null"}}
+    header, _, first, second = markdown_table({"ours": ran, "other": skipped}).splitlines()
+    assert "NPR-AUC ↓" in header and "NPR-EER ↑" in header and "WavCLIP" not in header
+    assert "| 0.610 | 0.420 | 0.600 |" in first and second.endswith("| - | - | - |")
+    assert "NPR" not in markdown_table({"other": skipped})

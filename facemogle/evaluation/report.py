@@ -57,6 +57,10 @@ EMBEDDED_COLUMNS: tuple[Column, ...] = (
     Column("Det-EER", "detect_eer", False, 3),
     Column("Det-AP", "detect_ap", True, 3),
 )
+# The paper's Table 6 detectors; shown when some row has a value (their weights are optional).
+DETECTOR_COLUMNS: tuple[Column, ...] = tuple(
+    Column(f"{name}-{m}", f"{key}_{m.lower()}", m != "EER", 3)
+    for name, key in (("NPR", "npr"), ("WavCLIP", "wavelet_clip")) for m in ("AUC", "EER", "AP"))
 _SPACE = re.compile(r"^fd_(\w+)$")
 
 
@@ -82,7 +86,9 @@ def columns_for(rows: Mapping[str, Mapping[str, Any]]) -> list[Column]:
         variant = OPTIONAL_PAPER_COLUMNS.get(column.key)
         paper += [column] + ([variant] if variant is not None and variant.key in keys else [])
     extra = _space_columns(keys) + [c for c in EMBEDDED_COLUMNS if c.key in keys]
-    return [*paper, *extra]
+    detectors = [c for c in DETECTOR_COLUMNS
+                 if any(_cell(m, c) != MISSING for m in rows.values())]
+    return [*paper, *extra, *detectors]
 
 
 def _cell(metrics: Mapping[str, Any], column: Column) -> str:
