@@ -294,22 +294,6 @@ def test_only_lora_trains_and_gradients_reach_every_lora_parameter():
     assert all(p.grad is None for p in lora)
 
 
-@torch.no_grad()
-def test_cond_keep_drops_the_condition_of_chosen_samples():
-    model = tiny_flux(True)
-    attach_lora(model, LoraConfig())
-    randomise_lora_b(model)
-    inputs, cond = make_inputs(True)
-    mixed = condition_forward(model, **inputs, cond_tokens=cond,
-                              cond_keep=torch.tensor([True, False]))
-    first = {k: (v[:1] if k not in ("img_ids", "txt_ids") else v) for k, v in inputs.items()}
-    second = {k: (v[1:] if k not in ("img_ids", "txt_ids") else v) for k, v in inputs.items()}
-    assert max_diff(mixed[:1], condition_forward(model, **first, cond_tokens=cond[:1])) < TOL
-    assert max_diff(mixed[1:], condition_forward(model, **second)) < TOL
-    kept = condition_forward(model, **inputs, cond_tokens=cond, cond_keep=torch.tensor([True] * 2))
-    assert max_diff(kept, condition_forward(model, **inputs, cond_tokens=cond)) < TOL
-
-
 def _condition_influence(cond_attention: str) -> torch.Tensor:
     """|d out[0, p] / d cond[0, q]| summed over channels: (L, L), for one double block."""
     torch.manual_seed(0)
@@ -335,27 +319,6 @@ def test_aligned_condition_attention_reads_the_same_position_only():
     assert aligned.diagonal().min().item() > 0.0
     full = _condition_influence("full")
     assert full[off_diagonal].min().item() > 0.0
-
-
-def test_aligned_condition_attention_with_dropped_conditions():
-    model = tiny_flux(True)
-    attach_lora(model, LoraConfig())
-    randomise_lora_b(model)
-    inputs, cond = make_inputs(True)
-    mixed = condition_forward(model, **inputs, cond_tokens=cond, cond_attention="aligned",
-                              cond_keep=torch.tensor([True, False]))
-    first = {k: (v[:1] if k not in ("img_ids", "txt_ids") else v) for k, v in inputs.items()}
-    second = {k: (v[1:] if k not in ("img_ids", "txt_ids") else v) for k, v in inputs.items()}
-    alone = condition_forward(model, **first, cond_tokens=cond[:1], cond_attention="aligned")
-    assert max_diff(mixed[:1], alone) < TOL
-    assert max_diff(mixed[1:], condition_forward(model, **second)) < TOL
-    full = condition_forward(model, **first, cond_tokens=cond[:1])
-    assert max_diff(alone, full) > 1e-3  # the mask changes the output
-    with pytest.raises(ValueError, match="cond_attention must be one of"):
-        condition_forward(model, **inputs, cond_tokens=cond, cond_attention="diagonal")
-    with pytest.raises(ValueError, match="one condition token per image token"):
-        condition_forward(model, **inputs, cond_tokens=cond[:, :4], cond_ids=inputs["img_ids"][:4],
-                          cond_attention="aligned")
 
 
 def test_checkpointing_gives_the_same_output_and_gradients():
@@ -415,8 +378,6 @@ def test_bad_inputs_are_refused_with_the_argument_name():
         condition_forward(model, **{**inputs, "guidance": None})
     with pytest.raises(ValueError, match="'cond_tokens'"):
         condition_forward(model, **inputs, cond_tokens=cond[:, :, :8])
-    with pytest.raises(ValueError, match="'cond_keep'"):
-        condition_forward(model, **inputs, cond_tokens=cond, cond_keep=torch.ones(2))
     with pytest.raises(ValueError, match="'img_ids'"):
         condition_forward(model, **{**inputs, "img_ids": inputs["img_ids"][:5]})
 

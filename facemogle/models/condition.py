@@ -12,7 +12,7 @@ tokens. How the official code does it, and what this module reproduces:
   with a constant guidance value (one value in training and sampling: docs/design.md, bug B3).
 - Their RoPE positions are the image positions (spatially aligned masks).
 - The three streams meet only inside attention: one attention over [text; image; condition] with
-  no mask among streams, except a key mask that drops the condition of chosen samples.
+  no mask among streams (a dropped mask is the empty mask, not hidden tokens).
 - Optionally (`condition_attention="aligned"`, not in the paper), image token p attends only to
   the condition token at p. FLUX.1-dev's image queries find the same-position condition token by
   themselves; the embedded tiny base's do not (16 image tokens: measured, image queries spread their
@@ -237,34 +237,25 @@ def _attention(q: Tensor, k: Tensor, v: Tensor, rope: tuple[Tensor, Tensor],
 CONDITION_ATTENTION: tuple[str, ...] = ("full", "aligned")
 
 
-def _attention_mask(cond_keep: Tensor | None, n_text: int, n_img: int, n_cond: int,
-                    aligned: bool, device: torch.device) -> Tensor | None:
+def _attention_mask(n_text: int, n_img: int, n_cond: int, aligned: bool,
+                    device: torch.device) -> Tensor | None:
     """Boolean attention mask over [text; image; condition] tokens (True = may attend), or None
     when nothing is masked (the stock attention, flash kernels on GPU).
 
-    - `cond_keep` False hides a sample's condition tokens from every query (whole-mask dropout).
-    - `aligned`: image query p sees condition key p only (image and condition share positions);
-      text and condition queries are not restricted.
-    Returns (B or 1, 1, 1 or S, S), S = n_text + n_img + n_cond.
+    `aligned`: image query p sees condition key p only (image and condition share positions);
+    text and condition queries are not restricted. Returns (1, 1, S, S), S = n_text + n_img +
+    n_cond, or None without condition tokens or with full attention.
     """
-    if n_cond == 0:
+    if n_cond == 0 or not aligned:
         return None
+    if n_cond != n_img:
+        raise ValueError(f"condition_forward: aligned condition attention needs one condition "
+                         f"token per image token, got {n_cond} and {n_img}")
     size = n_text + n_img + n_cond
-    mask = None
-    if cond_keep is not None and not bool(cond_keep.all()):
-        keep = torch.ones(cond_keep.shape[0], size, dtype=torch.bool, device=device)  # (B, S)
-        keep[:, n_text + n_img:] = cond_keep.to(device)[:, None]
-        mask = keep[:, None, None, :]  # (B, 1, 1, S)
-    if aligned:
-        if n_cond != n_img:
-            raise ValueError(f"condition_forward: aligned condition attention needs one condition "
-                             f"token per image token, got {n_cond} and {n_img}")
-        pairs = torch.ones(size, size, dtype=torch.bool, device=device)  # (S, S)
-        pairs[n_text:n_text + n_img, n_text + n_img:] = torch.eye(n_img, dtype=torch.bool,
-                                                                  device=device)
-        pairs = pairs[None, None]  # (1, 1, S, S)
-        mask = pairs if mask is None else mask & pairs  # (B or 1, 1, S, S)
-    return mask
+    pairs = torch.ones(size, size, dtype=torch.bool, device=device)  # (S, S)
+    pairs[n_text:n_text + n_img, n_text + n_img:] = torch.eye(n_img, dtype=torch.bool,
+                                                              device=device)
+    return pairs[None, None]  # (1, 1, S, S)
 
 
 def _clip_fp16(x: Tensor) -> Tensor:
@@ -392,8 +383,7 @@ def _expect(t: Tensor | None, shape: tuple[int | None, ...], name: str) -> None:
 def _check_inputs(transformer: FluxTransformer2DModel, hidden_states: Tensor,
                   encoder_hidden_states: Tensor, pooled_projections: Tensor, timestep: Tensor,
                   img_ids: Tensor, txt_ids: Tensor, guidance: Tensor | None,
-                  cond_tokens: Tensor | None, cond_ids: Tensor | None,
-                  cond_keep: Tensor | None) -> None:
+                  cond_tokens: Tensor | None, cond_ids: Tensor | None) -> None:
     cfg = transformer.config
     _expect(hidden_states, (None, None, cfg.in_channels), "hidden_states")
     batch, length = hidden_states.shape[:2]
@@ -421,10 +411,6 @@ def _check_inputs(transformer: FluxTransformer2DModel, hidden_states: Tensor,
         raise ValueError("condition_forward: 'cond_ids' is required when the condition has a "
                          "different number of tokens than the image")
     _expect(img_ids if cond_ids is None else cond_ids, (cond_tokens.shape[1], n_axes), "cond_ids")
-    if cond_keep is not None:
-        _expect(cond_keep, (batch,), "cond_keep")
-        if cond_keep.dtype != torch.bool:
-            raise ValueError(f"condition_forward: 'cond_keep' must be bool, got {cond_keep.dtype}")
 
 
 def _embed_time(transformer: FluxTransformer2DModel, dtype: torch.dtype, timestep: Tensor,
@@ -452,7 +438,7 @@ def condition_forward(transformer: FluxTransformer2DModel, *, hidden_states: Ten
                       encoder_hidden_states: Tensor, pooled_projections: Tensor, timestep: Tensor,
                       img_ids: Tensor, txt_ids: Tensor, guidance: Tensor | None = None,
                       cond_tokens: Tensor | None = None, cond_ids: Tensor | None = None,
-                      cond_keep: Tensor | None = None, cond_guidance: float = 1.0,
+                      cond_guidance: float = 1.0,
                       cond_attention: str = "full", checkpointing: bool = False) -> Tensor:
     """FLUX velocity prediction with the condition tokens as a third stream.
 
@@ -467,8 +453,6 @@ def condition_forward(transformer: FluxTransformer2DModel, *, hidden_states: Ten
         cond_tokens: (B, Lc, Cin) MoGLE tokens, or None for none at all (then this is the stock
             forward).
         cond_ids: (Lc, 3) condition positions; default `img_ids` (spatially aligned).
-        cond_keep: (B,) bool; samples with False have their condition hidden from every query
-            (whole-mask dropout in a mixed batch), so their outputs equal the no-condition ones.
         cond_guidance: guidance value of the condition stream's modulation (used when the
             transformer has a guidance embedding).
         cond_attention: "full" (the paper: image queries see every condition token) or
@@ -479,7 +463,7 @@ def condition_forward(transformer: FluxTransformer2DModel, *, hidden_states: Ten
         (B, L, Cout) velocity for the image tokens.
     """
     _check_inputs(transformer, hidden_states, encoder_hidden_states, pooled_projections,
-                  timestep, img_ids, txt_ids, guidance, cond_tokens, cond_ids, cond_keep)
+                  timestep, img_ids, txt_ids, guidance, cond_tokens, cond_ids)
     batch, n_img = hidden_states.shape[:2]
     n_text = encoder_hidden_states.shape[1]
     x, ids = _join_condition(hidden_states, img_ids, txt_ids, cond_tokens, cond_ids)
@@ -488,8 +472,8 @@ def condition_forward(transformer: FluxTransformer2DModel, *, hidden_states: Ten
     x, temb, context, rope = _embed_streams(
         transformer, x, n_img, timestep, guidance, pooled_projections, encoder_hidden_states,
         ids, cond_guidance if n_cond else None)
-    attn_mask = _stream_attention_mask(cond_attention, cond_keep, n_text, n_img, n_cond,
-                                       x.device)  # (B or 1, 1, 1 or S, S) or None
+    attn_mask = _stream_attention_mask(cond_attention, n_text, n_img, n_cond,
+                                       x.device)  # (1, 1, S, S) or None
     x = _run_blocks(transformer, context, x, temb, rope, attn_mask, n_img, checkpointing)
     image = transformer.norm_out(x[:, n_text:n_text + n_img], temb[:batch])  # (B, L, D)
     return transformer.proj_out(image)  # (B, L, Cout)
@@ -522,14 +506,14 @@ def _embed_streams(transformer: FluxTransformer2DModel, x: Tensor, n_img: int, t
     return x, temb, context, rope
 
 
-def _stream_attention_mask(cond_attention: str, cond_keep: Tensor | None, n_text: int,
-                           n_img: int, n_cond: int, device: torch.device) -> Tensor | None:
+def _stream_attention_mask(cond_attention: str, n_text: int, n_img: int, n_cond: int,
+                           device: torch.device) -> Tensor | None:
     """`_attention_mask` for the `cond_attention` mode, which must be in CONDITION_ATTENTION."""
     if cond_attention not in CONDITION_ATTENTION:
         raise ValueError(f"condition_forward: cond_attention must be one of "
                          f"{list(CONDITION_ATTENTION)}, got {cond_attention!r}")
-    return _attention_mask(cond_keep, n_text, n_img, n_cond, cond_attention == "aligned",
-                           device)  # (B or 1, 1, 1 or S, S) or None
+    return _attention_mask(n_text, n_img, n_cond, cond_attention == "aligned",
+                           device)  # (1, 1, S, S) or None
 
 
 def _run_blocks(transformer: FluxTransformer2DModel, context: Tensor, x: Tensor, temb: Tensor,

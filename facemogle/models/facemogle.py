@@ -66,7 +66,7 @@ class FaceMoGLE(nn.Module):
 
     def forward(self, z_t: Tensor, sigma: Tensor, text: Tensor, pooled: Tensor, *,
                 img_ids: Tensor, txt_ids: Tensor, cond_latents: Tensor | None = None,
-                cond_keep: Tensor | None = None, guidance: float | None = None,
+                guidance: float | None = None,
                 checkpointing: bool = False) -> Tensor:
         """Velocity for the packed noisy latents.
 
@@ -76,9 +76,8 @@ class FaceMoGLE(nn.Module):
                 transformer (which scales it by 1000 itself), in training and sampling alike.
             text: (B, T, D) text sequence embeddings; pooled: (B, P).
             img_ids: (L, 3) image token positions; txt_ids: (T, 3).
-            cond_latents: (B, 20, L, C) packed VAE latents of the 20 mask slots, or None for no
-                condition tokens (text2face).
-            cond_keep: (B,) bool; False drops the whole mask for that sample (training).
+            cond_latents: (B, 20, L, C) packed VAE latents of the 20 mask slots (text2face and
+                a dropped mask: 20 empty slots), or None for no condition tokens (the plain base).
             guidance: the guidance-embedding value, used only if the transformer has one.
 
         Returns:
@@ -94,7 +93,7 @@ class FaceMoGLE(nn.Module):
         return condition_forward(
             self.transformer, hidden_states=z_t, encoder_hidden_states=text,
             pooled_projections=pooled, timestep=sigma, img_ids=img_ids, txt_ids=txt_ids,
-            guidance=guidance_t, cond_tokens=cond_tokens, cond_keep=cond_keep,
+            guidance=guidance_t, cond_tokens=cond_tokens,
             cond_guidance=self.condition_guidance, cond_attention=self.condition_attention,
             checkpointing=checkpointing,
         )
