@@ -1,8 +1,9 @@
 """Loading the pretrained base that the `base` stage resolved, tiny or FLUX.1-dev.
 
 `base_dir` holds `base.json` (kind, resolved config, where the parts live) and
-`text_encoder.json`; for `tiny` also `vae/`, `transformer/`, `scheduler/` (diffusers layout, as
-in a FLUX folder) and `parser/`. `load_base` turns either kind into a `Base`.
+`text_encoder.json`; the parts folder (`dir`: the embedded base's folder or FLUX's) holds `vae/`,
+`transformer/`, `scheduler/` in the diffusers layout, and for `tiny` also `parser/`. `load_base`
+turns either kind into a `Base`.
 """
 
 from __future__ import annotations
@@ -52,14 +53,15 @@ def read_manifest(base_dir: str | Path) -> dict[str, Any]:
 
 
 def parts_dir(base_dir: str | Path, manifest: dict[str, Any]) -> Path:
-    """The folder holding vae/, transformer/, scheduler/: the base dir (tiny) or FLUX's folder."""
-    if manifest["kind"] == "tiny":
+    """The folder holding vae/, transformer/, scheduler/ (and parser/ for tiny): the manifest's
+    `dir` (the embedded base's folder, or FLUX's), else the base dir itself."""
+    if "dir" not in manifest:
         return Path(base_dir)
-    flux_dir = Path(manifest["dir"])
-    if not flux_dir.is_dir():
-        raise InputError(f"{Path(base_dir) / MANIFEST}: FLUX folder {str(flux_dir)!r} does not "
-                         f"exist; re-run the base stage to resolve base.flux_path again")
-    return flux_dir
+    parts = Path(manifest["dir"])
+    if not parts.is_dir():
+        raise InputError(f"{Path(base_dir) / MANIFEST}: the {manifest['kind']} base folder "
+                         f"{str(parts)!r} does not exist; re-run the base stage to resolve it")
+    return parts
 
 
 def load_base(base_dir: str | Path, *, device: torch.device | str | None = None,

@@ -1,15 +1,16 @@
-"""Pretraining of the embedded stand-in base (`base.kind: tiny`).
+"""The training phases of the embedded base (`base.kind: tiny`, `python -m stages.pretrain`).
 
 On the train split of the normalized data layout: a small `AutoencoderKL` (16 latent channels,
-x8 down, like FLUX's VAE) on faces and decoupled mask images, a small `FluxTransformer2DModel`
-text-to-image with rectified flow on all-MiniLM-L6-v2 embeddings, and a small face parser.
-Held-out quality (VAE PSNR, parser mIoU) and the loss curves go to DVCLive. `build_tiny` writes
-the parts in the layout `facemogle.base.loader` reads.
+x8 down, like FLUX's VAE) on faces and decoupled mask images, a small face parser, and a small
+`FluxTransformer2DModel` text-to-image with rectified flow on all-MiniLM-L6-v2 embeddings. Each
+phase resumes from its `PhaseStore`. Held-out quality (VAE PSNR, parser mIoU) and the loss curves
+go to DVCLive; `facemogle.base.embedded` runs the phases and ships the result.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from torchmetrics.image import PeakSignalNoiseRatio
 from tqdm.auto import tqdm
 
 from facemogle.base.loader import MANIFEST, Base
+from facemogle.base.phase_store import PhaseStore
 from facemogle.base.segmenter import FaceParser, save_parser
 from facemogle.base.standin import tiny_transformer, tiny_vae
 from facemogle.base.text import (
@@ -149,7 +151,31 @@ def _optimizer(model: torch.nn.Module, lr: float, warmup: int, steps: int):
     return opt, get_cosine_schedule_with_warmup(opt, min(warmup, steps), max(steps, 1))
 
 
-def _generator(seed: int, stream: int) -> torch.Generator:
+def run_phase(name: str, model: torch.nn.Module, cfg: Any, loss_fn: Callable[[], tuple[Tensor,
+              dict[str, float]]], *, generator: torch.Generator, live: Any = None,
+              store: PhaseStore | None = None, grad_clip: float | None = None) -> None:
+    """`cfg.steps` AdamW steps on `loss_fn()` (the loss and the values to log), resuming from and
+    writing to `store` (every `store.every` steps and at the end) when one is given."""
+    opt, schedule = _optimizer(model, cfg.lr, cfg.warmup_steps, cfg.steps)
+    start = store.restore(model, opt, schedule, generator) if store is not None else 0
+    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=f"pretrain: {name}",
+               mininterval=5)
+    log = LossLog(live, name, bar)
+    for step in bar:
+        loss, values = loss_fn()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        opt.step()
+        schedule.step()
+        log.add(step, **values)
+        if store is not None and ((step + 1) % store.every == 0 or step + 1 == cfg.steps):
+            store.save(step + 1, model, opt, schedule, generator)
+    log.flush(cfg.steps)
+
+
+def phase_generator(seed: int, stream: int) -> torch.Generator:
     """A CPU generator per training phase, so changing one phase leaves the others' draws alone."""
     return torch.Generator("cpu").manual_seed(seed * 1000 + stream)
 
@@ -170,7 +196,7 @@ def make_vae(cfg: TinyVAEConfig, resolution: int) -> AutoencoderKL:
 
 
 def vae_batch(faces: FaceSet, batch_size: int, mask_fraction: float,
-              generator: torch.Generator) -> Tensor:
+              generator: torch.Generator, crop_size: int | None = None) -> Tensor:
     """(B, 3, H, W) in [0, 1]: faces, then `mask_fraction` of the batch as decoupled mask images.
 
     Half of the mask images are colour masks (slot 0), half binary masks of a uniformly drawn
@@ -184,7 +210,20 @@ def vae_batch(faces: FaceSet, batch_size: int, mask_fraction: float,
     slots = torch.where(torch.rand(n_mask, generator=generator) < 0.5, 0, binary)  # (M,)
     masks = decouple(faces.label_maps[index[n_face:]])  # (M, 20, 3, H, W)
     masks = masks[torch.arange(n_mask), slots]  # (M, 3, H, W)
-    return torch.cat([faces.images01(index[:n_face]), masks])  # (B, 3, H, W)
+    batch = torch.cat([faces.images01(index[:n_face]), masks])  # (B, 3, H, W)
+    return batch if crop_size is None else random_crops(batch, crop_size, generator)
+
+
+def random_crops(images: Tensor, size: int, generator: torch.Generator) -> Tensor:
+    """One square crop of side `size` per image (B, C, H, W) -> (B, C, size, size), at offsets
+    that are multiples of 8 (whole latent cells, so the crop's latent grid is the image's)."""
+    h, w = images.shape[-2:]
+    if size > min(h, w):
+        raise ValueError(f"crop_size {size} exceeds the {w}x{h} images")
+    top = torch.randint((h - size) // 8 + 1, (len(images),), generator=generator) * 8  # (B,)
+    left = torch.randint((w - size) // 8 + 1, (len(images),), generator=generator) * 8  # (B,)
+    return torch.stack([image[:, t:t + size, s:s + size]
+                        for image, t, s in zip(images, top.tolist(), left.tolist())])
 
 
 def color_latent_loss(posterior_mean: Tensor, x: Tensor) -> Tensor:
@@ -200,28 +239,23 @@ def color_latent_loss(posterior_mean: Tensor, x: Tensor) -> Tensor:
 
 
 def train_vae(cfg: TinyVAEConfig, faces: FaceSet, *, generator: torch.Generator,
-              live: Any = None) -> AutoencoderKL:
+              live: Any = None, store: PhaseStore | None = None) -> AutoencoderKL:
     """Train the VAE: L1 reconstruction + kl_weight * KL + color_weight * `color_latent_loss`,
     AdamW; then set its latent shift/scale."""
     vae = make_vae(cfg, faces.resolution).train()
-    opt, schedule = _optimizer(vae, cfg.lr, cfg.warmup_steps, cfg.steps)
-    bar = tqdm(range(cfg.steps), desc="base: vae", mininterval=5)
-    log = LossLog(live, "vae", bar)
-    for step in bar:
+
+    def loss_fn() -> tuple[Tensor, dict[str, float]]:
         x = latents.to_vae_range(vae_batch(faces, cfg.batch_size, cfg.mask_fraction,
-                                           generator))  # (B, 3, H, W)
+                                           generator, cfg.crop_size))  # (B, 3, H, W)
         posterior = vae.encode(x).latent_dist
         recon = vae.decode(posterior.sample(generator=generator)).sample  # (B, 3, H, W)
         l1 = F.l1_loss(recon, x)
         kl = posterior.kl().mean()
         color = color_latent_loss(posterior.mean, x)
         loss = l1 + cfg.kl_weight * kl + cfg.color_weight * color
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        schedule.step()
-        log.add(step, l1=l1.item(), kl=kl.item(), color=color.item())
-    log.flush(cfg.steps)
+        return loss, {"l1": l1.item(), "kl": kl.item(), "color": color.item()}
+
+    run_phase("vae", vae, cfg, loss_fn, generator=generator, live=live, store=store)
     vae.eval().requires_grad_(False)
     set_latent_normalization(vae, faces)
     return vae
@@ -334,20 +368,18 @@ def caption_table(encoder: TextEncoder, captions: list[list[str]]) -> CaptionTab
 
 
 def train_transformer(cfg: TinyTransformerConfig, tokens: Tensor, grid: tuple[int, int],
-                      text: CaptionTable, *, generator: torch.Generator,
-                      live: Any = None) -> FluxTransformer2DModel:
+                      text: CaptionTable, *, generator: torch.Generator, live: Any = None,
+                      store: PhaseStore | None = None) -> FluxTransformer2DModel:
     """Train text-to-image with rectified flow on packed latents `tokens` (N, L, 64).
 
     x_t = (1 - s) x_0 + s e with s logit-normal, target e - x_0, MSE (docs/design.md, "Training");
     AdamW with warmup and gradient clipping; text dropout to "" with `cfg.text_dropout`.
     """
     model = make_transformer(cfg, text.seq.shape[-1], text.pooled.shape[-1]).train()
-    opt, schedule = _optimizer(model, cfg.lr, cfg.warmup_steps, cfg.steps)
     img_ids = latents.image_ids(*grid)  # (L, 3)
     txt_ids = latents.text_ids(text.seq.shape[1])  # (T, 3)
-    bar = tqdm(range(cfg.steps), desc="base: transformer", mininterval=5)
-    log = LossLog(live, "transformer", bar)
-    for step in bar:
+
+    def loss_fn() -> tuple[Tensor, dict[str, float]]:
         index = torch.randint(len(tokens), (cfg.batch_size,), generator=generator)  # (B,)
         seq, pooled = text.draw(index, cfg.text_dropout, generator)  # (B, T, D), (B, P)
         x0 = tokens[index]  # (B, L, 64)
@@ -357,13 +389,10 @@ def train_transformer(cfg: TinyTransformerConfig, tokens: Tensor, grid: tuple[in
                      pooled_projections=pooled, timestep=sigma, img_ids=img_ids,
                      txt_ids=txt_ids, guidance=_train_guidance(cfg, generator)).sample
         loss = flow.rectified_flow_loss(pred, x0, noise)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
-        schedule.step()
-        log.add(step, loss=loss.item())
-    log.flush(cfg.steps)
+        return loss, {"loss": loss.item()}
+
+    run_phase("transformer", model, cfg, loss_fn, generator=generator, live=live, store=store,
+              grad_clip=cfg.grad_clip)
     return model.eval().requires_grad_(False)
 
 
@@ -439,7 +468,8 @@ def class_weights(label_maps: Tensor) -> Tensor:
 
 
 def train_parser(cfg: TinyParserConfig, faces: FaceSet, decoded: Tensor | None = None, *,
-                 generator: torch.Generator, live: Any = None) -> FaceParser:
+                 generator: torch.Generator, live: Any = None,
+                 store: PhaseStore | None = None) -> FaceParser:
     """Train the parser with (optionally class-weighted) cross-entropy on augmented faces.
 
     `decoded` (N, 3, H, W) uint8 are the faces after VAE encode -> decode: a
@@ -447,11 +477,9 @@ def train_parser(cfg: TinyParserConfig, faces: FaceSet, decoded: Tensor | None =
     look of generated faces, which `evaluate` parses (same geometry, so the labels still fit).
     """
     parser = FaceParser(cfg.width).train()
-    opt, schedule = _optimizer(parser, cfg.lr, cfg.warmup_steps, cfg.steps)
     weights = class_weights(faces.label_maps) if cfg.class_weighted else None
-    bar = tqdm(range(cfg.steps), desc="base: parser", mininterval=5)
-    log = LossLog(live, "parser", bar)
-    for step in bar:
+
+    def loss_fn() -> tuple[Tensor, dict[str, float]]:
         index = torch.randint(len(faces), (cfg.batch_size,), generator=generator)  # (B,)
         images = faces.images01(index)  # (B, 3, H, W)
         if decoded is not None:
@@ -460,12 +488,9 @@ def train_parser(cfg: TinyParserConfig, faces: FaceSet, decoded: Tensor | None =
         images, targets = augment(images, faces.label_maps[index].long(),
                                   generator)  # (B, 3, H, W), (B, H, W)
         loss = F.cross_entropy(parser(images), targets, weight=weights)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        schedule.step()
-        log.add(step, loss=loss.item())
-    log.flush(cfg.steps)
+        return loss, {"loss": loss.item()}
+
+    run_phase("parser", parser, cfg, loss_fn, generator=generator, live=live, store=store)
     return parser.eval()
 
 
@@ -480,22 +505,7 @@ def parser_miou(parser: FaceParser, images01: Tensor, label_maps: Tensor) -> flo
     return float(metric.compute().nanmean())
 
 
-def _tiny_parts(cfg: BaseConfig, train: FaceSet, seed: int, live: Any
-                ) -> tuple[AutoencoderKL, FluxTransformer2DModel, FaceParser, MiniLMTextEncoder]:
-    encoder = MiniLMTextEncoder(cfg.text_max_tokens)
-    vae = train_vae(cfg.vae, train, generator=_generator(seed, 1), live=live)
-    h = w = train.resolution // 8
-    tokens = latents.pack(encode_faces(vae, train))  # (N, L, 64)
-    captions = [caps[:cfg.transformer.captions_per_image] for caps in train.captions]
-    transformer = train_transformer(cfg.transformer, tokens, (h, w),
-                                    caption_table(encoder, captions),
-                                    generator=_generator(seed, 2), live=live)
-    decoded = (decode_faces(vae, train) * 255).round().byte()  # (N, 3, H, W)
-    parser = train_parser(cfg.parser, train, decoded, generator=_generator(seed, 3), live=live)
-    return vae, transformer, parser, encoder
-
-
-def _evaluate_tiny(base: Base, parser: FaceParser, test: FaceSet, seed: int, live: Any
+def evaluate_parts(base: Base, parser: FaceParser, test: FaceSet, seed: int, live: Any
                    ) -> dict[str, float]:
     """Held-out quality: VAE PSNR, parser mIoU on renders and on VAE-decoded renders (the look of
     generated faces); with DVCLive also a preview row of test faces over samples of their first
@@ -518,25 +528,3 @@ def _evaluate_tiny(base: Base, parser: FaceParser, test: FaceSet, seed: int, liv
 def _grid(images01: Tensor) -> np.ndarray:
     """(P, 3, H, W) -> one (H, P * W, 3) uint8 row."""
     return (images01.permute(2, 0, 3, 1).flatten(1, 2) * 255).round().byte().numpy()
-
-
-def build_tiny(cfg: BaseConfig, data_dir: str | Path, out_dir: str | Path, seed: int,
-                live: Any) -> None:
-    torch.manual_seed(seed)
-    train, test = load_faces(data_dir, "train"), load_faces(data_dir, "test")
-    vae, transformer, parser, encoder = _tiny_parts(cfg, train, seed, live)
-    scheduler = flow.make_scheduler()
-    base = Base(vae, transformer, encoder, dict(scheduler.config), "tiny",
-                cfg.transformer.guidance_embeds)
-    metrics = _evaluate_tiny(base, parser, test, seed, live)
-    manifest = {"kind": "tiny", "dtype": cfg.dtype, "resolution": train.resolution,
-                "guidance_embeds": cfg.transformer.guidance_embeds, "seed": seed,
-                "num_train": len(train), "metrics": metrics, "config": to_dict(cfg)}
-    with atomic_path(out_dir) as tmp:
-        tmp.mkdir()
-        vae.save_pretrained(tmp / "vae")
-        transformer.save_pretrained(tmp / "transformer")
-        scheduler.save_pretrained(tmp / "scheduler")
-        save_parser(parser, tmp / "parser")
-        write_json(tmp / TEXT_MANIFEST, text_manifest(MINILM_NAME, cfg.text_max_tokens))
-        write_json(tmp / MANIFEST, manifest)

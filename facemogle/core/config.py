@@ -243,7 +243,7 @@ class MasksConfig(_Section):
 
 @dataclass(frozen=True)
 class TinyVAEConfig(_Section):
-    """The small AutoencoderKL the embedded `base` stage trains (16 latent channels, x8 down)."""
+    """The small AutoencoderKL of the embedded base (16 latent channels, x8 down)."""
 
     # Four blocks give three downsamplings: x8, like the FLUX VAE.
     block_out_channels: tuple[int, ...] = spec(
@@ -261,11 +261,14 @@ class TinyVAEConfig(_Section):
     mask_fraction: float = spec(0.5, ge=0, le=1)
     # pulls latent channels 0-2 to the mean colour of their 8x8 cell
     color_weight: float = spec(1.0, ge=0)
+    # train on random square crops of this side (a multiple of 8: whole latent cells); the conv
+    # VAE is applied to whole images afterwards. null: whole images
+    crop_size: int | None = spec(None, ge=16, multiple_of=8)
 
 
 @dataclass(frozen=True)
 class TinyTransformerConfig(_Section):
-    """The small FluxTransformer2DModel the embedded `base` stage trains text-to-image."""
+    """The small text-to-image FluxTransformer2DModel of the embedded base."""
 
     num_layers: int = spec(2, ge=1)
     num_single_layers: int = spec(4, ge=0)
@@ -290,7 +293,8 @@ class TinyTransformerConfig(_Section):
 
 @dataclass(frozen=True)
 class TinyParserConfig(_Section):
-    """The small face parser (19-class segmentation net) the embedded `base` stage trains."""
+    """The small face parser (19-class segmentation net) of the embedded base: it labels images
+    without masks and is the instrument of every mask metric."""
 
     width: int = spec(16, ge=4)
     steps: int = spec(500, ge=0)
@@ -304,17 +308,27 @@ class TinyParserConfig(_Section):
 
 @dataclass(frozen=True)
 class BaseConfig(_Section):
-    """The pretrained foundation: trained here (`tiny`) or resolved from FLUX.1-dev (`flux`)."""
+    """The pretrained foundation: the embedded base shipped with the repository (`tiny`) or
+    FLUX.1-dev (`flux`); the `base` stage resolves and checks it, it never trains it."""
 
     kind: Literal["tiny", "flux"] = "flux"
+    tiny_path: str = "pretrained/embedded"  # the embedded base: weights + provenance.json
     flux_path: str = "black-forest-labs/FLUX.1-dev"  # hub id or local directory
     flux_revision: str | None = None
     dtype: DType = "bfloat16"
     # T5 sequence length (FLUX.1-dev: 512); MiniLM: 32 is plenty
     text_max_tokens: int = spec(FLUX_TEXT_TOKENS, ge=1, le=FLUX_TEXT_TOKENS)
+
+
+@dataclass(frozen=True)
+class PretrainConfig(_Section):
+    """Training the embedded base once (`python -m stages.pretrain`, not part of `dvc repro`)."""
+
     vae: TinyVAEConfig = field(default_factory=TinyVAEConfig)
     transformer: TinyTransformerConfig = field(default_factory=TinyTransformerConfig)
     parser: TinyParserConfig = field(default_factory=TinyParserConfig)
+    checkpoint_every: int = spec(200, ge=1)  # steps between resumable checkpoints of a phase
+    weights_dtype: Literal["float32", "float16"] = "float16"  # storage of the shipped weights
 
 
 @dataclass(frozen=True)
@@ -448,6 +462,7 @@ class Params(_Section):
     masks: MasksConfig = field(default_factory=MasksConfig)
     zeroshot: ZeroShotConfig = field(default_factory=ZeroShotConfig)
     base: BaseConfig = field(default_factory=BaseConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)

@@ -21,6 +21,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from facemogle.core.io import atomic_path, write_json
+from facemogle.core.optim_state import load_optimizer, save_optimizer
 from facemogle.models.condition import load_lora_state_dict, lora_state_dict
 from facemogle.models.facemogle import FaceMoGLE
 
@@ -62,25 +63,6 @@ def load_model_weights(folder: str | Path, model) -> dict:
     return json.loads((folder / "config.json").read_text())
 
 
-def _split_optimizer_state(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
-    tensors, scalars = {}, {}
-    for pid, entry in state["state"].items():
-        for key, value in entry.items():
-            if torch.is_tensor(value):
-                tensors[f"{pid}.{key}"] = value.detach().cpu().contiguous()
-            else:
-                scalars[f"{pid}.{key}"] = value
-    return tensors, {"scalars": scalars, "param_groups": state["param_groups"]}
-
-
-def _join_optimizer_state(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
-    state: dict[int, dict] = {}
-    for flat, value in list(tensors.items()) + list(meta["scalars"].items()):
-        pid, key = flat.split(".", 1)
-        state.setdefault(int(pid), {})[key] = value
-    return {"state": state, "param_groups": meta["param_groups"]}
-
-
 def save_training_state(ckpt_root: str | Path, step: int, model, optimizer,
                         generator: torch.Generator, history: list, config: dict, *,
                         keep: int = 2) -> Path:
@@ -90,8 +72,7 @@ def save_training_state(ckpt_root: str | Path, step: int, model, optimizer,
     with atomic_path(target) as tmp:
         tmp.mkdir()
         write_weights(tmp, model, config)
-        tensors, meta = _split_optimizer_state(optimizer.state_dict())
-        save_file(tensors, str(tmp / "optimizer.safetensors"))
+        meta = save_optimizer(tmp / "optimizer.safetensors", optimizer)
         save_file({"state": generator.get_state()}, str(tmp / "rng.safetensors"))
         write_json(tmp / "trainer.json", {"step": step, "history": history, "optimizer": meta})
     for old in sorted(ckpt_root.glob(f"{STEP_PREFIX}*"))[:-keep]:
@@ -117,9 +98,7 @@ def load_training_state(folder: str | Path, model, optimizer,
     folder = Path(folder)
     load_model_weights(folder, model)
     trainer = json.loads((folder / "trainer.json").read_text())
-    state = _join_optimizer_state(load_file(str(folder / "optimizer.safetensors")),
-                                  trainer["optimizer"])
-    optimizer.load_state_dict(state)
+    load_optimizer(folder / "optimizer.safetensors", trainer["optimizer"], optimizer)
     generator.set_state(load_file(str(folder / "rng.safetensors"))["state"])
     return trainer["step"], [tuple(h) for h in trainer["history"]]
 

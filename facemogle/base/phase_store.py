@@ -1,0 +1,63 @@
+"""Checkpoints of one pretraining phase (VAE, transformer or parser), so a run of hours resumes.
+
+A phase folder holds `model.safetensors`, `optimizer.safetensors`, `rng.safetensors` (the
+phase's batch/noise generator) and `state.json` (step, learning-rate schedule, the optimizer's
+scalar state, and the run key). A folder written under another key (other params, data or code
+inputs) is ignored, so a changed run starts that phase afresh instead of resuming a stale one.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from facemogle.core.io import atomic_path, write_json
+from facemogle.core.optim_state import load_optimizer, save_optimizer
+
+
+class PhaseStore:
+    """Save/restore one phase under `folder` every `every` steps; `key` identifies the run."""
+
+    def __init__(self, folder: str | Path, every: int, key: Any):
+        self.folder, self.every, self.key = Path(folder), every, key
+        self._saved_elapsed, self._since = 0.0, time.monotonic()
+
+    @property
+    def elapsed(self) -> float:
+        """Seconds of training in this phase, over every process that resumed it."""
+        return self._saved_elapsed + time.monotonic() - self._since
+
+    def restore(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, schedule: Any,
+                generator: torch.Generator) -> int:
+        """Load the saved state into the objects; returns the step to continue from (0: none)."""
+        state_path = self.folder / "state.json"
+        self._saved_elapsed, self._since = 0.0, time.monotonic()
+        if not state_path.is_file():
+            return 0
+        state = json.loads(state_path.read_text())
+        if state.get("key") != self.key:
+            return 0
+        self._saved_elapsed = float(state.get("elapsed", 0.0))
+        model.load_state_dict(load_file(str(self.folder / "model.safetensors")))
+        load_optimizer(self.folder / "optimizer.safetensors", state["optimizer"], optimizer)
+        schedule.load_state_dict(state["schedule"])
+        generator.set_state(load_file(str(self.folder / "rng.safetensors"))["state"])
+        return int(state["step"])
+
+    def save(self, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+             schedule: Any, generator: torch.Generator) -> None:
+        """Replace the folder atomically with the state after `step` steps."""
+        with atomic_path(self.folder) as tmp:
+            tmp.mkdir(parents=True)
+            save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()},
+                      str(tmp / "model.safetensors"))
+            meta = save_optimizer(tmp / "optimizer.safetensors", optimizer)
+            save_file({"state": generator.get_state()}, str(tmp / "rng.safetensors"))
+            write_json(tmp / "state.json", {"step": step, "key": self.key, "optimizer": meta,
+                                            "schedule": schedule.state_dict(),
+                                            "elapsed": self.elapsed})
