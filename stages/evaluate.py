@@ -16,8 +16,10 @@ from pathlib import Path
 
 import torch
 
-from facemogle.base.segmenter import load_parser
+from facemogle.base.loader import load_vae, parts_dir, read_manifest
+from facemogle.base.segmenter import WEIGHTS_NAME, load_parser
 from facemogle.core.config import MODES, load_params
+from facemogle.core.io import file_sha256
 from facemogle.evaluation.evaluate import evaluate
 
 PARAMS = ("seed", "evaluate")
@@ -35,11 +37,17 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     params = load_params(args.params, sections=PARAMS)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    parser_dir = Path(args.base) / "parser"
-    face_parser = load_parser(parser_dir, device=device).eval() if parser_dir.exists() else None
+    parser_dir = parts_dir(args.base, read_manifest(args.base)) / "parser"
+    face_parser, vae, name = None, None, "face parser"
+    if parser_dir.exists():  # the embedded base's fixed parser (FLUX.1-dev has none)
+        face_parser = load_parser(parser_dir, device=device).eval()
+        vae = load_vae(args.base, device=device)
+        name = (f"facemogle tiny parser, {WEIGHTS_NAME} sha256 "
+                f"{file_sha256(parser_dir / WEIGHTS_NAME)}")
     modes = [m for m in MODES if (Path(args.samples) / m).is_dir()]
     evaluate(args.samples, args.data, args.labels, args.out, params.evaluate, modes=modes,
-             parser=face_parser, seed=params.seed, device=device, ids_file=args.ids)
+             parser=face_parser, seed=params.seed, device=device, ids_file=args.ids, vae=vae,
+             parser_name=name)
     return 0
 
 

@@ -15,7 +15,7 @@ import logging
 import shlex
 import sys
 
-from facemogle.base.embedded import pretrain_embedded
+from facemogle.base.train_embedded import pretrain_embedded
 from facemogle.core.config import load_params
 
 

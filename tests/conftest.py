@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny Face-MoGLE checkpoint trained through the real stages."""
+"""Shared fixtures: a tiny embedded base trained by the real pretraining command, and a tiny
+Face-MoGLE checkpoint trained on it through the real stages."""
 
 from __future__ import annotations
 
@@ -10,18 +11,29 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# Toy sizes of the real classes: 12 SynthFaces at 64 px, a 1+1-block transformer, a few steps.
-TINY_RUN_PARAMS = {
-    "data": {"resolution": 64, "num_train": 8, "num_test": 4, "captions_per_image": 2},
-    "base": {
-        "text_max_tokens": 8,
+TINY_DATA = {"resolution": 64, "num_train": 8, "num_test": 4, "captions_per_image": 2}
+
+
+# The tiny profile of `python -m stages.pretrain`: toy sizes of the real classes, a few steps.
+TINY_PRETRAIN_PARAMS = {
+    "data": TINY_DATA,
+    "base": {"text_max_tokens": 8},
+    "pretrain": {
+        "checkpoint_every": 10,
         "vae": {"block_out_channels": [8, 16, 16, 16], "steps": 20, "batch_size": 8,
-                "warmup_steps": 2},
+                "warmup_steps": 2, "crop_size": 32},
         "transformer": {"num_layers": 1, "num_single_layers": 1, "attention_head_dim": 16,
                         "num_attention_heads": 2, "axes_dims_rope": [4, 6, 6], "steps": 20,
                         "batch_size": 8, "warmup_steps": 2},
         "parser": {"width": 8, "steps": 10, "batch_size": 8, "warmup_steps": 2},
     },
+}
+
+
+# 12 SynthFaces at 64 px on the tiny embedded base.
+TINY_RUN_PARAMS = {
+    "data": TINY_DATA,
+    "base": {"text_max_tokens": 8},
     # One image and caption per encoder call: VAE and text-encoder numerics depend on the batch
     # they run in, so cached conditions equal the pipeline's (one image at a time) bit for bit.
     "cache": {"batch_size": 1},
@@ -48,24 +60,43 @@ class TrainedRun:
 def _merge(base: dict, override: dict) -> dict:
     out = dict(base)
     for key, value in override.items():
-        out[key] = _merge(base[key], value) if isinstance(value, dict) else value
+        out[key] = _merge(base.get(key, {}), value) if isinstance(value, dict) else value
     return out
 
 
+def params_file(path: Path, override: dict, defaults: str = "params.yaml") -> Path:
+    """Write the repository's `defaults` params file with `override` merged in, to `path`."""
+    path.write_text(yaml.safe_dump(_merge(yaml.safe_load((ROOT / defaults).read_text()),
+                                          override), sort_keys=False))
+    return path
+
+
 @pytest.fixture(scope="session")
-def trained_run(tmp_path_factory) -> TrainedRun:
+def embedded_base(tmp_path_factory) -> Path:
+    """A tiny embedded base written by `python -m stages.pretrain` (about 10 s)."""
+    from stages import pretrain
+
+    root = tmp_path_factory.mktemp("embedded")
+    params = params_file(root / "params-pretrain.yaml", TINY_PRETRAIN_PARAMS,
+                         "params-pretrain.yaml")
+    assert pretrain.main(["--params", str(params), "--work", str(root / "work"), "--out",
+                          str(root / "embedded"), "--metrics-dir", str(root / "metrics")]) == 0
+    return root / "embedded"
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, embedded_base) -> TrainedRun:
     """download -> base -> parse_masks -> cache_latents -> train at toy size (about 20 s)."""
     from stages import base, cache_latents, download, parse_masks, train
 
     root = tmp_path_factory.mktemp("trained_run")
-    params = root / "params.yaml"
-    defaults = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params.write_text(yaml.safe_dump(_merge(defaults, TINY_RUN_PARAMS), sort_keys=False))
+    params = params_file(root / "params.yaml", _merge(TINY_RUN_PARAMS, {
+        "base": {"tiny_path": str(embedded_base)}}))
     run = TrainedRun(root, params, root / "raw", root / "base", root / "labels",
                      root / "latents", root / "model")
     p = ["--params", str(params)]
     assert download.main(["--out", str(run.raw), *p]) == 0
-    assert base.main(["--data", str(run.raw), "--out", str(run.base), *p]) == 0
+    assert base.main(["--out", str(run.base), *p]) == 0
     assert parse_masks.main(["--data", str(run.raw), "--out", str(run.labels), "--metrics",
                              str(root / "metrics" / "classes.json"), *p]) == 0
     assert cache_latents.main(["--data", str(run.raw), "--labels", str(run.labels), "--base",

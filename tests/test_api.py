@@ -236,7 +236,7 @@ def test_flux_checkpoint_uses_its_recorded_folder_and_saves_only_a_manifest(tmp_
     a checkpoint with no base folder finds FLUX through its config's base_manifest."""
     flux = save_flux_standin(tmp_path / "FLUX.1-dev")
     cfg = BaseConfig(kind="flux", flux_path=str(flux), dtype="float32", text_max_tokens=8)
-    build_base(cfg, None, tmp_path / "base", seed=0)
+    build_base(cfg, None, tmp_path / "base")
     base = load_base(tmp_path / "base", load_text_encoder=False)
     params = Params(base=cfg)
     model = FaceMoGLE.build(base.transformer, params.model, params.lora, experts=params.experts,
@@ -277,7 +277,7 @@ def test_bf16_pipeline_follows_the_sample_stages_precision_policy(tmp_path):
 
     flux = save_flux_standin(tmp_path / "FLUX.1-dev")
     cfg = BaseConfig(kind="flux", flux_path=str(flux), dtype="bfloat16", text_max_tokens=8)
-    build_base(cfg, None, tmp_path / "base", seed=0)
+    build_base(cfg, None, tmp_path / "base")
     base = load_base(tmp_path / "base", load_text_encoder=False)
     params = Params(base=cfg)
     model = FaceMoGLE.from_params(base.transformer, params)

@@ -1,18 +1,20 @@
-"""The base stage: the tiny base trained end to end at toy size, FLUX resolution and loading."""
+"""The embedded base (trained by the pretraining command at toy size, checked by the base
+stage), FLUX resolution, loading, and the pretraining helpers."""
 
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
-import yaml
 from safetensors.torch import load_file
 
 from facemogle.base import loader as base_mod
 from facemogle.base.build import build_base
+from facemogle.base.embedded import check_embedded
 from facemogle.base.flux import resolve_flux
-from facemogle.base.loader import load_base
+from facemogle.base.loader import load_base, load_vae
 from facemogle.base.pretrain import (
     FLIP_LABELS,
     CaptionTable,
@@ -27,43 +29,11 @@ from facemogle.base.segmenter import FaceParser, load_parser
 from facemogle.base.standin import save_flux_standin
 from facemogle.base.text import FluxTextEncoder, MiniLMTextEncoder
 from facemogle.core import latents
-from facemogle.core.config import (
-    BaseConfig,
-    ConfigError,
-    DataConfig,
-    TinyParserConfig,
-    TinyTransformerConfig,
-    TinyVAEConfig,
-    to_dict,
-)
-from facemogle.core.io import InputError
+from facemogle.core.config import BaseConfig, ConfigError, load_params
+from facemogle.core.io import InputError, file_sha256
 from facemogle.core.labels import LABEL_INDEX, NUM_LABELS
-from facemogle.data.download import download
 from stages import base as stage
-
-TINY = BaseConfig(
-    kind="tiny", dtype="float32", text_max_tokens=8,
-    vae=TinyVAEConfig(block_out_channels=(4, 8, 8, 8), steps=2, batch_size=4, warmup_steps=1),
-    transformer=TinyTransformerConfig(num_layers=1, num_single_layers=1, attention_head_dim=16,
-                                      num_attention_heads=2, axes_dims_rope=(4, 6, 6), steps=3,
-                                      batch_size=2, warmup_steps=1),
-    parser=TinyParserConfig(width=4, steps=2, batch_size=2, warmup_steps=1))
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("data") / "raw"
-    download(DataConfig(source="synthfaces", resolution=64, num_train=6, num_test=2,
-                        captions_per_image=2), out)
-    return out
-
-
-@pytest.fixture(scope="module")
-def tiny_base(data_dir, tmp_path_factory):
-    root = tmp_path_factory.mktemp("tiny")
-    build_base(TINY, data_dir, root / "base", seed=3, metrics_dir=root / "metrics")
-    return root
-
+from conftest import ROOT, TINY_DATA, TINY_PRETRAIN_PARAMS, params_file
 
 @pytest.fixture(scope="module")
 def flux_dir(tmp_path_factory):
@@ -74,40 +44,102 @@ def _weights(directory):
     return load_file(str(next(directory.glob("*.safetensors"))))
 
 
-# ---- kind: tiny ------------------------------------------------------------------------------
+def _params(tmp_path, embedded, **data):
+    """A params file of the tiny run pointing `base.tiny_path` at `embedded`."""
+    return params_file(tmp_path / "params.yaml", {
+        "data": {**TINY_DATA, **data}, "base": {"tiny_path": str(embedded), "dtype": "float32",
+                                                "text_max_tokens": 8}})
 
 
-def test_tiny_writes_the_layout(tiny_base):
-    out = tiny_base / "base"
-    names = sorted(p.name for p in out.iterdir())
-    assert names == ["base.json", "parser", "scheduler", "text_encoder.json", "transformer",
-                     "vae"]
-    manifest = json.loads((out / "base.json").read_text())
-    assert manifest["kind"] == "tiny" and manifest["resolution"] == 64
-    assert manifest["config"] == to_dict(TINY)
-    assert set(manifest["metrics"]) == {"vae_psnr_faces", "vae_psnr_color", "vae_psnr_binary",
-                                        "parser_miou", "parser_miou_decoded"}
-    assert json.loads((out / "text_encoder.json").read_text()) == {
-        "name": "all-MiniLM-L6-v2", "max_tokens": 8}
-    assert not list(out.parent.glob(".base.*")), "temporary directory left behind"
+@pytest.fixture
+def resolved(embedded_base, tmp_path):
+    assert stage.main(["--out", str(tmp_path / "base"), "--params",
+                       str(_params(tmp_path, embedded_base))]) == 0
+    return tmp_path / "base"
 
 
-def test_tiny_logs_losses_and_quality(tiny_base):
-    metrics = tiny_base / "metrics"
+# ---- the embedded base: pretraining command ---------------------------------------------------
+
+
+def test_pretrain_writes_weights_and_provenance(embedded_base):
+    names = sorted(p.name for p in embedded_base.iterdir())
+    assert names == ["parser", "provenance.json", "scheduler", "text_encoder.json",
+                     "transformer", "vae"]
+    record = json.loads((embedded_base / "provenance.json").read_text())
+    assert record["command"].startswith("python -m stages.pretrain --params ")
+    assert record["machine"]["cpu"] and record["machine"]["torch"] == torch.__version__
+    assert set(record["wall_time"]) == {"vae_s", "parser_s", "transformer_s", "evaluation_s"}
+    assert record["data"]["num_train"] == TINY_DATA["num_train"] and record["resolution"] == 64
+    assert record["pretrain"]["vae"]["steps"] == 20
+    assert set(record["metrics"]) == {"vae_psnr_faces", "vae_psnr_color", "vae_psnr_binary",
+                                      "parser_miou", "parser_miou_decoded"}
+    files = {str(f.relative_to(embedded_base)) for f in embedded_base.rglob("*")
+             if f.is_file() and f.name != "provenance.json"}
+    assert set(record["files"]) == files
+    assert all(record["files"][f] == file_sha256(embedded_base / f) for f in files)
+    for part in ("vae", "transformer", "parser"):  # pretrain.weights_dtype: float16
+        assert {t.dtype for t in _weights(embedded_base / part).values()} == {torch.float16}
+    assert not list(embedded_base.parent.glob(".embedded.*")), "temporary folder left behind"
+
+
+def test_pretrain_logs_losses(embedded_base):
+    metrics = embedded_base.parent / "metrics"
     for name in ("vae/l1", "vae/kl", "transformer/loss", "parser/loss"):
         rows = (metrics / "plots" / "metrics" / f"{name}.tsv").read_text().splitlines()
         assert rows[0].split("\t")[0] == "step" and len(rows) >= 2, name
-    summary = json.loads((metrics / "metrics.json").read_text())
-    assert 0.0 <= summary["parser_miou"] <= 1.0 and summary["vae_psnr_faces"] > 0
     assert (metrics / "plots" / "images" / "base_previews.png").is_file()
-    assert not (tiny_base / "metrics" / "dvc.yaml").exists()
 
 
-def test_load_tiny_base(tiny_base, data_dir):
-    base = load_base(tiny_base / "base")
+def test_pretrain_resumes_bit_for_bit(embedded_base, tmp_path, monkeypatch):
+    """Interrupted inside the transformer phase, a re-run resumes from its checkpoint (step 10 of
+    20) and ships the same bytes as the uninterrupted run."""
+    from facemogle.base import pretrain as pretrain_mod
+    from stages import pretrain
+
+    params = params_file(tmp_path / "p.yaml", TINY_PRETRAIN_PARAMS, "params-pretrain.yaml")
+    args = ["--params", str(params), "--work", str(tmp_path / "work"), "--out",
+            str(tmp_path / "out")]
+    real_loss, calls = pretrain_mod.flow.rectified_flow_loss, []
+
+    def interrupted(*a, **k):
+        calls.append(1)
+        if len(calls) == 15:
+            raise KeyboardInterrupt
+        return real_loss(*a, **k)
+
+    monkeypatch.setattr(pretrain_mod.flow, "rectified_flow_loss", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain.main(args)
+    assert not (tmp_path / "out").exists()
+    state = json.loads((tmp_path / "work" / "checkpoints" / "transformer" / "state.json")
+                       .read_text())
+    assert state["step"] == 10
+    monkeypatch.setattr(pretrain_mod.flow, "rectified_flow_loss", real_loss)
+    assert pretrain.main(args) == 0
+    ours = json.loads((tmp_path / "out" / "provenance.json").read_text())["files"]
+    theirs = json.loads((embedded_base / "provenance.json").read_text())["files"]
+    assert ours == theirs
+
+
+# ---- kind: tiny: the base stage checks and points to the embedded base ------------------------
+
+
+def test_base_stage_points_to_the_embedded_base(resolved, embedded_base):
+    assert sorted(p.name for p in resolved.iterdir()) == ["base.json", "text_encoder.json"]
+    manifest = json.loads((resolved / "base.json").read_text())
+    assert manifest["kind"] == "tiny" and manifest["dir"] == str(embedded_base)
+    assert manifest["parser_sha256"] == file_sha256(embedded_base / "parser" /
+                                                    "model.safetensors")
+    assert manifest["provenance_sha256"] == file_sha256(embedded_base / "provenance.json")
+    assert json.loads((resolved / "text_encoder.json").read_text()) == {
+        "name": "all-MiniLM-L6-v2", "max_tokens": 8}
+
+
+def test_load_tiny_base(resolved, embedded_base):
+    base = load_base(resolved)
     assert base.kind == "tiny" and base.guidance_embeds is False
     assert isinstance(base.text_encoder, MiniLMTextEncoder) and base.text_encoder.max_tokens == 8
-    assert base.vae.dtype == base.transformer.dtype == torch.float32
+    assert base.vae.dtype == base.transformer.dtype == torch.float32  # stored float16
     assert not base.vae.training and not any(p.requires_grad for p in base.vae.parameters())
     # the latent normalization was measured on the training faces, not left at (0, 1)
     assert base.vae.config.shift_factor != 0.0 and base.vae.config.scaling_factor != 1.0
@@ -119,37 +151,53 @@ def test_load_tiny_base(tiny_base, data_dir):
                            timestep=torch.tensor([0.5, 0.5]), img_ids=latents.image_ids(8, 8),
                            txt_ids=latents.text_ids(8)).sample
     assert out.shape == z.shape and torch.isfinite(out).all()
-    parser = load_parser(tiny_base / "base" / "parser")
+    parser = load_parser(embedded_base / "parser")
     assert parser.parse(torch.rand(1, 3, 64, 64)).shape == (1, 64, 64)
+    assert load_vae(resolved).config == base.vae.config
 
 
-def test_load_tiny_base_casts_and_skips_text(tiny_base):
-    base = load_base(tiny_base / "base", dtype=torch.bfloat16, load_text_encoder=False)
+def test_load_tiny_base_casts_and_skips_text(resolved):
+    base = load_base(resolved, dtype=torch.bfloat16, load_text_encoder=False)
     assert base.text_encoder is None
     assert base.vae.dtype == base.transformer.dtype == torch.bfloat16
 
 
-def test_stage_cli_is_deterministic(tiny_base, data_dir, tmp_path):
-    """`python -m stages.base` with the same params and seed gives bitwise the same weights."""
-    params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump({"seed": 3, "base": to_dict(TINY)}))
-    assert stage.main(["--data", str(data_dir), "--out", str(tmp_path / "base"),
-                       "--params", str(params)]) == 0
-    for part in ("vae", "transformer", "parser"):
-        a, b = _weights(tiny_base / "base" / part), _weights(tmp_path / "base" / part)
-        assert a.keys() == b.keys()
-        assert all(torch.equal(a[k], b[k]) for k in a), part
-    assert not (tmp_path / "metrics").exists()
+def test_base_refuses_a_changed_weight_file(embedded_base, tmp_path):
+    copy = tmp_path / "embedded"
+    shutil.copytree(embedded_base, copy)
+    weights = copy / "transformer" / "diffusion_pytorch_model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(InputError, match=r"diffusion_pytorch_model\.safetensors: SHA-256 .* "
+                                         r"differs from .* recorded in .*provenance\.json"):
+        stage.main(["--out", str(tmp_path / "base"), "--params", str(_params(tmp_path, copy))])
+    assert not (tmp_path / "base").exists()
+    weights.unlink()
+    with pytest.raises(InputError, match="listed in provenance.json but missing"):
+        stage.main(["--out", str(tmp_path / "base"), "--params", str(_params(tmp_path, copy))])
+
+
+def test_base_refuses_data_it_was_trained_on(embedded_base, tmp_path):
+    """With fewer train images than the base saw, test ids would be faces it was trained on."""
+    params = _params(tmp_path, embedded_base, num_train=TINY_DATA["num_train"] - 1)
+    with pytest.raises(InputError, match="trained on the first 8 images"):
+        stage.main(["--out", str(tmp_path / "base"), "--params", str(params)])
+    params = _params(tmp_path, embedded_base, resolution=128)
+    with pytest.raises(InputError, match="re-train the base for this data"):
+        stage.main(["--out", str(tmp_path / "base"), "--params", str(params)])
 
 
 def test_stage_declares_its_params():
-    assert stage.PARAMS == ("seed", "base")
+    assert stage.PARAMS == ("data", "base")
 
 
-def test_bad_data_dir_names_the_file(tmp_path):
-    with pytest.raises(InputError, match="split.json"):
-        build_base(TINY, tmp_path, tmp_path / "base", seed=0)
-    assert not (tmp_path / "base").exists()
+def test_shipped_embedded_base_matches_its_provenance():
+    """The repository's own embedded base: every file as recorded, trained on params.yaml's
+    train split."""
+    params = load_params(ROOT / "params.yaml")
+    record = check_embedded(ROOT / params.base.tiny_path, params.data)
+    assert record["resolution"] == params.data.resolution
 
 
 # ---- kind: flux ------------------------------------------------------------------------------
@@ -157,7 +205,7 @@ def test_bad_data_dir_names_the_file(tmp_path):
 
 def test_flux_manifest_copies_no_weights(flux_dir, tmp_path):
     cfg = BaseConfig(kind="flux", flux_path=str(flux_dir), text_max_tokens=8)
-    build_base(cfg, None, tmp_path / "base", seed=0)
+    build_base(cfg, None, tmp_path / "base")
     assert sorted(p.name for p in (tmp_path / "base").iterdir()) == ["base.json",
                                                                      "text_encoder.json"]
     manifest = json.loads((tmp_path / "base" / "base.json").read_text())
@@ -168,7 +216,7 @@ def test_flux_manifest_copies_no_weights(flux_dir, tmp_path):
 @pytest.mark.parametrize("dtype", [None, torch.float32])
 def test_flux_loads(flux_dir, tmp_path, dtype):
     build_base(BaseConfig(kind="flux", flux_path=str(flux_dir), text_max_tokens=8), None,
-               tmp_path / "base", seed=0)
+               tmp_path / "base")
     base = load_base(tmp_path / "base", dtype=dtype)
     expected = dtype or torch.bfloat16  # base.dtype's default: FLUX.1-dev runs in bf16
     assert base.kind == "flux" and base.guidance_embeds is True
@@ -205,7 +253,7 @@ def test_flux_offline_hub_id_is_a_clear_error(tmp_path, monkeypatch):
     cfg = BaseConfig(kind="flux", flux_path="black-forest-labs/FLUX.1-dev")
     with pytest.raises(ConfigError, match=r"'base\.flux_path'.*set base\.flux_path to a local "
                                           r"directory"):
-        build_base(cfg, None, tmp_path / "base", seed=0)
+        build_base(cfg, None, tmp_path / "base")
     assert not (tmp_path / "base").exists()
 
 
@@ -217,7 +265,7 @@ def test_flux_missing_local_dir(tmp_path):
 def test_load_base_errors(tmp_path, flux_dir):
     with pytest.raises(InputError, match="base.json"):
         load_base(tmp_path)
-    build_base(BaseConfig(kind="flux", flux_path=str(flux_dir)), None, tmp_path / "b", seed=0)
+    build_base(BaseConfig(kind="flux", flux_path=str(flux_dir)), None, tmp_path / "b")
     manifest = json.loads((tmp_path / "b" / "base.json").read_text())
     manifest["dir"] = str(tmp_path / "moved")
     (tmp_path / "b" / "base.json").write_text(json.dumps(manifest))

@@ -26,8 +26,10 @@ def test_params_yaml_loads_and_round_trips():
 
 
 def test_every_key_of_the_schema_is_in_params_yaml():
-    # params.yaml documents the whole schema: a key only in the dataclass could not be set with -S.
+    # params.yaml documents the pipeline's schema (a key only in the dataclass could not be set
+    # with -S); params-pretrain.yaml the whole `pretrain` section, which no DVC stage reads.
     data = yaml.safe_load((ROOT / "params.yaml").read_text())
+    pretrain = yaml.safe_load((ROOT / "params-pretrain.yaml").read_text())
     full = to_dict(Params())
 
     def keys(d, prefix=""):
@@ -36,7 +38,10 @@ def test_every_key_of_the_schema_is_in_params_yaml():
             if isinstance(v, dict):
                 yield from keys(v, prefix + k + ".")
 
-    assert set(keys(full)) == set(keys(data))
+    schema = set(keys(full))
+    assert schema - {"pretrain"} - set(keys(full["pretrain"], "pretrain.")) == set(keys(data))
+    assert set(keys(full["pretrain"], "pretrain.")) == set(keys(pretrain["pretrain"], "pretrain."))
+    assert load_params(ROOT / "params-pretrain.yaml").data == load_params(ROOT / "params.yaml").data
 
 
 @pytest.mark.parametrize(
@@ -51,7 +56,7 @@ def test_every_key_of_the_schema_is_in_params_yaml():
         ({"lora": {"rank": 2.5}}, "lora.rank", "integer"),
         ({"sample": {"modes": ["multimodal", "sketch"]}}, "sample.modes[1]", "mask2face"),
         ({"train": {"gradient_checkpointing": "yes"}}, "train.gradient_checkpointing", "true or false"),
-        ({"base": {"vae": {"block_out_channels": [8, 8]}}}, "base.vae.block_out_channels", "4"),
+        ({"pretrain": {"vae": {"block_out_channels": [8, 8]}}}, "pretrain.vae.block_out_channels", "4"),
         ({"unknown_section": {}}, "unknown_section", "valid keys"),
     ],
 )
@@ -66,16 +71,16 @@ def test_invalid_values_name_the_key_and_the_valid_values(override, key, expecte
 @pytest.mark.parametrize(
     "override, message",
     [
-        ({"base": {"vae": {"lr": 0}}}, "'base.vae.lr' must be a positive number, got 0.0"),
-        ({"base": {"parser": {"width": 2}}},
-         "'base.parser.width' must be an integer >= 4, got 2"),
-        ({"base": {"transformer": {"text_dropout": 1}}},
-         "'base.transformer.text_dropout' must be in [0, 1), got 1.0"),
-        ({"base": {"vae": {"block_out_channels": [8, 16, 30, 64]}}},
-         ("'base.vae.block_out_channels' must be widths that are multiples of 4 "
+        ({"pretrain": {"vae": {"lr": 0}}}, "'pretrain.vae.lr' must be a positive number, got 0.0"),
+        ({"pretrain": {"parser": {"width": 2}}},
+         "'pretrain.parser.width' must be an integer >= 4, got 2"),
+        ({"pretrain": {"transformer": {"text_dropout": 1}}},
+         "'pretrain.transformer.text_dropout' must be in [0, 1), got 1.0"),
+        ({"pretrain": {"vae": {"block_out_channels": [8, 16, 30, 64]}}},
+         ("'pretrain.vae.block_out_channels' must be widths that are multiples of 4 "
           "(GroupNorm groups), got (8, 16, 30, 64)")),
-        ({"base": {"transformer": {"attention_head_dim": 16}}},
-         ("'base.transformer.axes_dims_rope' must be three sizes summing to attention_head_dim=16, "
+        ({"pretrain": {"transformer": {"attention_head_dim": 16}}},
+         ("'pretrain.transformer.axes_dims_rope' must be three sizes summing to attention_head_dim=16, "
           "got (8, 12, 12)")),
         ({"zeroshot": {"parser": "segformer"}},
          ("'zeroshot.parser_path' must be a hub id or directory when zeroshot.parser is "
@@ -95,9 +100,9 @@ def test_declared_rules_reach_nested_fields_by_their_dotted_key(override, messag
 
 
 def test_sections_built_in_code_name_their_dotted_key():
-    with pytest.raises(ConfigError, match=r"'base\.vae\.lr' must be a positive number"):
+    with pytest.raises(ConfigError, match=r"'pretrain\.vae\.lr' must be a positive number"):
         TinyVAEConfig(lr=0.0)
-    with pytest.raises(ConfigError, match=r"'base\.transformer\.steps'"):
+    with pytest.raises(ConfigError, match=r"'pretrain\.transformer\.steps'"):
         dataclasses.replace(TinyTransformerConfig(), steps=-1)
     assert params_from_dict({"data": {"max_images": None}}).data.max_images is None
 
@@ -121,11 +126,11 @@ def test_every_rejected_number_names_its_own_dotted_key():
             params_from_dict(override)
         except ConfigError as err:
             # A rule between two fields names the one it constrains.
-            named = {"base.transformer.attention_head_dim": "base.transformer.axes_dims_rope"}.get(
+            named = {"pretrain.transformer.attention_head_dim": "pretrain.transformer.axes_dims_rope"}.get(
                 key, key)
             assert f"'{named}' must be" in str(err)
             rejected.add(key)
-    assert {"base.vae.kl_weight", "base.parser.warmup_steps", "data.num_train",
+    assert {"pretrain.vae.kl_weight", "pretrain.parser.warmup_steps", "data.num_train",
             "train.log_every", "evaluate.detector_size"} <= rejected
     assert not {"seed", "train.guidance", "train.logit_normal_mean"} & rejected
 

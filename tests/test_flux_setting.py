@@ -85,7 +85,7 @@ def params(flux_dir) -> Params:
 @pytest.fixture(scope="module")
 def base_dir(params, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("stages") / "base"
-    build_base(params.base, None, out, seed=params.seed)
+    build_base(params.base, None, out)
     return out
 
 

@@ -24,17 +24,12 @@ from facemogle.core.config import set_sections
 ROOT = Path(__file__).resolve().parents[1]
 DVC = [sys.executable, "-m", "dvc"]
 
-# Tiny sizes and few steps: the whole pipeline in well under a minute or two on 2 cores.
+# Tiny sizes and few steps on the tiny embedded base of the tests (64 px, trained on the first 8
+# faces): the whole pipeline in well under a minute or two on 2 cores.
 SMOKE = {
     "data": {"resolution": 64, "num_train": 24, "num_test": 6, "captions_per_image": 2},
     "zeroshot": {"num_test": 4},
-    "base": {
-        "vae": {"block_out_channels": [8, 16, 16, 16], "steps": 30, "batch_size": 8},
-        "transformer": {"num_layers": 1, "num_single_layers": 1, "attention_head_dim": 16,
-                        "num_attention_heads": 2, "axes_dims_rope": [4, 6, 6], "steps": 30,
-                        "batch_size": 8},
-        "parser": {"width": 8, "steps": 30, "batch_size": 8},
-    },
+    "base": {"text_max_tokens": 8},
     "train": {"steps": 8, "batch_size": 4, "checkpoint_every": 4, "log_every": 2},
     "sample": {"steps": 4, "batch_size": 6},
     "evaluate": {"kid_subsets": 10, "kid_subset_size": 4, "detector_folds": 2,
@@ -128,16 +123,20 @@ def test_every_stage_depends_on_the_code_it_imports():
 
 
 @pytest.fixture(scope="module")
-def smoke_repo(tmp_path_factory) -> Path:
-    """A copy of the project, as its own git repo, with the smoke profile committed."""
+def smoke_repo(tmp_path_factory, embedded_base) -> Path:
+    """A copy of the project, as its own git repo, with the smoke profile and the tests' tiny
+    embedded base committed."""
     repo = tmp_path_factory.mktemp("smoke") / "repo"
     for rel in _project_files():
+        if rel.startswith("pretrained/"):
+            continue
         target = repo / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / rel, target)
     for stale in ("dvc.lock",):
         (repo / stale).unlink(missing_ok=True)
     shutil.rmtree(repo / "metrics", ignore_errors=True)
+    shutil.copytree(embedded_base, repo / "pretrained" / "embedded")
     params = yaml.safe_load((repo / "params.yaml").read_text())
     (repo / "params.yaml").write_text(yaml.safe_dump(_merge(params, SMOKE), sort_keys=False))
     _run(["git", "init", "-q"], repo)

@@ -64,6 +64,15 @@ def parts_dir(base_dir: str | Path, manifest: dict[str, Any]) -> Path:
     return parts
 
 
+def load_vae(base_dir: str | Path, *, device: torch.device | str | None = None,
+              dtype: torch.dtype | None = None) -> AutoencoderKL:
+    """Only the VAE of what the base stage resolved, frozen, in eval mode."""
+    manifest = read_manifest(base_dir)
+    vae = AutoencoderKL.from_pretrained(parts_dir(base_dir, manifest) / "vae",
+                                        dtype=dtype or DTYPES[manifest["dtype"]])
+    return vae.eval().requires_grad_(False).to(device)
+
+
 def load_base(base_dir: str | Path, *, device: torch.device | str | None = None,
               dtype: torch.dtype | None = None, load_text_encoder: bool = True) -> Base:
     """Load what the base stage wrote, frozen and in eval mode.

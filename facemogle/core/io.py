@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -125,3 +126,12 @@ def save_png(path: str | Path, image: Image.Image | np.ndarray) -> None:
         image = Image.fromarray(image)
     with atomic_path(path) as tmp:
         image.save(tmp, format="PNG")
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -1,11 +1,14 @@
 """The `evaluate` stage's work: every metric that can run, per mode, paired by image id.
 
-Embedded metrics (docs/design.md, "Metrics") use the face parser trained by the `base` stage: mask
+Embedded metrics (docs/design.md, "Metrics") use the embedded base's fixed face parser: mask
 mIoU (the parser's label map of each generated face vs its input mask), attribute accuracy
 (colours read from the generated pixels in the parser's regions vs the caption's colours),
 accessory accuracy (hat, glasses, earrings, necklace present as the caption says), and a Frechet
 distance / KID in the parser's bottleneck feature space, named `fd_parser` / `kid_parser_x1000`
-(never "FID"). The paper's model-backed metrics run when their
+(never "FID"). Every parser metric's backend names the parser file's SHA-256, and each mode's
+file carries the parser's ceilings: its own mIoU (and IoU per class) on the real test images and
+on their VAE reconstructions against the same masks, the score a generator that reproduced the
+test faces exactly would be measured at. The paper's model-backed metrics run when their
 weights are configured (`facemogle.evaluation.metrics.suite`), and are reported skipped with the reason
 otherwise.
 
@@ -25,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from facemogle.core import labels
+from facemogle.core import labels, latents
 from facemogle.core.config import EvaluateConfig
 from facemogle.core.io import InputError, read_json, read_jsonl, read_rgb, write_json
 from facemogle.data import colours
@@ -87,9 +90,32 @@ def parser_metrics(parser, generated: list[np.ndarray], reference: list[np.ndarr
     return values
 
 
+def parser_ceilings(parser, vae, images: list[np.ndarray], masks: list[np.ndarray],
+                    batch_size: int, backend: str) -> list[MetricValue]:
+    """The parser's mIoU and IoU per class on real images (H, W, 3) and on their VAE
+    reconstructions, against `masks`: `parser_ceiling_{miou,iou_<class>}_{real,recon}`."""
+    real = _images01(images)  # (N, 3, H, W)
+    sets = {"real": real}
+    if vae is not None:
+        device = next(vae.parameters()).device
+        sets["recon"] = torch.cat([
+            latents.decode(vae, latents.encode_batched(vae, real[i:i + batch_size].to(device),
+                                                       batch_size)).float().cpu()
+            for i in range(0, len(real), batch_size)])  # (N, 3, H, W)
+    values = []
+    for name, x in sets.items():
+        as_uint8 = [(im.permute(1, 2, 0) * 255).round().byte().numpy() for im in x]
+        scores = mask_iou(_parse(parser, as_uint8, batch_size)[0], masks)
+        values.append(MetricValue(f"parser_ceiling_miou_{name}", scores.mean_iou, backend))
+        values += [MetricValue(f"parser_ceiling_iou_{name}_{cls}", iou, backend)
+                   for cls, iou in scores.per_class.items() if iou is not None]
+    return values
+
+
 def evaluate_mode(mode: str, samples_dir: Path, data_dir: Path, labels_dir: Path,
                   expected_ids: list[str], cfg: EvaluateConfig, *, parser, suite: ModelSuite,
-                  seed: int) -> list[MetricValue]:
+                  seed: int, parser_name: str = "face parser",
+                  ceilings: list[MetricValue] = ()) -> list[MetricValue]:
     """All metrics of one mode; generated and reference images are paired by id.
 
     `expected_ids` are the test ids the sample stage generated; a generated file missing for one
@@ -119,7 +145,8 @@ def evaluate_mode(mode: str, samples_dir: Path, data_dir: Path, labels_dir: Path
                            "parser", "no face parser (base stage output has no parser/)")
     else:
         values += parser_metrics(parser, gen_images, ref_images, masks, attributes, cfg,
-                                 seed=seed, backend="facemogle tiny parser (base stage)")
+                                 seed=seed, backend=parser_name)
+        values += ceilings
     prompts = [captions[i] for i in ids]  # every mode, like the attributes above
     values += suite.evaluate(gen_images, ref_images, prompts, seed=seed)
     values += small_detector_metrics(ref_images, gen_images, cfg, seed=seed)
@@ -143,22 +170,29 @@ def expected_test_ids(samples_dir: Path, labels_dir: Path, ids_file: Path | None
 
 def evaluate(samples_dir: str | Path, data_dir: str | Path, labels_dir: str | Path,
              out_dir: str | Path, cfg: EvaluateConfig, *, modes: list[str], parser, seed: int,
-             device: torch.device | None = None,
-             ids_file: str | Path | None = None) -> dict[str, dict]:
+             device: torch.device | None = None, ids_file: str | Path | None = None,
+             vae=None, parser_name: str = "face parser") -> dict[str, dict]:
     """Write `out_dir/<mode>.json` for each mode (`stages.report` lays them out as tables).
 
     `samples_dir/<mode>/<id>.png` are the sample stage's images or any other method's (PNG,
     JPEG or WebP named by test id, at `data.resolution`), paired with the test images by id.
+    `parser_name` (the backend of every parser metric) should name the parser file's hash;
+    with `vae`, the parser's ceilings include VAE reconstructions.
     """
     samples_dir, data_dir, labels_dir, out_dir = map(Path, (samples_dir, data_dir, labels_dir,
                                                              out_dir))
     expected_ids = expected_test_ids(samples_dir, labels_dir,
                                      None if ids_file is None else Path(ids_file))
     suite = ModelSuite(cfg, device=device)
+    ceilings = [] if parser is None else parser_ceilings(
+        parser, vae, [read_rgb(data_dir / "images" / f"{i}.png") for i in expected_ids],
+        [labels.load_label_map(labels_dir / "masks" / f"{i}.png") for i in expected_ids],
+        cfg.batch_size, parser_name)
     results = {}
     for mode in modes:
         values = evaluate_mode(mode, samples_dir, data_dir, labels_dir, expected_ids, cfg,
-                               parser=parser, suite=suite, seed=seed)
+                               parser=parser, suite=suite, seed=seed, parser_name=parser_name,
+                               ceilings=ceilings)
         results[mode] = metrics_json(values)
         write_json(out_dir / f"{mode}.json", results[mode])
         ran = [v.name for v in values if v.skipped is None]

@@ -50,6 +50,10 @@ OPTIONAL_PAPER_COLUMNS: dict[str, Column] = {
 }
 EMBEDDED_COLUMNS: tuple[Column, ...] = (
     Column("mIoU", "mask_miou", False, 3),
+    # The parser's own mIoU on the real test faces and on their VAE reconstructions: the mIoU a
+    # generator reproducing the test faces would be measured at.
+    Column("mIoU-ceil-real", "parser_ceiling_miou_real", False, 3),
+    Column("mIoU-ceil-recon", "parser_ceiling_miou_recon", False, 3),
     Column("PixAcc", "mask_pixel_acc", False, 3),
     Column("Attr", "attribute_acc", False, 3),
     Column("Access", "accessory_acc", False, 3),
@@ -119,10 +123,21 @@ def _skip_notes(rows: Mapping[str, Mapping[str, Any]]) -> list[str]:
     return [f"- skipped {', '.join(names)}: {reason}" for reason, names in by_reason.items()]
 
 
+def _instrument_notes(by_mode: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> list[str]:
+    """One line per distinct backend of the mask metric (the parser, named by its hash)."""
+    backends = {m.get("backends", {}).get("mask_miou") for rows in by_mode.values()
+                for m in rows.values()} - {None}
+    return [f"- mask and attribute metrics measured by: {b}" for b in sorted(backends)]
+
+
 def markdown_report(by_mode: Mapping[str, Mapping[str, Mapping[str, Any]]],
                     title: str = "Face-MoGLE evaluation") -> str:
-    """One section per mode: `markdown_table` of its rows, then the skip reasons."""
+    """One section per mode: `markdown_table` of its rows, then the skip reasons; the measuring
+    parser is named at the top."""
     parts = [f"# {title}", ""]
+    instruments = _instrument_notes(by_mode)
+    if instruments:
+        parts += [*instruments, ""]
     for mode, rows in by_mode.items():
         parts += [f"## {mode}", "", markdown_table(rows), ""]
         notes = _skip_notes(rows)
