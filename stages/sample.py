@@ -27,6 +27,7 @@ from facemogle.cache.store import load_cache
 from facemogle.core import labels
 from facemogle.core.config import load_params
 from facemogle.core.io import atomic_path, read_jsonl, read_rgb, shared_atomic_dir
+from facemogle.sampling.off_distribution import sample_layouts
 from facemogle.sampling.sampler import sample_rows
 from facemogle.sampling.sheets import contact_sheet, save_sheet, to_uint8
 from facemogle.training.checkpoint import load_trained
@@ -37,9 +38,15 @@ SHEET_ROWS = 12
 log = logging.getLogger(__name__)
 
 
+# The plain base is no Face-MoGLE mode: its sheet says so.
+SHEET_TITLES = {"base": "Plain base, no condition tokens (reference)"}
+
+
 def write_sheets(samples: Path, sheets_dir: str | Path, labels_dir: str | Path,
-                 data_dir: str | Path, modes: tuple[str, ...], ids: list[str]) -> None:
-    """One contact sheet per mode (prompt, mask, result) of the first sampled images."""
+                 data_dir: str | Path, modes: tuple[str, ...], ids: list[str],
+                 off_distribution: list[dict]) -> None:
+    """One contact sheet per mode (prompt, mask, result) of the first sampled images, and the
+    off-distribution sheet of `off_distribution` rows."""
     prompts = {r["id"]: r["captions"][0] for r in read_jsonl(Path(data_dir) / "captions.jsonl")}
     masks = {i: labels.load_label_map(Path(labels_dir) / "masks" / f"{i}.png") for i in ids}
     with atomic_path(sheets_dir) as sheets:
@@ -49,7 +56,10 @@ def write_sheets(samples: Path, sheets_dir: str | Path, labels_dir: str | Path,
                      "image": read_rgb(samples / mode / f"{i}.png"),
                      "mask": masks[i] if mode in ("multimodal", "mask2face") else None,
                      "prompt": "" if mode == "mask2face" else prompts[i]} for i in ids]
-            save_sheet(sheets / f"{mode}.png", contact_sheet(rows, f"Face-MoGLE: {mode}"))
+            save_sheet(sheets / f"{mode}.png",
+                       contact_sheet(rows, SHEET_TITLES.get(mode, f"Face-MoGLE: {mode}")))
+        save_sheet(sheets / "off_distribution.png", contact_sheet(
+            off_distribution, "Face-MoGLE multimodal: masks unlike any in training"))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,8 +92,14 @@ def main(argv: list[str] | None = None) -> int:
                     Image.fromarray(image).save(out / mode / f"{cache.ids[r]}.png")
         processes.wait_for_everyone()  # every image is written
         if processes.is_main_process:
+            first = cache.ids[0]
+            caption = next(r["captions"][0] for r in read_jsonl(Path(args.data) / "captions.jsonl")
+                           if r["id"] == first)
+            off = sample_layouts(model, base, cache, 0, labels.load_label_map(
+                Path(args.labels) / "masks" / f"{first}.png"), cfg, seed=params.seed,
+                caption=caption)
             write_sheets(out, args.sheets, args.labels, args.data, cfg.modes,
-                         cache.ids[:min(count, SHEET_ROWS)])
+                         cache.ids[:min(count, SHEET_ROWS)], off)
             (out / "ids.json").write_text(json.dumps(cache.ids[:count]))
     return 0
 

@@ -47,6 +47,37 @@ def test_running_evaluate_twice_gives_identical_numbers(trained_run, evaluated):
         assert isinstance(first["mask_miou"], float) and isinstance(first["detect_auc"], float)
 
 
+def test_mask_metrics_name_the_parser_hash_and_carry_its_ceilings(trained_run, evaluated):
+    """Every mode's file names the parser file by its SHA-256 and holds the parser's own mIoU on
+    the real test images and on their VAE reconstructions, overall and per class, measured
+    once for the set (identical in every mode)."""
+    from facemogle.base.loader import parts_dir, read_manifest
+    from facemogle.core.io import file_sha256
+
+    parser_file = parts_dir(trained_run.base, read_manifest(trained_run.base)) / "parser" / \
+        "model.safetensors"
+    ceilings = None
+    for mode in ("multimodal", "mask2face", "text2face", "base"):
+        metrics = json.loads((evaluated / "first" / f"{mode}.json").read_text())
+        for name in ("mask_miou", "attribute_acc", "parser_ceiling_miou_real",
+                     "parser_ceiling_miou_recon"):
+            assert file_sha256(parser_file) in metrics["backends"][name], (mode, name)
+        mine = {k: v for k, v in metrics.items() if k.startswith("parser_ceiling_")}
+        assert 0.0 <= mine["parser_ceiling_miou_real"] <= 1.0
+        assert 0.0 <= mine["parser_ceiling_miou_recon"] <= 1.0
+        assert "parser_ceiling_iou_real_background" in mine
+        assert "parser_ceiling_iou_recon_skin" in mine
+        assert ceilings is None or mine == ceilings
+        ceilings = mine
+
+
+def test_sample_stage_writes_the_off_distribution_sheet(evaluated):
+    from PIL import Image
+
+    sheet = Image.open(evaluated / "sheets" / "off_distribution.png")
+    assert sheet.height > 6 * 64  # six layouts, one row each
+
+
 def test_metrics_without_a_backend_are_skipped_with_the_reason(evaluated):
     metrics = json.loads((evaluated / "first" / "multimodal.json").read_text())
     assert "clip_score" not in metrics and "null" in metrics["skipped"]["clip_score"]

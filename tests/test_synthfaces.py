@@ -267,3 +267,24 @@ def test_bench_command_records_the_machine(tmp_path):
     assert result["n"] == 2 and result["seconds"] > 0 and result["images_per_s"] > 0
     assert {"platform", "cpu_count", "numpy"} <= set(result["machine"])
     assert len(result["loadavg_before"]) == 3
+
+
+def test_off_distribution_layouts_move_the_face():
+    """Scaled, tilted and shifted copies of a test mask, plus a drawn face with every accessory:
+    label maps of the same size, background where the face moved away from."""
+    from facemogle.sampling.off_distribution import layouts
+
+    label_map = sf.render(3, resolution=64, num_captions=0).label_map
+    pairs = layouts(label_map)
+    assert [p[1].shape for p in pairs] == [(64, 64)] * 6 and pairs[0][1] is label_map
+    skin = {name: int((m == LABEL_INDEX["skin"]).sum()) for name, m in pairs}
+    large, small = pairs[1][0], pairs[2][0]
+    assert skin[large] > 1.8 * skin[pairs[0][0]] > 1.8 * 1.8 * skin[small]
+    tilted, left = pairs[3][1], pairs[4][1]
+    assert not np.array_equal(tilted, label_map) and tilted.max() < 19
+    columns = np.nonzero((left == LABEL_INDEX["skin"]).any(0))[0]
+    original = np.nonzero((label_map == LABEL_INDEX["skin"]).any(0))[0]
+    assert columns.mean() < original.mean() - 15  # pushed left by 0.3 x 64 px
+    drawn = pairs[5][1]
+    for accessory in ("hat", "eye_g", "ear_r", "neck_l"):
+        assert (drawn == LABEL_INDEX[accessory]).any(), accessory

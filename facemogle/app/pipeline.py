@@ -34,7 +34,7 @@ from PIL import Image
 from torch import Tensor
 
 from facemogle.app.gate_maps import GatingRecorder, GatingTrace
-from facemogle.base.loader import MANIFEST, Base, load_base, read_manifest
+from facemogle.base.loader import MANIFEST, Base, load_base, parts_dir, read_manifest
 from facemogle.base.text import FLUX_TEXT_NAME, TEXT_MANIFEST, text_manifest
 from facemogle.core import flow, labels, latents
 from facemogle.core.config import SECTIONS, params_from_dict
@@ -187,7 +187,9 @@ def _same_base(found: dict, recorded: dict) -> bool:
     if recorded["kind"] == "flux":  # the FLUX folder may live elsewhere on this machine
         keys = ("flux_path", "flux_revision")
         return all(found.get(k) == recorded.get(k) for k in keys)
-    return found == recorded  # tiny: the same training run (config, seed, metrics)
+    if "provenance_sha256" in recorded:  # tiny: the same embedded base, wherever its files are
+        return found.get("provenance_sha256") == recorded["provenance_sha256"]
+    return found == recorded
 
 
 def _flux_base_from_manifest(recorded: dict, workdir: Path) -> Path:
@@ -283,7 +285,12 @@ class FaceMoGLEPipeline:
             tmp.mkdir()
             write_weights(tmp, self.model, self.config)  # the train stage's model files
             if self.base_dir is not None and self.kind == "tiny":
-                shutil.copytree(self.base_dir, tmp / BASE_SUBDIR)
+                # the embedded base's files themselves, so the folder stands alone
+                manifest = read_manifest(self.base_dir)
+                shutil.copytree(parts_dir(self.base_dir, manifest), tmp / BASE_SUBDIR)
+                write_json(tmp / BASE_SUBDIR / MANIFEST,
+                           {k: v for k, v in manifest.items() if k != "dir"})
+                shutil.copy2(self.base_dir / TEXT_MANIFEST, tmp / BASE_SUBDIR / TEXT_MANIFEST)
             elif self.base_dir is not None:
                 (tmp / BASE_SUBDIR).mkdir()
                 for name in (MANIFEST, TEXT_MANIFEST):

@@ -11,6 +11,7 @@ not match that record, as it would refuse a FLUX folder without its parts.
 
 from __future__ import annotations
 
+import os
 import platform
 from pathlib import Path
 from typing import Any
@@ -82,13 +83,15 @@ def check_embedded(folder: str | Path, data: DataConfig) -> dict[str, Any]:
 
 
 def resolve_embedded(cfg: BaseConfig, data: DataConfig, out_dir: str | Path) -> None:
-    """The `base` stage for `base.kind: tiny`: check the shipped folder and point to it."""
+    """The `base` stage for `base.kind: tiny`: check the shipped folder and point to it (by a
+    path relative to `out_dir`, so the manifest is the same in every clone)."""
     record = check_embedded(cfg.tiny_path, data)
+    pointer = os.path.relpath(Path(cfg.tiny_path).resolve(), Path(out_dir).resolve())
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()
         write_json(tmp / TEXT_MANIFEST, text_manifest(MINILM_NAME, cfg.text_max_tokens))
         write_json(tmp / MANIFEST, {
-            "kind": "tiny", "dtype": cfg.dtype, "dir": cfg.tiny_path,
+            "kind": "tiny", "dtype": cfg.dtype, "dir": pointer,
             "resolution": record["resolution"], "metrics": record["metrics"],
             "provenance_sha256": file_sha256(Path(cfg.tiny_path) / PROVENANCE),
             "parser_sha256": record["files"]["parser/model.safetensors"]})

@@ -54,10 +54,11 @@ def read_manifest(base_dir: str | Path) -> dict[str, Any]:
 
 def parts_dir(base_dir: str | Path, manifest: dict[str, Any]) -> Path:
     """The folder holding vae/, transformer/, scheduler/ (and parser/ for tiny): the manifest's
-    `dir` (the embedded base's folder, or FLUX's), else the base dir itself."""
+    `dir` (the embedded base's folder, relative to the base dir; or FLUX's), else the base dir
+    itself."""
     if "dir" not in manifest:
         return Path(base_dir)
-    parts = Path(manifest["dir"])
+    parts = Path(base_dir) / manifest["dir"]  # an absolute `dir` stays as it is
     if not parts.is_dir():
         raise InputError(f"{Path(base_dir) / MANIFEST}: the {manifest['kind']} base folder "
                          f"{str(parts)!r} does not exist; re-run the base stage to resolve it")
