@@ -212,7 +212,7 @@ def test_from_pretrained_errors_name_the_folder(trained_run, tmp_path):
     other = tmp_path / "other-base"
     shutil.copytree(trained_run.base, other)
     manifest = json.loads((other / "base.json").read_text())
-    write_json(other / "base.json", {**manifest, "seed": manifest["seed"] + 1})
+    write_json(other / "base.json", {**manifest, "provenance_sha256": "0" * 64})
     with pytest.raises(InputError, match="not the base this model was trained on"):
         FaceMoGLEPipeline.from_pretrained(lonely, base_dir=other)
 
