@@ -375,7 +375,7 @@ def test_every_mode_gets_text_and_structure_metrics_against_its_id(clip_dir, din
     suite = ModelSuite(cfg, device="cpu")
     by_mode = {mode: {v.name: v for v in evaluate_mode(
         mode, tmp_path / "samples", tmp_path / "raw", tmp_path / "labels", ids, cfg,
-        parser=None, suite=suite, seed=0)} for mode in ("mask2face", "text2face")}
+        parser=None, suite=suite, seed=0)[0]} for mode in ("mask2face", "text2face")}
     scorer = ClipScorer.load(clip_dir, device="cpu")
     dino_backend = DinoStructure.load(dino_dir, device="cpu")
     for mode, values in by_mode.items():

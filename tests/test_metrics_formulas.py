@@ -368,23 +368,6 @@ def test_report_table_shows_values_dashes_and_extra_columns(tmp_path):
         write_report({"in-distribution": tmp_path / "test"}, tmp_path / "r.md")
 
 
-def test_ablation_table_rows_and_missing_values():
-    from facemogle.evaluation.ablations import ablation_table
-
-    rows = [{"Experiment": None, "rev": "main", "gating": "matrix", "experts": "global_local",
-             "metrics/eval/multimodal.json:mask_miou": 0.41234,
-             "metrics/zeroshot/eval/text2face.json:attribute_acc": 0.25},
-            {"Experiment": "gating-none", "rev": "abc", "gating": "none", "experts": "global_local",
-             "metrics/eval/multimodal.json:mask_miou": "!"}]
-    header, rule, main, ablated = ablation_table(rows).splitlines()
-    assert header.startswith("| run | gating | experts | mIoU mm | mIoU m2f |")
-    assert "zero-shot Attr t2f" in header and rule.count("---") == header.count("|") - 1
-    cells = [c.strip() for c in main.split("|")[1:-1]]
-    assert cells[:4] == ["main", "matrix", "global_local", "0.412"]
-    assert cells[3 + 6 + 4] == "0.250"  # zero-shot text2face attribute accuracy
-    assert ablated.split("|")[4].strip() == "-"
-
-
 def test_report_shows_the_papers_detector_columns_when_a_row_has_them():
     """Table 6: NPR and Wavelet-CLIP columns appear when a detector ran, not for skips."""
     ran = {"npr_auc": 0.61, "npr_eer": 0.42, "npr_ap": 0.6, "skipped": {

@@ -1,66 +1,224 @@
-"""The ablation table (paper Tables 3-5) from DVC experiments.
+"""The paper's ablations (Tables 3-5) with error bars: variants x training seeds, recorded run by
+run, and a table with intervals and a verdict per paper claim.
 
-    python -m facemogle.evaluation.ablations [--out table.md]
+    python -m facemogle.evaluation.ablations run --variant gating-scalar --seed 1
+    python -m facemogle.evaluation.ablations run --all --seeds 0 1 2   # every missing run
+    python -m facemogle.evaluation.ablations table [--out metrics/ablations/table.md]
 
-Reads the workspace and every experiment through `dvc.api.exp_show` and writes one Markdown row
-per run: its `gating` and `experts`, then per set and mode the mask mIoU (does the face follow
-the mask?), the caption-colour attribute accuracy (does it follow the text?) and the Frechet
-distance in the parser's feature space.
+`run` needs the outputs of `dvc repro` (`data/raw`, `data/labels`, `data/latents`, `data/base`):
+it trains the variant with the top-level `seed` set to the training seed (initialisation,
+batches, dropout and the per-id sampling noise follow it, so variant and main model with the
+same seed are sampled from the same noise), samples the in-distribution test set in the three
+modes, evaluates, and writes `metrics/ablations/<variant>-seed<k>.json` (metrics, per-image
+counts, wall time, machine) as soon as the run finishes; a recorded run is skipped, so a long
+queue runs in slices. `table` rebuilds everything from those files.
 """
 
 from __future__ import annotations
 
 import argparse
+import platform
+import shutil
+import subprocess
+import sys
+import time
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
-from facemogle.core.io import write_text
+import numpy as np
+import yaml
 
-SETS: tuple[tuple[str, str], ...] = (("", "metrics/eval"), ("zero-shot ", "metrics/zeroshot/eval"))
+from facemogle.core.io import InputError, read_json, write_json, write_text
+from facemogle.evaluation.uncertainty import mean_over_seeds, paired_difference_over_seeds, verdict
+
+RESULTS = Path("metrics/ablations")
+WORK = Path("data/ablations")
+MODES: tuple[str, ...] = ("multimodal", "mask2face", "text2face")
+MAIN = "main"
+VARIANTS: dict[str, dict[str, str]] = {
+    MAIN: {"gating": "matrix", "experts": "global_local"},
+    "gating-scalar": {"gating": "scalar", "experts": "global_local"},
+    "gating-static": {"gating": "static", "experts": "global_local"},
+    "gating-none": {"gating": "none", "experts": "global_local"},
+    "experts-global": {"gating": "matrix", "experts": "global"},
+    "experts-local": {"gating": "matrix", "experts": "local"},
+    "experts-none": {"gating": "matrix", "experts": "none"},
+}
+# (column, mode, metric): mask following, text following; all higher-is-better.
 COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("mIoU mm", "multimodal", "mask_miou"),
     ("mIoU m2f", "mask2face", "mask_miou"),
-    ("mIoU t2f", "text2face", "mask_miou"),
     ("Attr mm", "multimodal", "attribute_acc"),
-    ("Attr t2f", "text2face", "attribute_acc"),
-    ("FD-parser mm", "multimodal", "fd_parser"),
 )
+# The paper's claims: (claim, the variants the main model must beat).
+CLAIMS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("Global + local experts beat either alone and no experts (Table 3)",
+     ("experts-global", "experts-local", "experts-none")),
+    ("Matrix gating beats scalar and static gating (Tables 4-5)",
+     ("gating-scalar", "gating-static")),
+    ("Experts and gating are needed: removing the gate or the experts hurts (Table 5)",
+     ("gating-none", "experts-none")),
+)
+PRIMARY = ("multimodal", "mask_miou")  # the metric a verdict rests on
 
 
-def _cell(value: Any) -> str:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return "-"
-    return f"{value:.3f}"
+def result_path(variant: str, seed: int, results: Path = RESULTS) -> Path:
+    return results / f"{variant}-seed{seed}.json"
 
 
-def ablation_table(rows: Sequence[Mapping[str, Any]], sets=SETS) -> str:
-    """Markdown: one row per `dvc.api.exp_show` row (flat "file:key" metric names)."""
-    headers = ["run", "gating", "experts"] + [f"{prefix}{title}" for prefix, _ in sets
-                                              for title, _, _ in COLUMNS]
-    lines = ["| " + " | ".join(headers) + " |", "|---|---|---|" + "---:|" * (len(headers) - 3)]
-    for row in rows:
-        name = row.get("Experiment") or row.get("rev") or "?"
-        cells = [str(name), str(row.get("gating", "-")), str(row.get("experts", "-"))]
-        cells += [_cell(row.get(f"{folder}/{mode}.json:{key}")) for _, folder in sets
-                  for _, mode, key in COLUMNS]
+def _stage(module: str, *args: str) -> None:
+    subprocess.run([sys.executable, "-m", f"stages.{module}", *args], check=True)
+
+
+def run(variant: str, seed: int, *, params_file: Path = Path("params.yaml"),
+        results: Path = RESULTS, work: Path = WORK, data: Path = Path("data")) -> Path:
+    """Train, sample and evaluate one variant with one training seed; write its record."""
+    if variant not in VARIANTS:
+        raise InputError(f"unknown variant {variant!r}; valid: {list(VARIANTS)}")
+    for needed in ("raw", "labels", "latents", "base"):
+        if not (data / needed).is_dir():
+            raise InputError(f"{data / needed}: missing; run `dvc repro` first")
+    folder = work / f"{variant}-seed{seed}"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    params = yaml.safe_load(params_file.read_text())
+    params.update(seed=seed, **VARIANTS[variant])
+    params["sample"]["modes"] = list(MODES)
+    (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    p = ["--params", str(folder / "params.yaml")]
+    start = time.monotonic()
+    _stage("train", "--latents", str(data / "latents"), "--base", str(data / "base"), "--out",
+           str(folder / "model"), "--metrics-dir", str(folder / "train"), *p)
+    _stage("sample", "--latents", str(data / "latents"), "--labels", str(data / "labels"),
+           "--data", str(data / "raw"), "--base", str(data / "base"), "--model",
+           str(folder / "model"), "--out", str(folder / "samples"), "--sheets",
+           str(folder / "sheets"), *p)
+    _stage("evaluate", "--samples", str(folder / "samples"), "--data", str(data / "raw"),
+           "--labels", str(data / "labels"), "--base", str(data / "base"), "--out",
+           str(folder / "eval"), *p)
+    record = {"variant": variant, "seed": seed, **VARIANTS[variant],
+              "wall_s": round(time.monotonic() - start, 1),
+              "machine": platform.processor() or platform.machine(),
+              "metrics": {m: {k: v for k, v in read_json(folder / "eval" / f"{m}.json").items()
+                              if isinstance(v, float)} for m in MODES},
+              "per_image": {m: read_json(folder / "eval" / "per_image" / f"{m}.json")
+                            for m in MODES}}
+    path = result_path(variant, seed, results)
+    write_json(path, record)
+    return path
+
+
+def load_results(results: Path = RESULTS) -> dict[str, dict[int, dict]]:
+    """variant -> training seed -> record, from every `<variant>-seed<k>.json`."""
+    found: dict[str, dict[int, dict]] = {}
+    for path in sorted(results.glob("*-seed*.json")):
+        record = read_json(path)
+        found.setdefault(record["variant"], {})[int(record["seed"])] = record
+    return found
+
+
+def _fmt(interval) -> str:
+    return f"{interval.value:.3f} [{interval.low:.3f}, {interval.high:.3f}]"
+
+
+def _runs(records: Mapping[int, dict], mode: str) -> list[dict]:
+    return [records[s]["per_image"][mode] for s in sorted(records)]
+
+
+def ablation_table(found: Mapping[str, Mapping[int, dict]]) -> str:
+    """Markdown: per variant the seeds, per column the mean over seeds with its 95% interval
+    (seeds and test images resampled) and the seeds' standard deviation, and the paired
+    difference to the main model on the primary metric with its verdict."""
+    headers = ["variant", "gating", "experts", "seeds"] + [c for c, _, _ in COLUMNS] + [
+        "vs main: mIoU mm difference", "verdict"]
+    lines = ["| " + " | ".join(headers) + " |", "|---|---|---|---:|" + "---|" * (len(headers) - 4)]
+    main = found.get(MAIN, {})
+    for variant, records in found.items():
+        cells = [variant, VARIANTS[variant]["gating"], VARIANTS[variant]["experts"],
+                 ",".join(str(s) for s in sorted(records))]
+        for _, mode, metric in COLUMNS:
+            per_seed = [records[s]["metrics"][mode].get(metric) for s in sorted(records)]
+            spread = f" ± {np.std(per_seed, ddof=1):.3f}" if len(per_seed) > 1 else ""
+            cells.append(_fmt(mean_over_seeds(_runs(records, mode), metric)) + spread)
+        shared = sorted(set(records) & set(main))
+        if variant == MAIN or not shared:
+            cells += ["-", "-"]
+        else:
+            mode, metric = PRIMARY
+            diff = paired_difference_over_seeds(
+                [(records[s]["per_image"][mode], main[s]["per_image"][mode]) for s in shared],
+                metric)
+            cells += [f"{diff.value:+.3f} [{diff.low:+.3f}, {diff.high:+.3f}]",
+                      verdict(diff).replace("better", "variant better").replace(
+                          "worse", "variant worse")]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default=None, help="write the table here (default: print)")
-    args = parser.parse_args(argv)
-    import dvc.api  # only the command needs DVC
+def claim_verdicts(found: Mapping[str, Mapping[int, dict]]) -> list[str]:
+    """One line per paper claim: reproduced (the main model measurably beats every variant
+    named), contradicted (some variant measurably beats it), or not resolved at this scale."""
+    mode, metric = PRIMARY
+    main = found.get(MAIN, {})
+    out = []
+    for claim, variants in CLAIMS:
+        outcomes = {}
+        for v in variants:
+            shared = sorted(set(found.get(v, {})) & set(main))
+            if shared:
+                diff = paired_difference_over_seeds(
+                    [(main[s]["per_image"][mode], found[v][s]["per_image"][mode])
+                     for s in shared], metric)
+                outcomes[v] = verdict(diff)
+        if len(outcomes) < len(variants):
+            word = "not resolved (runs missing)"
+        elif all(o == "better" for o in outcomes.values()):
+            word = "reproduced"
+        elif any(o == "worse" for o in outcomes.values()):
+            word = "contradicted"
+        else:
+            word = "not resolved at this scale"
+        detail = ", ".join(f"main vs {v}: {o}" for v, o in outcomes.items())
+        out.append(f"- {claim}: **{word}** ({detail or 'no paired runs'}; {metric} {mode})")
+    return out
 
-    # The committed baseline and every finished experiment (the workspace row repeats one).
-    rows = [r for r in dvc.api.exp_show()
-            if r.get("rev") != "workspace" and r.get("State") in (None, "Success")]
-    table = ablation_table(rows)
-    if args.out:
-        write_text(args.out, table)
+
+def report(found: Mapping[str, Mapping[int, dict]]) -> str:
+    walls = [r["wall_s"] for records in found.values() for r in records.values()]
+    timing = (f"{len(walls)} runs, {np.mean(walls) / 60:.1f} min each on average, "
+              f"{sum(walls) / 3600:.1f} h in all" if walls else "no runs recorded")
+    return "\n".join(["# Ablations with error bars", "", ablation_table(found),
+                      *claim_verdicts(found), "", f"Runs: {timing}.", ""])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    run_cmd = sub.add_parser("run", help="train, sample and evaluate variant x seed")
+    run_cmd.add_argument("--variant", choices=list(VARIANTS))
+    run_cmd.add_argument("--seed", type=int)
+    run_cmd.add_argument("--all", action="store_true", help="every variant x --seeds not recorded")
+    run_cmd.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    table_cmd = sub.add_parser("table", help="the table and verdicts from the recorded runs")
+    table_cmd.add_argument("--out", default=None, help="write it here (default: print)")
+    args = parser.parse_args(argv)
+    if args.command == "table":
+        text = report(load_results())
+        if args.out:
+            write_text(args.out, text)
+        else:
+            print(text, end="")
+        return 0
+    if args.all:
+        todo = [(v, s) for s in args.seeds for v in VARIANTS if not result_path(v, s).exists()]
+    elif args.variant is None or args.seed is None:
+        parser.error("run needs --variant and --seed, or --all")
     else:
-        print(table, end="")
+        todo = [(args.variant, args.seed)]
+    for variant, seed in todo:
+        print(f"ablation run {variant} seed {seed}", flush=True)
+        print(f"wrote {run(variant, seed)}", flush=True)
     return 0
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -43,7 +44,11 @@ from facemogle.evaluation.metrics.common import (
     skip_all,
 )
 from facemogle.evaluation.metrics.distances import feature_space_metrics
-from facemogle.evaluation.metrics.segmentation import mask_iou, mask_metric_values
+from facemogle.evaluation.metrics.segmentation import (
+    confusion_matrix,
+    mask_iou,
+    mask_metric_values,
+)
 from facemogle.evaluation.metrics.suite import ModelSuite, small_detector_metrics
 
 log = logging.getLogger(__name__)
@@ -52,6 +57,7 @@ log = logging.getLogger(__name__)
 ACCESSORY_LABELS = {"hat": "hat", "eyeglasses": "eye_g", "earrings": "ear_r",
                     "necklace": "neck_l"}
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")  # generated images of any method
+PER_IMAGE = "per_image"  # folder of the per-image counts, beside the metrics files
 
 
 def _images01(images: list[np.ndarray]) -> torch.Tensor:
@@ -69,13 +75,29 @@ def _parse(parser, images: list[np.ndarray], batch_size: int) -> tuple[list, np.
     return maps, np.concatenate(feats)
 
 
+def per_image_overlap(pred_maps: list[np.ndarray], target_maps: list[np.ndarray]
+                      ) -> dict[str, list[list[int]]]:
+    """Per image and class, the pixel counts of intersection and union of predicted and target
+    maps: summed over any subset of images they give that subset's mIoU (`mask_iou`)."""
+    inter, union = [], []
+    for pred, target in zip(pred_maps, target_maps):
+        cm = confusion_matrix([pred], [target])  # (C, C)
+        i = np.diag(cm)
+        inter.append(i.tolist())
+        union.append((cm.sum(0) + cm.sum(1) - i).tolist())
+    return {"mask_intersection": inter, "mask_union": union}
+
+
 def parser_metrics(parser, generated: list[np.ndarray], reference: list[np.ndarray],
                    input_masks: list[np.ndarray], attributes: list[dict] | None,
-                   cfg: EvaluateConfig, *, seed: int, backend: str) -> list[MetricValue]:
-    """mIoU, attribute accuracy and the parser-feature-space Frechet distance / KID."""
+                   cfg: EvaluateConfig, *, seed: int, backend: str
+                   ) -> tuple[list[MetricValue], dict[str, Any]]:
+    """mIoU, attribute accuracy and the parser-feature-space Frechet distance / KID; and the
+    per-image counts behind mIoU and attribute accuracy (for intervals over test images)."""
     gen_maps, gen_feats = _parse(parser, generated, cfg.batch_size)
     _, ref_feats = _parse(parser, reference, cfg.batch_size)
     values = mask_metric_values(mask_iou(gen_maps, input_masks), backend)
+    per_image: dict[str, Any] = per_image_overlap(gen_maps, input_masks)
     values += feature_space_metrics("parser", gen_feats, ref_feats, subsets=cfg.kid_subsets,
                                     subset_size=cfg.kid_subset_size, seed=seed, backend=backend)
     if attributes is None:
@@ -87,7 +109,9 @@ def parser_metrics(parser, generated: list[np.ndarray], reference: list[np.ndarr
                                     color_attributes=colours.COLOR_ATTRIBUTES,
                                     accessory_labels=ACCESSORY_LABELS)
         values += attribute_metric_values(result, backend)
-    return values
+        per_image.update(attributes=result["per_image"],
+                         color_attributes=result["color_attributes"])
+    return values, per_image
 
 
 def parser_ceilings(parser, vae, images: list[np.ndarray], masks: list[np.ndarray],
@@ -115,8 +139,9 @@ def parser_ceilings(parser, vae, images: list[np.ndarray], masks: list[np.ndarra
 def evaluate_mode(mode: str, samples_dir: Path, data_dir: Path, labels_dir: Path,
                   expected_ids: list[str], cfg: EvaluateConfig, *, parser, suite: ModelSuite,
                   seed: int, parser_name: str = "face parser",
-                  ceilings: list[MetricValue] = ()) -> list[MetricValue]:
-    """All metrics of one mode; generated and reference images are paired by id.
+                  ceilings: list[MetricValue] = ()) -> tuple[list[MetricValue], dict[str, Any]]:
+    """All metrics of one mode, generated and reference images paired by id; and the per-image
+    counts behind mIoU and attribute accuracy ({} without a parser).
 
     `expected_ids` are the test ids the sample stage generated; a generated file missing for one
     of them, or an extra file, is an error listing the ids (never pairing by sorted names).
@@ -139,18 +164,20 @@ def evaluate_mode(mode: str, samples_dir: Path, data_dir: Path, labels_dir: Path
         table = {r["id"]: r["attributes"] for r in read_jsonl(attributes_path)}
         attributes = [table[i] for i in ids]  # every mode is scored against the caption
     values: list[MetricValue] = []
+    per_image: dict[str, Any] = {}
     if parser is None:
         values += skip_all(["mask_miou", "fd_parser", "kid_parser_x1000", "attribute_acc",
                             "accessory_acc"],
                            "parser", "no face parser (base stage output has no parser/)")
     else:
-        values += parser_metrics(parser, gen_images, ref_images, masks, attributes, cfg,
-                                 seed=seed, backend=parser_name)
-        values += ceilings
+        parsed, per_image = parser_metrics(parser, gen_images, ref_images, masks, attributes,
+                                           cfg, seed=seed, backend=parser_name)
+        values += parsed + list(ceilings)
+        per_image = {"ids": ids, **per_image}
     prompts = [captions[i] for i in ids]  # every mode, like the attributes above
     values += suite.evaluate(gen_images, ref_images, prompts, seed=seed)
     values += small_detector_metrics(ref_images, gen_images, cfg, seed=seed)
-    return values
+    return values, per_image
 
 
 def expected_test_ids(samples_dir: Path, labels_dir: Path, ids_file: Path | None) -> list[str]:
@@ -172,7 +199,9 @@ def evaluate(samples_dir: str | Path, data_dir: str | Path, labels_dir: str | Pa
              out_dir: str | Path, cfg: EvaluateConfig, *, modes: list[str], parser, seed: int,
              device: torch.device | None = None, ids_file: str | Path | None = None,
              vae=None, parser_name: str = "face parser") -> dict[str, dict]:
-    """Write `out_dir/<mode>.json` for each mode (`stages.report` lays them out as tables).
+    """Write `out_dir/<mode>.json` for each mode (`stages.report` lays them out as tables), and
+    `out_dir/per_image/<mode>.json`: the test ids and per-image counts behind mIoU and attribute
+    accuracy (`facemogle.evaluation.uncertainty` resamples them).
 
     `samples_dir/<mode>/<id>.png` are the sample stage's images or any other method's (PNG,
     JPEG or WebP named by test id, at `data.resolution`), paired with the test images by id.
@@ -190,11 +219,13 @@ def evaluate(samples_dir: str | Path, data_dir: str | Path, labels_dir: str | Pa
         cfg.batch_size, parser_name)
     results = {}
     for mode in modes:
-        values = evaluate_mode(mode, samples_dir, data_dir, labels_dir, expected_ids, cfg,
-                               parser=parser, suite=suite, seed=seed, parser_name=parser_name,
-                               ceilings=ceilings)
+        values, per_image = evaluate_mode(mode, samples_dir, data_dir, labels_dir, expected_ids,
+                                          cfg, parser=parser, suite=suite, seed=seed,
+                                          parser_name=parser_name, ceilings=ceilings)
         results[mode] = metrics_json(values)
         write_json(out_dir / f"{mode}.json", results[mode])
+        if per_image:
+            write_json(out_dir / PER_IMAGE / f"{mode}.json", per_image)
         ran = [v.name for v in values if v.skipped is None]
         skipped = {v.name: v.skipped for v in values if v.skipped is not None}
         log.info("%s: computed %s", mode, ", ".join(ran))

@@ -73,7 +73,8 @@ def attribute_accuracy(images: Images, label_maps: Sequence[np.ndarray],
     uint8, attribute) -> colour name`. Returns {"per_attribute": {attr: accuracy or None if no
     caption states it}, "counts": {attr: images scored}, "color_mean" and "accessory_mean": the
     mean of the per-attribute accuracies of each group (each attribute weighs the same), None
-    when nothing in the group was scored}.
+    when nothing in the group was scored, "per_image": per image {attr: judged correct} of the
+    attributes scored on it, "color_attributes": the colour group's names}.
     """
     arrays = image_list(images)
     if not (len(arrays) == len(label_maps) == len(attributes)):
@@ -83,13 +84,16 @@ def attribute_accuracy(images: Images, label_maps: Sequence[np.ndarray],
     accessories = _label_ids(accessory_labels, "accessory_labels")
     correct = {attr: 0 for attr in (*colors, *accessories)}
     counts = dict.fromkeys(correct, 0)
+    per_image = []
     for n, (image, label_map, attrs) in enumerate(zip(arrays, label_maps, attributes)):
         label_map = np.asarray(label_map)
         if label_map.shape != image.shape[:2]:
             raise ValueError(f"attribute accuracy: label map {n} has shape {label_map.shape}, "
                              f"image {image.shape[:2]}")
-        for attr, ok in _judge_image(image, label_map, attrs, colors, accessories, read_color,
-                                     min_pixels).items():
+        judged = _judge_image(image, label_map, attrs, colors, accessories, read_color,
+                              min_pixels)
+        per_image.append({attr: bool(ok) for attr, ok in judged.items()})
+        for attr, ok in judged.items():
             counts[attr] += 1
             correct[attr] += ok
     per_attribute = {a: (correct[a] / counts[a] if counts[a] else None) for a in correct}
@@ -99,7 +103,8 @@ def attribute_accuracy(images: Images, label_maps: Sequence[np.ndarray],
         return float(np.mean(scored)) if scored else None
 
     return {"per_attribute": per_attribute, "counts": counts, "color_mean": mean(colors),
-            "accessory_mean": mean(accessories)}
+            "accessory_mean": mean(accessories), "per_image": per_image,
+            "color_attributes": list(colors)}
 
 
 def attribute_metric_values(result: Mapping[str, Any], backend: str) -> list[MetricValue]:
