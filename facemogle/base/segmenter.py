@@ -1,7 +1,7 @@
 """A small face parser: images -> 19-class CelebAMask-HQ label maps (embedded default).
 
-The embedded default has no pretrained face parser offline, so the `base` stage trains this one on
-SynthFaces. `parse_masks` uses it to label images without annotations and `evaluate` to measure
+The embedded default has no pretrained face parser offline, so the embedded base carries this one,
+trained on SynthFaces by `stages.pretrain` and fixed afterwards. `parse_masks` uses it to label images without annotations and `evaluate` to measure
 mask fidelity (mIoU of the generated face's parse vs. the input mask); its pooled bottleneck
 features are the offline feature space of the "fd_parser" Frechet distance.
 

@@ -6,7 +6,7 @@ what would be valid, so a bad `dvc exp run -S key=value` stops the stage before 
 
 The schema is declarative: a field's type gives its choices (`Literal`) and its YAML type, and
 `spec(...)` beside the field gives its bounds and any other rule on its value alone. A section's
-dotted key (`train`, `base.vae`) comes from where it nests in `Params`, so a rule is never spelt
+dotted key (`train`, `pretrain.vae`) comes from where it nests in `Params`, so a rule is never spelt
 with its key; the few rules between two fields are each section's `_check_across_fields`.
 
 Defaults are the paper's values where the paper has one; `params.yaml` holds the embedded
@@ -148,7 +148,7 @@ def _check_fields(section: Any) -> None:
 
 
 def _key(section: Any, name: str) -> str:
-    """The dotted key of field `name` of `section` (`train.lr`, `base.vae.steps`)."""
+    """The dotted key of field `name` of `section` (`train.lr`, `pretrain.vae.steps`)."""
     return _prefixes()[type(section)] + name
 
 
@@ -486,7 +486,7 @@ def _nested_sections(cls: type, prefix: str = "") -> Iterator[tuple[type, str]]:
 @functools.cache
 def _prefixes() -> dict[type, str]:
     """The dotted-key prefix of each section class, from where it nests in `Params`
-    (`TinyVAEConfig`: "base.vae."); each class nests at one place only."""
+    (`TinyVAEConfig`: "pretrain.vae."); each class nests at one place only."""
     prefixes: dict[type, str] = {}
     for cls, prefix in _nested_sections(Params):
         if prefixes.setdefault(cls, prefix) != prefix:

@@ -9,7 +9,7 @@ Backends (`masks.parser`), each built by a loader function in `PARSERS`:
   (person below the chin). It has no ears, glasses, hats or jewellery.
 - `segformer`: a `transformers` `SegformerForSemanticSegmentation` face parser with
   CelebAMask-HQ classes, from a hub id or a local folder (`masks.parser_path`).
-- `tiny`: the small parser the `base` stage trains (`facemogle.base.segmenter`), from the folder
+- `tiny`: the small parser of the embedded base (`facemogle.base.segmenter`), from the folder
   given to `parse_masks --parser-dir`.
 
 Heavy backends import their packages only when loaded; a missing package is a
@@ -272,7 +272,7 @@ def load_segformer(path: str | None, device: torch.device | None = None) -> Segf
 
 
 # ----------------------------------------------------------------------------------------------
-# tiny: the parser the `base` stage trains
+# tiny: the embedded base's parser
 # ----------------------------------------------------------------------------------------------
 
 
