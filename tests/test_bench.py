@@ -50,8 +50,9 @@ def test_tiny_run_writes_device_versions_and_settings(tiny_result):
     assert r["versions"]["torch"] == torch.__version__
     s = r["settings"]
     assert s["size"] == "tiny" and s["resolution"] == 64 and s["dtype"] == "float32"
-    tokens = load_params(ROOT / "params.yaml").base.text_max_tokens
-    assert s["tokens"] == {"text": tokens, "image": 16, "cond": 16}  # params.yaml's, at 64 px
+    params = load_params(ROOT / "params.yaml")
+    image = (params.data.resolution // 16) ** 2  # x8 VAE, 2 x 2 packing: 64 at 128 px
+    assert s["tokens"] == {"text": params.base.text_max_tokens, "image": image, "cond": image}
     assert s["gradient_checkpointing"] is True and s["train"]["optimizer"] == "prodigy"
     counts = r["parameters"]
     assert counts["mogle"] == 101780  # the paper's MoGLE (docs/design.md, "Scale figures")
@@ -74,10 +75,11 @@ def test_tiny_run_training_sampling_caching(tiny_result):
     cache = r["cache"]
     assert cache["encodes_per_image"] == 21 and cache["images_per_s"] > 0
     shard = cache["shard"]
-    # float16 tokens: 16 image tokens x 64, 20 slots, params.yaml's captions x tokens x 384
+    # float16 tokens: L image tokens x 64, 20 slots, params.yaml's captions x tokens x 384
     params = load_params(ROOT / "params.yaml")
     captions, tokens = params.data.captions_per_image, params.base.text_max_tokens
-    assert shard["image_bytes"] == 16 * 64 * 2 and shard["slot_latents_bytes"] == 20 * 16 * 64 * 2
+    L = (params.data.resolution // 16) ** 2
+    assert shard["image_bytes"] == L * 64 * 2 and shard["slot_latents_bytes"] == 20 * L * 64 * 2
     assert shard["text_seq_bytes"] == captions * tokens * 384 * 2 and shard["captions"] == captions
     parts = sum(v for k, v in shard.items() if k.endswith("_bytes") and k != "total_bytes")
     assert parts < shard["total_bytes"] < parts + 2048  # plus the safetensors header

@@ -125,7 +125,8 @@ def test_another_methods_folder_is_scored_and_reported_beside_face_mogle(trained
     per_class = {k for k in (*scored, *ours) if k.startswith("mask_iou_")}  # classes present
     assert set(scored) - per_class == set(ours) - per_class
     assert scored["skipped"] == ours["skipped"]
-    assert sorted(p.name for p in out.iterdir()) == ["mask2face.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["mask2face.json", "per_image"]
+    assert sorted(p.name for p in (out / "per_image").iterdir()) == ["mask2face.json"]
     assert scored["mask_miou"] != ours["mask_miou"]  # other images, other numbers
 
     md = tmp_path / "report.md"

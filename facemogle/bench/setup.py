@@ -56,13 +56,17 @@ def flux_size() -> BenchSize:
 
 
 def tiny_size(params_path: str | Path) -> BenchSize:
-    """The embedded default's small base (params `base`, `data.resolution`, `model`, `lora`)."""
-    from facemogle.base.pretrain import make_transformer, make_vae
-
+    """The embedded default's small base: the architecture of the embedded base that params
+    `base.tiny_path` names (relative to the params file), `data.resolution`, `model`, `lora`."""
     p = load_params(params_path)
-    return BenchSize("tiny", lambda: make_transformer(p.base.transformer, MINILM_DIM, MINILM_DIM),
-                     lambda: make_vae(p.base.vae, p.data.resolution), p.data.resolution,
-                     p.base.text_max_tokens, p.data.captions_per_image, p.model, p.lora)
+    folder = Path(params_path).parent / p.base.tiny_path
+
+    def part(cls, name: str):
+        return lambda: cls.from_config(cls.load_config(folder / name))
+
+    return BenchSize("tiny", part(FluxTransformer2DModel, "transformer"),
+                     part(AutoencoderKL, "vae"), p.data.resolution, p.base.text_max_tokens,
+                     p.data.captions_per_image, p.model, p.lora)
 
 
 @torch.no_grad()
