@@ -116,9 +116,14 @@ def test_pretrain_resumes_bit_for_bit(embedded_base, tmp_path, monkeypatch):
     assert state["step"] == 10
     monkeypatch.setattr(pretrain_mod.flow, "rectified_flow_loss", real_loss)
     assert pretrain.main(args) == 0
-    ours = json.loads((tmp_path / "out" / "provenance.json").read_text())["files"]
+    record = json.loads((tmp_path / "out" / "provenance.json").read_text())
     theirs = json.loads((embedded_base / "provenance.json").read_text())["files"]
-    assert ours == theirs
+    assert record["files"] == theirs
+    # a phase's wall time is its training time as saved, not the time until the run ended
+    for phase in ("vae", "parser", "transformer"):
+        saved = json.loads((tmp_path / "work" / "checkpoints" / phase / "state.json")
+                           .read_text())["elapsed"]
+        assert record["wall_time"][f"{phase}_s"] == round(saved, 1)
 
 
 # ---- kind: tiny: the base stage checks and points to the embedded base ------------------------

@@ -26,10 +26,9 @@ class PhaseStore:
     def __init__(self, folder: str | Path, every: int, key: Any):
         self.folder, self.every, self.key = Path(folder), every, key
         self._saved_elapsed, self._since = 0.0, time.monotonic()
+        self.elapsed = 0.0  # seconds of training up to the last save or restore
 
-    @property
-    def elapsed(self) -> float:
-        """Seconds of training in this phase, over every process that resumed it."""
+    def _running(self) -> float:
         return self._saved_elapsed + time.monotonic() - self._since
 
     def restore(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, schedule: Any,
@@ -42,7 +41,7 @@ class PhaseStore:
         state = json.loads(state_path.read_text())
         if state.get("key") != self.key:
             return 0
-        self._saved_elapsed = float(state.get("elapsed", 0.0))
+        self._saved_elapsed = self.elapsed = float(state.get("elapsed", 0.0))
         model.load_state_dict(load_file(str(self.folder / "model.safetensors")))
         load_optimizer(self.folder / "optimizer.safetensors", state["optimizer"], optimizer)
         schedule.load_state_dict(state["schedule"])
@@ -52,6 +51,7 @@ class PhaseStore:
     def save(self, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
              schedule: Any, generator: torch.Generator) -> None:
         """Replace the folder atomically with the state after `step` steps."""
+        self.elapsed = self._running()
         with atomic_path(self.folder) as tmp:
             tmp.mkdir(parents=True)
             save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()},
