@@ -102,7 +102,7 @@ def pretrain_embedded(params: Params, work_dir: str | Path, out_dir: str | Path,
 
 def load_folder(folder: Path) -> tuple[Base, FaceParser]:
     """The base and parser of an embedded-base folder, float32, for measuring it."""
-    write_json(folder / MANIFEST, {"kind": "tiny", "dtype": "float32", "dir": str(folder)})
+    write_json(folder / MANIFEST, {"kind": "tiny", "dtype": "float32"})  # parts in the folder
     try:
         return load_base(folder), load_parser(folder / "parser").float()
     finally:
