@@ -96,9 +96,9 @@ def test_pretrain_resumes_bit_for_bit(embedded_base, tmp_path, monkeypatch):
     from facemogle.base import pretrain as pretrain_mod
     from stages import pretrain
 
-    params = params_file(tmp_path / "p.yaml", TINY_PRETRAIN_PARAMS, "params-pretrain.yaml")
-    args = ["--params", str(params), "--work", str(tmp_path / "work"), "--out",
-            str(tmp_path / "out")]
+    params_file(tmp_path / "p.yaml", TINY_PRETRAIN_PARAMS, "params-pretrain.yaml")
+    monkeypatch.chdir(tmp_path)  # relative paths, as in the documented command
+    args = ["--params", "p.yaml", "--work", "work", "--out", "out"]
     real_loss, calls = pretrain_mod.flow.rectified_flow_loss, []
 
     def interrupted(*a, **k):

@@ -49,8 +49,9 @@ def test_tiny_run_writes_device_versions_and_settings(tiny_result):
     assert {"torch", "diffusers", "peft", "transformers"} <= set(r["versions"])
     assert r["versions"]["torch"] == torch.__version__
     s = r["settings"]
-    assert s["size"] == "tiny" and s["resolution"] == 64 and s["dtype"] == "float32"
     params = load_params(ROOT / "params.yaml")
+    assert s["size"] == "tiny" and s["resolution"] == params.data.resolution
+    assert s["dtype"] == "float32"
     image = (params.data.resolution // 16) ** 2  # x8 VAE, 2 x 2 packing: 64 at 128 px
     assert s["tokens"] == {"text": params.base.text_max_tokens, "image": image, "cond": image}
     assert s["gradient_checkpointing"] is True and s["train"]["optimizer"] == "prodigy"
