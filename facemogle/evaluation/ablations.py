@@ -17,7 +17,6 @@ queue runs in slices. `table` rebuilds everything from those files.
 from __future__ import annotations
 
 import argparse
-import platform
 import shutil
 import subprocess
 import sys
@@ -29,6 +28,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from facemogle.base.embedded import machine
 from facemogle.core.io import InputError, read_json, write_json, write_text
 from facemogle.evaluation.uncertainty import mean_over_seeds, paired_difference_over_seeds, verdict
 
@@ -99,7 +99,7 @@ def run(variant: str, seed: int, *, params_file: Path = Path("params.yaml"),
            str(folder / "eval"), *p)
     record = {"variant": variant, "seed": seed, **VARIANTS[variant],
               "wall_s": round(time.monotonic() - start, 1),
-              "machine": platform.processor() or platform.machine(),
+              "machine": machine(),
               "metrics": {m: {k: v for k, v in read_json(folder / "eval" / f"{m}.json").items()
                               if isinstance(v, float)} for m in MODES},
               "per_image": {m: read_json(folder / "eval" / "per_image" / f"{m}.json")
