@@ -43,11 +43,10 @@ SHEET_TITLES = {"base": "Plain base, no condition tokens (reference)"}
 
 
 def write_sheets(samples: Path, sheets_dir: str | Path, labels_dir: str | Path,
-                 data_dir: str | Path, modes: tuple[str, ...], ids: list[str],
+                 prompts: dict[str, str], modes: tuple[str, ...], ids: list[str],
                  off_distribution: list[dict]) -> None:
     """One contact sheet per mode (prompt, mask, result) of the first sampled images, and the
-    off-distribution sheet of `off_distribution` rows."""
-    prompts = {r["id"]: r["captions"][0] for r in read_jsonl(Path(data_dir) / "captions.jsonl")}
+    off-distribution sheet of `off_distribution` rows; `prompts`: id -> its first caption."""
     masks = {i: labels.load_label_map(Path(labels_dir) / "masks" / f"{i}.png") for i in ids}
     with atomic_path(sheets_dir) as sheets:
         sheets.mkdir()
@@ -93,12 +92,12 @@ def main(argv: list[str] | None = None) -> int:
         processes.wait_for_everyone()  # every image is written
         if processes.is_main_process:
             first = cache.ids[0]
-            caption = next(r["captions"][0] for r in read_jsonl(Path(args.data) / "captions.jsonl")
-                           if r["id"] == first)
+            prompts = {r["id"]: r["captions"][0]
+                       for r in read_jsonl(Path(args.data) / "captions.jsonl")}
             off = sample_layouts(model, base, cache, 0, labels.load_label_map(
                 Path(args.labels) / "masks" / f"{first}.png"), cfg, seed=params.seed,
-                caption=caption)
-            write_sheets(out, args.sheets, args.labels, args.data, cfg.modes,
+                caption=prompts[first])
+            write_sheets(out, args.sheets, args.labels, prompts, cfg.modes,
                          cache.ids[:min(count, SHEET_ROWS)], off)
             (out / "ids.json").write_text(json.dumps(cache.ids[:count]))
     return 0

@@ -139,3 +139,19 @@ def test_ablation_table_and_verdicts_from_recorded_runs(tmp_path):
            "scale**" in text
     assert "(Table 3): **not resolved (runs missing)**" in text
     assert "Runs: 9 runs, 1.0 min each on average" in text
+
+
+def test_ablation_queue_shards_share_the_missing_runs_without_overlap(tmp_path):
+    import argparse
+
+    from facemogle.core.io import write_json
+    from facemogle.evaluation.ablations import VARIANTS, _shard, pending, result_path
+
+    write_json(result_path("main", 0, tmp_path), _record("main", 0, 0.1))
+    missing = pending([0, 1], results=tmp_path)
+    assert len(missing) == 2 * len(VARIANTS) - 1 and ("main", 0) not in missing
+    first, second = (pending([0, 1], _shard(f"{k}/2"), tmp_path) for k in (1, 2))
+    assert sorted(first + second) == sorted(missing) and not set(first) & set(second)
+    for bad in ("0/2", "3/2", "two"):
+        with pytest.raises(argparse.ArgumentTypeError, match="--shard"):
+            _shard(bad)

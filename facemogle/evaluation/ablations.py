@@ -3,15 +3,19 @@ run, and a table with intervals and a verdict per paper claim.
 
     python -m facemogle.evaluation.ablations run --variant gating-scalar --seed 1
     python -m facemogle.evaluation.ablations run --all --seeds 0 1 2   # every missing run
+    python -m facemogle.evaluation.ablations run --all --shard 1/2     # every second one of them
     python -m facemogle.evaluation.ablations table [--out metrics/ablations/table.md]
 
 `run` needs the outputs of `dvc repro` (`data/raw`, `data/labels`, `data/latents`, `data/base`):
 it trains the variant with the top-level `seed` set to the training seed (initialisation,
 batches, dropout and the per-id sampling noise follow it, so variant and main model with the
-same seed are sampled from the same noise), samples the in-distribution test set in the three
-modes, evaluates, and writes `metrics/ablations/<variant>-seed<k>.json` (metrics, per-image
+same seed are sampled from the same noise), samples the in-distribution test set in the modes
+the table reads (multimodal and mask2face: the claims are about mask conditioning), evaluates, and writes `metrics/ablations/<variant>-seed<k>.json` (metrics, per-image
 counts, wall time, machine) as soon as the run finishes; a recorded run is skipped, so a long
-queue runs in slices. `table` rebuilds everything from those files.
+queue runs in slices. `--shard K/N` takes the K-th of every N missing runs, so N queues can run
+side by side (on a 2-core machine, two shards with `OMP_NUM_THREADS=1` finish the grid sooner
+than one queue with two threads: the small models use a second thread poorly). `table`
+rebuilds everything from those files.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from facemogle.evaluation.uncertainty import mean_over_seeds, paired_difference_
 
 RESULTS = Path("metrics/ablations")
 WORK = Path("data/ablations")
-MODES: tuple[str, ...] = ("multimodal", "mask2face", "text2face")
+MODES: tuple[str, ...] = ("multimodal", "mask2face")
 MAIN = "main"
 VARIANTS: dict[str, dict[str, str]] = {
     MAIN: {"gating": "matrix", "experts": "global_local"},
@@ -107,6 +111,15 @@ def run(variant: str, seed: int, *, params_file: Path = Path("params.yaml"),
     path = result_path(variant, seed, results)
     write_json(path, record)
     return path
+
+
+def pending(seeds: Sequence[int], shard: tuple[int, int] = (1, 1), results: Path = RESULTS
+            ) -> list[tuple[str, int]]:
+    """The (variant, seed) runs not recorded yet, seed by seed; of them, with shard (K, N),
+    the K-th of every N, so N queues started together share the runs without overlap."""
+    k, n = shard
+    todo = [(v, s) for s in seeds for v in VARIANTS if not result_path(v, s, results).exists()]
+    return todo[k - 1::n]
 
 
 def load_results(results: Path = RESULTS) -> dict[str, dict[int, dict]]:
@@ -192,6 +205,17 @@ def report(found: Mapping[str, Mapping[int, dict]]) -> str:
                       *claim_verdicts(found), "", f"Runs: {timing}.", ""])
 
 
+def _shard(text: str) -> tuple[int, int]:
+    """`K/N` with 1 <= K <= N."""
+    try:
+        k, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--shard {text!r}: expected K/N, e.g. 1/2") from None
+    if not 1 <= k <= n:
+        raise argparse.ArgumentTypeError(f"--shard {text!r}: expected 1 <= K <= N")
+    return k, n
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -200,6 +224,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     run_cmd.add_argument("--seed", type=int)
     run_cmd.add_argument("--all", action="store_true", help="every variant x --seeds not recorded")
     run_cmd.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    run_cmd.add_argument("--shard", type=_shard, default=(1, 1), metavar="K/N",
+                         help="with --all: the K-th of every N missing runs (default 1/1)")
     table_cmd = sub.add_parser("table", help="the table and verdicts from the recorded runs")
     table_cmd.add_argument("--out", default=None, help="write it here (default: print)")
     args = parser.parse_args(argv)
@@ -211,7 +237,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(text, end="")
         return 0
     if args.all:
-        todo = [(v, s) for s in args.seeds for v in VARIANTS if not result_path(v, s).exists()]
+        todo = pending(args.seeds, args.shard)
     elif args.variant is None or args.seed is None:
         parser.error("run needs --variant and --seed, or --all")
     else:

@@ -88,9 +88,8 @@ def metric_interval(per_image: Mapping[str, Any], metric: str, **kwargs) -> Inte
 def paired_difference(a: Mapping[str, Any], b: Mapping[str, Any], metric: str,
                       **kwargs) -> Interval:
     """Interval of metric(a) - metric(b) over the same resampled test ids (a and b must hold
-    the same ids, in any order)."""
-    fa, fb = _aligned(a, a["ids"], metric), _aligned(b, a["ids"], metric)
-    return percentile_bootstrap(lambda idx: fa(idx) - fb(idx), len(a["ids"]), **kwargs)
+    the same ids, in any order): one pair of `paired_difference_over_seeds`."""
+    return paired_difference_over_seeds([(a, b)], metric, **kwargs)
 
 
 def verdict(difference: Interval, higher_is_better: bool = True) -> str:
