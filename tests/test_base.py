@@ -26,10 +26,11 @@ from facemogle.base.pretrain import (
     vae_norm_groups,
 )
 from facemogle.base.segmenter import FaceParser, load_parser
+from facemogle.base.train_embedded import faces_for
 from facemogle.base.standin import save_flux_standin
 from facemogle.base.text import FluxTextEncoder, MiniLMTextEncoder
 from facemogle.core import latents
-from facemogle.core.config import BaseConfig, ConfigError, load_params
+from facemogle.core.config import BaseConfig, ConfigError, DataConfig, load_params
 from facemogle.core.io import InputError, file_sha256
 from facemogle.core.labels import LABEL_INDEX, NUM_LABELS
 from stages import base as stage
@@ -192,6 +193,37 @@ def test_base_refuses_data_it_was_trained_on(embedded_base, tmp_path):
     params = _params(tmp_path, embedded_base, resolution=128)
     with pytest.raises(InputError, match="re-train the base for this data"):
         stage.main(["--out", str(tmp_path / "base"), "--params", str(params)])
+
+
+def test_base_refuses_a_text_length_the_base_was_not_trained_on(embedded_base, tmp_path):
+    params = params_file(tmp_path / "params.yaml", {
+        "data": TINY_DATA, "base": {"tiny_path": str(embedded_base), "text_max_tokens": 12}})
+    with pytest.raises(InputError, match="text_max_tokens is 12, .* trained on 8 text tokens"):
+        stage.main(["--out", str(tmp_path / "base"), "--params", str(params)])
+    assert not (tmp_path / "base").exists()
+
+
+def test_base_refuses_a_provenance_that_leaves_a_part_unchecked(embedded_base, tmp_path):
+    copy = tmp_path / "embedded"
+    shutil.copytree(embedded_base, copy)
+    record = json.loads((copy / "provenance.json").read_text())
+    record["files"] = {k: v for k, v in record["files"].items() if not k.startswith("parser/")}
+    (copy / "provenance.json").write_text(json.dumps(record))
+    with pytest.raises(InputError, match=r"lists nothing under \['parser'\]"):
+        stage.main(["--out", str(tmp_path / "base"), "--params", str(_params(tmp_path, copy))])
+
+
+def test_pretraining_faces_follow_the_data_params(tmp_path):
+    """The pretraining work folder renders its faces again when `data` changes."""
+    small = DataConfig(**{**TINY_DATA, "source": "synthfaces", "num_train": 2, "num_test": 1})
+    raw = faces_for(small, tmp_path)
+    first = json.loads((raw / "split.json").read_text())
+    stamp = (raw / "split.json").stat().st_mtime_ns
+    assert faces_for(small, tmp_path) == raw and (raw / "split.json").stat().st_mtime_ns == stamp
+    larger = DataConfig(**{**TINY_DATA, "source": "synthfaces", "num_train": 3, "num_test": 1})
+    second = json.loads((faces_for(larger, tmp_path) / "split.json").read_text())
+    assert second != first
+    assert json.loads((tmp_path / "raw.json").read_text())["num_train"] == 3
 
 
 def test_stage_declares_its_params():

@@ -10,7 +10,10 @@ import torch
 
 from facemogle.core.io import InputError
 from facemogle.core.labels import LABEL_INDEX, NUM_LABELS
+from facemogle.app.gate_maps import colorize
 from facemogle.evaluation.gate_regions import (
+    CELL,
+    MARGIN,
     RegionAverage,
     main,
     own_region_ratio,
@@ -64,8 +67,12 @@ def test_region_average_of_a_gate_that_follows_the_regions():
     torch.testing.assert_close(uniform.per_region()[present],
                                torch.full((int(present.sum()),), 1 / 3, dtype=torch.float64))
     assert np.allclose(own_region_ratio(uniform.per_region(), uniform.mean(), slots)["skin"], 1)
-    picture = region_picture(per_region.numpy(), [1.0], ["global", "skin", "hair"], [0])
-    assert picture.size[1] > 3 * 14
+    picture = np.asarray(region_picture(per_region.numpy(), [1.0], ["global", "skin", "hair"],
+                                        [0]))
+    def cell(expert: int, region: int) -> np.ndarray:
+        return picture[MARGIN + expert * CELL + CELL // 2, MARGIN + region * CELL + CELL // 2]
+    assert (cell(1, SKIN) == colorize(np.ones(1), 1.0)[0]).all()  # the top of the scale
+    assert (cell(2, SKIN) == colorize(np.zeros(1), 1.0)[0]).all()  # its bottom
 
 
 def test_gate_regions_command_on_a_trained_model(trained_run, tmp_path):
@@ -81,6 +88,8 @@ def test_gate_regions_command_on_a_trained_model(trained_run, tmp_path):
     assert per_region.shape == (3, len(record["experts"]), NUM_LABELS)
     assert record["experts"][0] == "global" and len(record["own_region_ratio"]) == 19
     np.testing.assert_allclose(mean.sum(-1), 1.0, rtol=1e-5)  # the gate's weights sum to 1
+    assert all(r is None or np.isfinite(r) for ratios in record["own_region_ratio"].values()
+               for r in ratios)  # strict JSON: absent regions are null, never NaN
     assert (out / "gate_regions.png").stat().st_size > 0
 
 

@@ -155,3 +155,19 @@ def test_ablation_queue_shards_share_the_missing_runs_without_overlap(tmp_path):
     for bad in ("0/2", "3/2", "two"):
         with pytest.raises(argparse.ArgumentTypeError, match="--shard"):
             _shard(bad)
+
+
+def test_intervals_of_one_evaluated_run(tmp_path):
+    from facemogle.core.io import InputError, write_json
+    from facemogle.evaluation.ablations import intervals
+
+    record = _record("main", 0, 0.3)
+    for mode in ("multimodal", "mask2face"):
+        write_json(tmp_path / f"{mode}.json", record["per_image"][mode])
+    text = intervals(tmp_path)
+    expected = metric_interval(record["per_image"]["multimodal"], "mask_miou")
+    row = next(line for line in text.splitlines() if line.startswith("| multimodal |"))
+    assert f"| 30 | {expected.value:.3f} [{expected.low:.3f}, {expected.high:.3f}] |" in row
+    assert expected.low < expected.value < expected.high
+    with pytest.raises(InputError, match="no per-image files"):
+        intervals(tmp_path / "empty")

@@ -12,11 +12,8 @@ not match that record, as it would refuse a FLUX folder without its parts.
 from __future__ import annotations
 
 import os
-import platform
 from pathlib import Path
 from typing import Any
-
-import torch
 
 from facemogle.base.loader import MANIFEST
 from facemogle.base.text import MINILM_NAME, TEXT_MANIFEST, text_manifest
@@ -35,20 +32,6 @@ SPLIT_FIELDS: tuple[str, ...] = ("source", "variant", "seed", "resolution", "hub
                                  "hub_revision", "local_path")
 
 
-def machine() -> dict[str, Any]:
-    """Where a figure was measured: processor, cores, torch threads, versions."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": torch.get_num_threads(), "python": platform.python_version(),
-            "torch": torch.__version__}
-
-
 def check_embedded(folder: str | Path, data: DataConfig) -> dict[str, Any]:
     """Verify an embedded-base folder against its provenance and `data`; returns the record.
 
@@ -61,6 +44,10 @@ def check_embedded(folder: str | Path, data: DataConfig) -> dict[str, Any]:
     files = record.get("files")
     if not isinstance(files, dict) or not files:
         raise InputError(f"{folder / PROVENANCE}: expected a 'files' mapping of path -> sha256")
+    uncovered = [part for part in PARTS if not any(n.startswith(f"{part}/") for n in files)]
+    if uncovered:
+        raise InputError(f"{folder / PROVENANCE}: 'files' lists nothing under {uncovered}; "
+                         f"expected every part of {list(PARTS)}")
     for name, expected in files.items():
         path = folder / name
         if not path.is_file():
@@ -86,6 +73,10 @@ def resolve_embedded(cfg: BaseConfig, data: DataConfig, out_dir: str | Path) -> 
     """The `base` stage for `base.kind: tiny`: check the shipped folder and point to it (by a
     path relative to `out_dir`, so the manifest is the same in every clone)."""
     record = check_embedded(cfg.tiny_path, data)
+    if record.get("text_max_tokens") != cfg.text_max_tokens:
+        raise InputError(f"params base.text_max_tokens is {cfg.text_max_tokens}, but the embedded "
+                         f"base in {cfg.tiny_path} was trained on {record.get('text_max_tokens')} "
+                         f"text tokens ({PROVENANCE}); set it to that or re-train the base")
     pointer = os.path.relpath(Path(cfg.tiny_path).resolve(), Path(out_dir).resolve())
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()

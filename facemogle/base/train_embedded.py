@@ -9,6 +9,8 @@ measured on the weights as stored.
 
 from __future__ import annotations
 
+import json
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -17,15 +19,29 @@ from typing import Any
 import torch
 
 from facemogle.base import pretrain
-from facemogle.base.embedded import PROVENANCE, machine
+from facemogle.base.embedded import PROVENANCE
 from facemogle.base.loader import MANIFEST, Base, load_base
 from facemogle.base.phase_store import PhaseStore
 from facemogle.base.segmenter import FaceParser, load_parser, save_parser
 from facemogle.base.text import MINILM_NAME, TEXT_MANIFEST, MiniLMTextEncoder, text_manifest
 from facemogle.core import flow, latents
-from facemogle.core.config import Params, to_dict
-from facemogle.core.io import atomic_path, file_sha256, write_json
+from facemogle.core.config import DataConfig, Params, to_dict
+from facemogle.core.io import atomic_path, file_sha256, read_json, write_json
+from facemogle.core.machine import machine
 from facemogle.data.download import download
+
+
+def faces_for(data: DataConfig, work_dir: Path) -> Path:
+    """`work_dir/raw`: the faces of `data`, rendered again when the folder holds other data
+    (its params are kept beside it in `raw.json`). Returns the folder."""
+    raw, record = work_dir / "raw", work_dir / "raw.json"
+    wanted = json.loads(json.dumps(to_dict(data)))
+    if not (raw / "split.json").is_file() or not record.is_file() or read_json(record) != wanted:
+        shutil.rmtree(raw, ignore_errors=True)
+        record.unlink(missing_ok=True)
+        download(data, raw)
+        write_json(record, wanted)
+    return raw
 
 
 def _code_commit() -> str | None:
@@ -58,9 +74,7 @@ def pretrain_embedded(params: Params, work_dir: str | Path, out_dir: str | Path,
     with its provenance; resumable from `work_dir` (rendered data and phase checkpoints).
     Returns the provenance record."""
     cfg, work_dir = params.pretrain, Path(work_dir)
-    raw = work_dir / "raw"
-    if not (raw / "split.json").is_file():
-        download(params.data, raw)
+    raw = faces_for(params.data, work_dir)
     train, test = pretrain.load_faces(raw, "train"), pretrain.load_faces(raw, "test")
     torch.manual_seed(params.seed)
     stores = _stores(params, work_dir)

@@ -12,6 +12,8 @@ from typing import Any
 
 import torch
 
+from facemogle.core.machine import cpu_name
+
 
 def _version(package: str) -> str | None:
     try:
@@ -34,7 +36,7 @@ def environment(device: torch.device) -> dict[str, Any]:
                           "mem_efficient": torch.backends.cuda.mem_efficient_sdp_enabled(),
                           "cudnn": torch.backends.cuda.cudnn_sdp_enabled()})
     else:
-        info["name"] = platform.processor() or platform.machine()
+        info["name"] = cpu_name()
     versions = {p: _version(p) for p in ("torch", "diffusers", "transformers", "peft",
                                          "accelerate", "prodigyopt")}
     versions["python"] = platform.python_version()

@@ -5,17 +5,19 @@ run, and a table with intervals and a verdict per paper claim.
     python -m facemogle.evaluation.ablations run --all --seeds 0 1 2   # every missing run
     python -m facemogle.evaluation.ablations run --all --shard 1/2     # every second one of them
     python -m facemogle.evaluation.ablations table [--out metrics/ablations/table.md]
+    python -m facemogle.evaluation.ablations intervals metrics/eval/per_image   # one run
 
 `run` needs the outputs of `dvc repro` (`data/raw`, `data/labels`, `data/latents`, `data/base`):
 it trains the variant with the top-level `seed` set to the training seed (initialisation,
 batches, dropout and the per-id sampling noise follow it, so variant and main model with the
 same seed are sampled from the same noise), samples the in-distribution test set in the modes
-the table reads (multimodal and mask2face: the claims are about mask conditioning), evaluates, and writes `metrics/ablations/<variant>-seed<k>.json` (metrics, per-image
-counts, wall time, machine) as soon as the run finishes; a recorded run is skipped, so a long
-queue runs in slices. `--shard K/N` takes the K-th of every N missing runs, so N queues can run
-side by side (on a 2-core machine, two shards with `OMP_NUM_THREADS=1` finish the grid sooner
-than one queue with two threads: the small models use a second thread poorly). `table`
-rebuilds everything from those files.
+the table reads (multimodal and mask2face: the claims are about mask conditioning), evaluates,
+and writes `metrics/ablations/<variant>-seed<k>.json` (metrics, per-image counts, wall time,
+machine) as soon as the run finishes; a recorded run is skipped, so a long queue runs in
+slices. `--shard K/N` takes the K-th of every N runs of the grid (those not recorded yet), so N
+queues share it without overlap whenever each starts; with `OMP_NUM_THREADS=1` per queue, N
+queues use N cores. `table` rebuilds everything from those files; `intervals` gives the
+bootstrap intervals of one evaluated run from its per-image files.
 """
 
 from __future__ import annotations
@@ -32,9 +34,14 @@ from typing import Any
 import numpy as np
 import yaml
 
-from facemogle.base.embedded import machine
 from facemogle.core.io import InputError, read_json, write_json, write_text
-from facemogle.evaluation.uncertainty import mean_over_seeds, paired_difference_over_seeds, verdict
+from facemogle.core.machine import machine
+from facemogle.evaluation.uncertainty import (
+    mean_over_seeds,
+    metric_interval,
+    paired_difference_over_seeds,
+    verdict,
+)
 
 RESULTS = Path("metrics/ablations")
 WORK = Path("data/ablations")
@@ -115,11 +122,11 @@ def run(variant: str, seed: int, *, params_file: Path = Path("params.yaml"),
 
 def pending(seeds: Sequence[int], shard: tuple[int, int] = (1, 1), results: Path = RESULTS
             ) -> list[tuple[str, int]]:
-    """The (variant, seed) runs not recorded yet, seed by seed; of them, with shard (K, N),
-    the K-th of every N, so N queues started together share the runs without overlap."""
+    """The (variant, seed) runs not recorded yet, seed by seed, of shard (K, N): the K-th of
+    every N runs of the whole grid, so N queues never overlap, whenever each one starts."""
     k, n = shard
-    todo = [(v, s) for s in seeds for v in VARIANTS if not result_path(v, s, results).exists()]
-    return todo[k - 1::n]
+    grid = [(v, s) for s in seeds for v in VARIANTS]
+    return [(v, s) for v, s in grid[k - 1::n] if not result_path(v, s, results).exists()]
 
 
 def load_results(results: Path = RESULTS) -> dict[str, dict[int, dict]]:
@@ -127,6 +134,9 @@ def load_results(results: Path = RESULTS) -> dict[str, dict[int, dict]]:
     found: dict[str, dict[int, dict]] = {}
     for path in sorted(results.glob("*-seed*.json")):
         record = read_json(path)
+        if record.get("variant") not in VARIANTS:
+            raise InputError(f"{path}: unknown variant {record.get('variant')!r}; "
+                             f"expected one of {list(VARIANTS)}")
         found.setdefault(record["variant"], {})[int(record["seed"])] = record
     return found
 
@@ -216,6 +226,22 @@ def _shard(text: str) -> tuple[int, int]:
     return k, n
 
 
+def intervals(per_image_dir: Path) -> str:
+    """Markdown: per mode (`<mode>.json` in `per_image_dir`, as `evaluate` writes them) the
+    metrics with their 95% bootstrap interval over the test images."""
+    files = sorted(Path(per_image_dir).glob("*.json"))
+    if not files:
+        raise InputError(f"{per_image_dir}: no per-image files (<mode>.json) found")
+    lines = ["| mode | images | mIoU | Attr |", "|---|---:|---|---|"]
+    for path in files:
+        per_image = read_json(path)
+        cells = [_fmt(metric_interval(per_image, metric)) if metric != "attribute_acc"
+                 or "attributes" in per_image else "-" for metric in ("mask_miou",
+                                                                      "attribute_acc")]
+        lines.append(f"| {path.stem} | {len(per_image['ids'])} | {cells[0]} | {cells[1]} |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -228,7 +254,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                          help="with --all: the K-th of every N missing runs (default 1/1)")
     table_cmd = sub.add_parser("table", help="the table and verdicts from the recorded runs")
     table_cmd.add_argument("--out", default=None, help="write it here (default: print)")
+    intervals_cmd = sub.add_parser("intervals", help="bootstrap intervals of one evaluated run")
+    intervals_cmd.add_argument("per_image_dir", type=Path, help="e.g. metrics/eval/per_image")
     args = parser.parse_args(argv)
+    if args.command == "intervals":
+        print(intervals(args.per_image_dir), end="")
+        return 0
     if args.command == "table":
         text = report(load_results())
         if args.out:

@@ -10,8 +10,8 @@ each expert's weight over the tokens of each face region: a token counts for a r
 proportion to the region's share of its pixels in the face's label map. Writes
 `gate_regions.json` (steps x experts x regions, and per local expert its weight on its own
 region over its mean weight on all tokens) and `gate_regions.png` (one expert x region heat map
-per shown step). A gate that ignored the mask would put 1 / (number of experts) in every cell
-and give every expert an own-region ratio of 1.
+per shown step). A uniform gate would put 1 / (number of experts) in every cell; an expert whose
+weight does not depend on the region under the token has an own-region ratio of 1.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 from tqdm import tqdm
 
-from facemogle.app.gate_maps import GatingRecorder, colorize, expert_name
+from facemogle.app.gate_maps import GatingRecorder, _pick_steps, colorize, expert_name
 from facemogle.base.loader import load_base
 from facemogle.cache.store import load_cache
 from facemogle.core import flow, labels
@@ -83,10 +83,16 @@ class RegionAverage:
         return self.total / self.tokens
 
 
+def _finite(values: list) -> list:
+    """Nested lists of floats with NaN as None (JSON has no NaN)."""
+    return [_finite(v) if isinstance(v, list) else None if np.isnan(v) else v for v in values]
+
+
 def own_region_ratio(per_region: Tensor, mean: Tensor, slots: tuple[int, ...]) -> dict[str, list]:
     """Per local expert (slot i + 1 reads label i): its weight on its own region over its mean
-    weight on all tokens, per step; the global expert has no region of its own."""
-    return {expert_name(s): (per_region[:, e, s - 1] / mean[:, e]).tolist()
+    weight on all tokens, per step (None where no face has the region); the global expert has
+    no region of its own."""
+    return {expert_name(s): _finite((per_region[:, e, s - 1] / mean[:, e]).tolist())
             for e, s in enumerate(slots) if s > 0}
 
 
@@ -124,6 +130,8 @@ def measure(model, base, cache, label_dir: Path, cfg, seed: int, max_images: int
             ) -> tuple[RegionAverage, list[float], tuple[int, ...]]:
     """Sample the test faces in multimodal mode and average the recorded gate weights."""
     count = len(cache.ids) if max_images is None else min(max_images, len(cache.ids))
+    if count < 1:
+        raise InputError(f"gate regions: no test images to sample (max images {max_images})")
     grid = (cache.latent_size // 2, cache.latent_size // 2)
     device = next(model.parameters()).device
     average, sigmas = RegionAverage(), []
@@ -163,15 +171,14 @@ def main(argv: list[str] | None = None) -> int:
                                      params.seed, args.max_images)
     per_region, mean = average.per_region(), average.mean()
     names = [expert_name(s) for s in slots]
-    steps = sorted({round(i * (len(sigmas) - 1) / (SHOWN_STEPS - 1)) for i in range(SHOWN_STEPS)})
+    steps = _pick_steps(len(sigmas), SHOWN_STEPS)
     with atomic_path(args.out) as out:
         out.mkdir()
         write_json(out / "gate_regions.json", {
             "model": str(args.model), "images": average.images,
             "sigmas": sigmas, "experts": names, "regions": list(labels.LABELS),
             "mean_weight": mean.tolist(),
-            "per_region": [[[None if np.isnan(v) else v for v in row] for row in step]
-                           for step in per_region.tolist()],
+            "per_region": _finite(per_region.tolist()),
             "own_region_ratio": own_region_ratio(per_region, mean, slots)})
         region_picture(per_region.numpy(), sigmas, names, steps).save(out / "gate_regions.png")
     return 0

@@ -40,10 +40,15 @@ def percentile_bootstrap(statistic: Callable[[np.ndarray], float], n: int, *,
     if n < 1:
         raise ValueError("bootstrap: no items")
     rng = np.random.default_rng(seed)
-    draws = np.array([statistic(rng.integers(0, n, n)) for _ in range(resamples)])
+    draws = [statistic(rng.integers(0, n, n)) for _ in range(resamples)]
+    return _percentile_interval(statistic(np.arange(n)), draws, confidence)
+
+
+def _percentile_interval(value: float, draws: Sequence[float], confidence: float) -> Interval:
+    """`value` with the central `confidence` range of its bootstrap `draws`."""
     tail = (1.0 - confidence) / 2.0 * 100.0
-    low, high = np.percentile(draws, [tail, 100.0 - tail])
-    return Interval(float(statistic(np.arange(n))), float(low), float(high))
+    low, high = np.percentile(np.asarray(draws), [tail, 100.0 - tail])
+    return Interval(float(value), float(low), float(high))
 
 
 def miou_of(intersection: np.ndarray, union: np.ndarray) -> Callable[[np.ndarray], float]:
@@ -111,10 +116,8 @@ def _seed_image_bootstrap(statistics_per_seed: Sequence[Callable[[np.ndarray], f
     for _ in range(resamples):
         chosen, idx = rng.integers(0, k, k), rng.integers(0, n, n)
         draws.append(np.mean([statistics_per_seed[c](idx) for c in chosen]))
-    tail = (1.0 - confidence) / 2.0 * 100.0
-    low, high = np.percentile(draws, [tail, 100.0 - tail])
-    value = float(np.mean([f(np.arange(n)) for f in statistics_per_seed]))
-    return Interval(value, float(low), float(high))
+    return _percentile_interval(np.mean([f(np.arange(n)) for f in statistics_per_seed]), draws,
+                                confidence)
 
 
 def _aligned(run: Mapping[str, Any], ids: Sequence[str], metric: str
