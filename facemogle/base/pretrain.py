@@ -4,7 +4,7 @@ On the train split of the normalized data layout: a small `AutoencoderKL` (16 la
 x8 down, like FLUX's VAE) on faces and decoupled mask images, a small face parser, and a small
 `FluxTransformer2DModel` text-to-image with rectified flow on all-MiniLM-L6-v2 embeddings. Each
 phase resumes from its `PhaseStore`. Held-out quality (VAE PSNR, parser mIoU) and the loss curves
-go to DVCLive; `facemogle.base.embedded` runs the phases and ships the result.
+go to DVCLive; `facemogle.base.train_embedded` runs the phases and ships the result.
 """
 
 from __future__ import annotations

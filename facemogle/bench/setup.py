@@ -57,9 +57,10 @@ def flux_size() -> BenchSize:
 
 def tiny_size(params_path: str | Path) -> BenchSize:
     """The embedded default's small base: the architecture of the embedded base that params
-    `base.tiny_path` names (relative to the params file), `data.resolution`, `model`, `lora`."""
+    `base.tiny_path` names (relative to the working directory, as for the `base` stage),
+    `data.resolution`, `model`, `lora`."""
     p = load_params(params_path)
-    folder = Path(params_path).parent / p.base.tiny_path
+    folder = Path(p.base.tiny_path)
 
     def part(cls, name: str):
         return lambda: cls.from_config(cls.load_config(folder / name))
