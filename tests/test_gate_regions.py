@@ -1,4 +1,4 @@
-"""The matrix gate's weights averaged per face region (facemogle.evaluation.gate_regions)."""
+"""The matrix gate's weights averaged per face region (facemogle.app.gate_regions)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 from facemogle.core.io import InputError
 from facemogle.core.labels import LABEL_INDEX, NUM_LABELS
 from facemogle.app.gate_maps import colorize
-from facemogle.evaluation.gate_regions import (
+from facemogle.app.gate_regions import (
     CELL,
     MARGIN,
     RegionAverage,

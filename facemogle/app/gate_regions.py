@@ -1,6 +1,6 @@
 """Where the matrix gate sends each face region, averaged over the test set (paper Fig. 5).
 
-    python -m facemogle.evaluation.gate_regions --model data/ablations/main-seed2/model \
+    python -m facemogle.app.gate_regions --model data/ablations/main-seed2/model \
         --params data/ablations/main-seed2/params.yaml --base data/base --latents data/latents \
         --labels data/labels --out metrics/ablations/gate_regions
 
