@@ -139,6 +139,12 @@ def test_ablation_table_and_verdicts_from_recorded_runs(tmp_path):
            "scale**" in text
     assert "(Table 3): **not resolved (runs missing)**" in text
     assert "Runs: 9 runs, 1.0 min each on average" in text
+    # the plot: gating-scalar's interval (red: measurably worse) lies left of the zero line
+    from facemogle.evaluation.ablations import difference_plot
+
+    pixels = np.asarray(difference_plot(found))[:, :110 + 260]  # labels and the first panel
+    red_x = np.nonzero((pixels == (200, 0, 0)).all(-1))[1]
+    assert red_x.size and red_x.max() < 110 + 130
 
 
 def test_ablation_queue_shards_share_the_missing_runs_without_overlap(tmp_path):

@@ -4,7 +4,7 @@ run, and a table with intervals and a verdict per paper claim.
     python -m facemogle.evaluation.ablations run --variant gating-scalar --seed 1
     python -m facemogle.evaluation.ablations run --all --seeds 0 1 2   # every missing run
     python -m facemogle.evaluation.ablations run --all --shard 1/2     # every second one of them
-    python -m facemogle.evaluation.ablations table [--out metrics/ablations/table.md]
+    python -m facemogle.evaluation.ablations table [--out metrics/ablations/table.md] [--plot P]
     python -m facemogle.evaluation.ablations intervals metrics/eval/per_image   # one run
 
 `run` needs the outputs of `dvc repro` (`data/raw`, `data/labels`, `data/latents`, `data/base`):
@@ -33,10 +33,12 @@ from typing import Any
 
 import numpy as np
 import yaml
+from PIL import Image, ImageDraw, ImageFont
 
-from facemogle.core.io import InputError, read_json, write_json, write_text
+from facemogle.core.io import InputError, atomic_path, read_json, write_json, write_text
 from facemogle.core.machine import machine
 from facemogle.evaluation.uncertainty import (
+    Interval,
     mean_over_seeds,
     metric_interval,
     paired_difference_over_seeds,
@@ -149,6 +151,21 @@ def _runs(records: Mapping[int, dict], mode: str) -> list[dict]:
     return [records[s]["per_image"][mode] for s in sorted(records)]
 
 
+def differences(found: Mapping[str, Mapping[int, dict]], mode: str = PRIMARY[0],
+                metric: str = PRIMARY[1]) -> dict[str, Interval]:
+    """Per variant with seeds in common with the main model: the mean over those seeds of
+    metric(variant) - metric(main), paired by seed and test id, with its 95% interval."""
+    main = found.get(MAIN, {})
+    out = {}
+    for variant, records in found.items():
+        shared = sorted(set(records) & set(main))
+        if variant != MAIN and shared:
+            out[variant] = paired_difference_over_seeds(
+                [(records[s]["per_image"][mode], main[s]["per_image"][mode]) for s in shared],
+                metric)
+    return out
+
+
 def ablation_table(found: Mapping[str, Mapping[int, dict]]) -> str:
     """Markdown: per variant the seeds, per column the mean over seeds with its 95% interval
     (seeds and test images resampled) and the seeds' standard deviation, and the paired
@@ -156,7 +173,7 @@ def ablation_table(found: Mapping[str, Mapping[int, dict]]) -> str:
     headers = ["variant", "gating", "experts", "seeds"] + [c for c, _, _ in COLUMNS] + [
         "vs main: mIoU mm difference", "verdict"]
     lines = ["| " + " | ".join(headers) + " |", "|---|---|---|---:|" + "---|" * (len(headers) - 4)]
-    main = found.get(MAIN, {})
+    diffs = differences(found)
     for variant, records in found.items():
         cells = [variant, VARIANTS[variant]["gating"], VARIANTS[variant]["experts"],
                  ",".join(str(s) for s in sorted(records))]
@@ -164,17 +181,12 @@ def ablation_table(found: Mapping[str, Mapping[int, dict]]) -> str:
             per_seed = [records[s]["metrics"][mode].get(metric) for s in sorted(records)]
             spread = f" ± {np.std(per_seed, ddof=1):.3f}" if len(per_seed) > 1 else ""
             cells.append(_fmt(mean_over_seeds(_runs(records, mode), metric)) + spread)
-        shared = sorted(set(records) & set(main))
-        if variant == MAIN or not shared:
-            cells += ["-", "-"]
-        else:
-            mode, metric = PRIMARY
-            diff = paired_difference_over_seeds(
-                [(records[s]["per_image"][mode], main[s]["per_image"][mode]) for s in shared],
-                metric)
+        if variant in diffs:
+            diff = diffs[variant]
             cells += [f"{diff.value:+.3f} [{diff.low:+.3f}, {diff.high:+.3f}]",
-                      verdict(diff).replace("better", "variant better").replace(
-                          "worse", "variant worse")]
+                      f"variant {verdict(diff)}".replace("variant no", "no")]
+        else:
+            cells += ["-", "-"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -183,17 +195,13 @@ def claim_verdicts(found: Mapping[str, Mapping[int, dict]]) -> list[str]:
     """One line per paper claim: reproduced (the main model measurably beats every variant
     named), contradicted (some variant measurably beats it), or not resolved at this scale."""
     mode, metric = PRIMARY
-    main = found.get(MAIN, {})
+    diffs = differences(found)
+    flipped = {"better": "worse", "worse": "better"}
     out = []
     for claim, variants in CLAIMS:
-        outcomes = {}
-        for v in variants:
-            shared = sorted(set(found.get(v, {})) & set(main))
-            if shared:
-                diff = paired_difference_over_seeds(
-                    [(main[s]["per_image"][mode], found[v][s]["per_image"][mode])
-                     for s in shared], metric)
-                outcomes[v] = verdict(diff)
+        # main vs variant: the opposite of the variant's verdict against main
+        outcomes = {v: flipped.get(verdict(diffs[v]), verdict(diffs[v]))
+                    for v in variants if v in diffs}
         if len(outcomes) < len(variants):
             word = "not resolved (runs missing)"
         elif all(o == "better" for o in outcomes.values()):
@@ -205,6 +213,46 @@ def claim_verdicts(found: Mapping[str, Mapping[int, dict]]) -> list[str]:
         detail = ", ".join(f"main vs {v}: {o}" for v, o in outcomes.items())
         out.append(f"- {claim}: **{word}** ({detail or 'no paired runs'}; {metric} {mode})")
     return out
+
+
+def difference_plot(found: Mapping[str, Mapping[int, dict]]) -> Image.Image:
+    """Forest plot: per column of the table, each variant's paired difference to the main
+    model (mean over seeds) with its 95% interval; left of the zero line is worse than main."""
+    panels = [(name, differences(found, mode, metric)) for name, mode, metric in COLUMNS]
+    variants = [v for v in VARIANTS if any(v in d for _, d in panels)]
+    if not variants:
+        raise InputError("no variant shares a training seed with the main model: nothing to plot")
+    width, row, left, top = 260, 22, 110, 34
+    spans = [1.1 * max(max(abs(i.low), abs(i.high)) for i in d.values()) or 1.0
+             for _, d in panels]  # each panel its own symmetric scale
+    bottom = top + row * len(variants)
+    canvas = Image.new("RGB", (left + len(panels) * (width + 30), bottom + 40), (255, 255, 255))
+    draw, font = ImageDraw.Draw(canvas), ImageFont.load_default()
+    draw.text((4, bottom + 24), "mean over shared training seeds, 95% interval (seeds and test "
+              "faces resampled); green: variant measurably better, red: measurably worse, grey: "
+              "no measurable difference", fill=(0, 0, 0), font=font)
+
+    def x_of(panel: int, value: float) -> int:
+        return left + panel * (width + 30) + round((value / spans[panel] + 1) / 2 * width)
+
+    for k, (name, diffs) in enumerate(panels):
+        draw.text((x_of(k, -spans[k]), 4), f"{name}: variant - main", fill=(0, 0, 0), font=font)
+        draw.line([(x_of(k, 0), top - 6), (x_of(k, 0), bottom)], fill=(150, 150, 150))
+        for tick in (-spans[k], 0.0, spans[k]):
+            label = f"{tick:+.3f}" if tick else "0"
+            shift = {-1: 0, 0: -3, 1: -6 * len(label)}[int(np.sign(tick))]
+            draw.text((x_of(k, tick) + shift, bottom + 6), label, fill=(0, 0, 0), font=font)
+        for r, variant in enumerate(variants):
+            y = top + r * row + row // 2
+            if variant not in diffs:
+                continue
+            d = diffs[variant]
+            colour = {"better": (0, 120, 0), "worse": (200, 0, 0)}.get(verdict(d), (60, 60, 60))
+            draw.line([(x_of(k, d.low), y), (x_of(k, d.high), y)], fill=colour, width=2)
+            draw.ellipse([x_of(k, d.value) - 3, y - 3, x_of(k, d.value) + 3, y + 3], fill=colour)
+    for r, variant in enumerate(variants):
+        draw.text((4, top + r * row + row // 2 - 6), variant, fill=(0, 0, 0), font=font)
+    return canvas
 
 
 def report(found: Mapping[str, Mapping[int, dict]]) -> str:
@@ -254,6 +302,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                          help="with --all: the K-th of every N missing runs (default 1/1)")
     table_cmd = sub.add_parser("table", help="the table and verdicts from the recorded runs")
     table_cmd.add_argument("--out", default=None, help="write it here (default: print)")
+    table_cmd.add_argument("--plot", default=None, help="and the difference plot (PNG) here")
     intervals_cmd = sub.add_parser("intervals", help="bootstrap intervals of one evaluated run")
     intervals_cmd.add_argument("per_image_dir", type=Path, help="e.g. metrics/eval/per_image")
     args = parser.parse_args(argv)
@@ -261,7 +310,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(intervals(args.per_image_dir), end="")
         return 0
     if args.command == "table":
-        text = report(load_results())
+        found = load_results()
+        text = report(found)
+        if args.plot:
+            with atomic_path(args.plot) as tmp:
+                difference_plot(found).save(tmp, format="PNG")
         if args.out:
             write_text(args.out, text)
         else:
