@@ -93,18 +93,20 @@ def test_pretrain_logs_losses(embedded_base):
 
 def test_pretrain_resumes_bit_for_bit(embedded_base, tmp_path, monkeypatch):
     """Interrupted inside the transformer phase, a re-run resumes from its checkpoint (step 10 of
-    20) and ships the same bytes as the uninterrupted run."""
+    20) and ships the same bytes as the uninterrupted run; the loss curve logs no step twice
+    (step 15 was logged before the interruption and is logged again after the resume)."""
     from facemogle.base import pretrain as pretrain_mod
     from stages import pretrain
 
     params_file(tmp_path / "p.yaml", TINY_PRETRAIN_PARAMS, "params-pretrain.yaml")
     monkeypatch.chdir(tmp_path)  # relative paths, as in the documented command
-    args = ["--params", "p.yaml", "--work", "work", "--out", "out"]
+    monkeypatch.setattr(pretrain_mod, "LOG_EVERY", 5)
+    args = ["--params", "p.yaml", "--work", "work", "--out", "out", "--metrics-dir", "metrics"]
     real_loss, calls = pretrain_mod.flow.rectified_flow_loss, []
 
     def interrupted(*a, **k):
         calls.append(1)
-        if len(calls) == 15:
+        if len(calls) == 17:
             raise KeyboardInterrupt
         return real_loss(*a, **k)
 
@@ -120,6 +122,8 @@ def test_pretrain_resumes_bit_for_bit(embedded_base, tmp_path, monkeypatch):
     record = json.loads((tmp_path / "out" / "provenance.json").read_text())
     theirs = json.loads((embedded_base / "provenance.json").read_text())["files"]
     assert record["files"] == theirs
+    curve = (tmp_path / "metrics" / "plots" / "metrics" / "transformer" / "loss.tsv")
+    assert [int(r.split("\t")[0]) for r in curve.read_text().splitlines()[1:]] == [5, 10, 15, 20]
     # a phase's wall time is its training time as saved, not the time until the run ended
     for phase in ("vae", "parser", "transformer"):
         saved = json.loads((tmp_path / "work" / "checkpoints" / phase / "state.json")

@@ -45,7 +45,7 @@ from facemogle.core.config import (
     to_dict,
 )
 from facemogle.core.flux import LATENT_CHANNELS, SAMPLE_GUIDANCE
-from facemogle.core.io import InputError, atomic_path, read_rgb, write_json
+from facemogle.core.io import InputError, atomic_path, read_rgb, write_json, write_text
 from facemogle.core.labels import (
     LABEL_INDEX,
     NUM_LABELS,
@@ -145,6 +145,16 @@ class LossLog:
         return means
 
 
+def truncate_curves(live: Any, prefix: str, step: int) -> None:
+    """Drop the logged points of `prefix` after `step` from DVCLive's TSVs: a phase resumed from
+    its checkpoint at `step` (0: started afresh) logs the later steps again."""
+    for tsv in (Path(live.plots_dir) / "metrics" / prefix).glob("*.tsv"):
+        header, *rows = tsv.read_text().splitlines()
+        kept = [r for r in rows if int(r.split("\t")[0]) <= step]
+        if len(kept) < len(rows):
+            write_text(tsv, "\n".join([header, *kept]) + "\n")
+
+
 def _optimizer(model: torch.nn.Module, lr: float, warmup: int, steps: int):
     """AdamW with linear warmup then cosine decay to 0 (short runs end on a low learning rate)."""
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
@@ -158,6 +168,8 @@ def run_phase(name: str, model: torch.nn.Module, cfg: Any, loss_fn: Callable[[],
     writing to `store` (every `store.every` steps and at the end) when one is given."""
     opt, schedule = _optimizer(model, cfg.lr, cfg.warmup_steps, cfg.steps)
     start = store.restore(model, opt, schedule, generator) if store is not None else 0
+    if live is not None:
+        truncate_curves(live, name, start)
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=f"pretrain: {name}",
                mininterval=5)
     log = LossLog(live, name, bar)
