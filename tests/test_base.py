@@ -417,3 +417,42 @@ def test_encode_texts_keeps_the_input_order():
     seq, pooled = encode_texts(Echo(), texts, batch_size=2)
     assert pooled[:, 0].tolist() == [3.0, 1.0, 5.0, 2.0, 0.0]
     assert seq[:, 0, 0].tolist() == [3.0, 1.0, 5.0, 2.0, 0.0]
+
+
+def test_phase_store_ignores_a_checkpoint_of_another_run(tmp_path):
+    from facemogle.base.phase_store import PhaseStore
+    from facemogle.base.pretrain import _optimizer
+
+    def parts():
+        model = torch.nn.Linear(3, 2)
+        opt, schedule = _optimizer(model, 1e-2, 1, 10)
+        return model, opt, schedule, torch.Generator().manual_seed(0)
+
+    model, opt, schedule, generator = parts()
+    model(torch.ones(1, 3)).sum().backward()
+    opt.step()
+    schedule.step()
+    PhaseStore(tmp_path / "vae", 5, {"lr": 1}).save(1, model, opt, schedule, generator)
+    same = parts()
+    assert PhaseStore(tmp_path / "vae", 5, {"lr": 1}).restore(*same) == 1
+    torch.testing.assert_close(same[0].weight, model.weight)
+    assert same[2].get_last_lr() == schedule.get_last_lr()
+    other = parts()
+    before = other[0].weight.detach().clone()
+    assert PhaseStore(tmp_path / "vae", 5, {"lr": 2}).restore(*other) == 0
+    torch.testing.assert_close(other[0].weight.detach(), before)
+
+
+def test_phase_key_ignores_checkpoint_frequency_and_shipped_dtype(tmp_path):
+    import dataclasses
+
+    from facemogle.base.train_embedded import _stores
+
+    params = load_params(ROOT / "params-pretrain.yaml")
+    changed = dataclasses.replace(params, pretrain=dataclasses.replace(
+        params.pretrain, checkpoint_every=7, weights_dtype="float32"))
+    longer = dataclasses.replace(params, pretrain=dataclasses.replace(
+        params.pretrain, vae=dataclasses.replace(params.pretrain.vae, steps=1)))
+    key = _stores(params, tmp_path)["vae"].key
+    assert _stores(changed, tmp_path)["vae"].key == key
+    assert _stores(longer, tmp_path)["vae"].key != key

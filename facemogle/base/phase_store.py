@@ -2,8 +2,8 @@
 
 A phase folder holds `model.safetensors`, `optimizer.safetensors`, `rng.safetensors` (the
 phase's batch/noise generator) and `state.json` (step, learning-rate schedule, the optimizer's
-scalar state, and the run key). A folder written under another key (other params, data or code
-inputs) is ignored, so a changed run starts that phase afresh instead of resuming a stale one.
+scalar state, and the run key). A folder written under another key (other training params or
+data) is ignored, so a changed run starts that phase afresh instead of resuming a stale one.
 """
 
 from __future__ import annotations

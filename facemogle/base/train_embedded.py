@@ -55,10 +55,15 @@ def _code_commit() -> str | None:
     return out.stdout.strip() + ("+uncommitted changes" if dirty else "")
 
 
+NOT_TRAINING = ("checkpoint_every", "weights_dtype")  # pretrain params that leave training alone
+
+
 def _stores(params: Params, work_dir: Path) -> dict[str, PhaseStore]:
-    # Any change of the inputs starts every phase afresh (the phases build on each other).
+    # Any change of what training depends on starts every phase afresh (the phases build on
+    # each other); how often checkpoints are written and the shipped dtype do not count.
+    recipe = {k: v for k, v in to_dict(params.pretrain).items() if k not in NOT_TRAINING}
     key = {"seed": params.seed, "data": to_dict(params.data),
-           "text_max_tokens": params.base.text_max_tokens, "pretrain": to_dict(params.pretrain)}
+           "text_max_tokens": params.base.text_max_tokens, "pretrain": recipe}
     every = params.pretrain.checkpoint_every
     return {phase: PhaseStore(work_dir / "checkpoints" / phase, every, key)
             for phase in ("vae", "parser", "transformer")}
