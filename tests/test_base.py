@@ -15,16 +15,9 @@ from facemogle.base.build import build_base
 from facemogle.base.embedded import check_embedded
 from facemogle.base.flux import resolve_flux
 from facemogle.base.loader import load_base, load_vae
-from facemogle.base.pretrain import (
-    FLIP_LABELS,
-    CaptionTable,
-    augment,
-    class_weights,
-    color_latent_loss,
-    encode_texts,
-    parser_miou,
-    vae_norm_groups,
-)
+from facemogle.base.pretrain_parser import FLIP_LABELS, augment, class_weights, parser_miou
+from facemogle.base.pretrain_transformer import CaptionTable, encode_texts
+from facemogle.base.pretrain_vae import color_latent_loss, vae_norm_groups
 from facemogle.base.segmenter import FaceParser, load_parser
 from facemogle.base.train_embedded import faces_for
 from facemogle.base.standin import save_flux_standin
@@ -96,13 +89,14 @@ def test_pretrain_resumes_bit_for_bit(embedded_base, tmp_path, monkeypatch):
     20) and ships the same bytes as the uninterrupted run; the loss curve logs no step twice
     (step 15 was logged before the interruption and is logged again after the resume)."""
     from facemogle.base import pretrain as pretrain_mod
+    from facemogle.core import flow
     from stages import pretrain
 
     params_file(tmp_path / "p.yaml", TINY_PRETRAIN_PARAMS, "params-pretrain.yaml")
     monkeypatch.chdir(tmp_path)  # relative paths, as in the documented command
     monkeypatch.setattr(pretrain_mod, "LOG_EVERY", 5)
     args = ["--params", "p.yaml", "--work", "work", "--out", "out", "--metrics-dir", "metrics"]
-    real_loss, calls = pretrain_mod.flow.rectified_flow_loss, []
+    real_loss, calls = flow.rectified_flow_loss, []
 
     def interrupted(*a, **k):
         calls.append(1)
@@ -110,14 +104,14 @@ def test_pretrain_resumes_bit_for_bit(embedded_base, tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return real_loss(*a, **k)
 
-    monkeypatch.setattr(pretrain_mod.flow, "rectified_flow_loss", interrupted)
+    monkeypatch.setattr(flow, "rectified_flow_loss", interrupted)
     with pytest.raises(KeyboardInterrupt):
         pretrain.main(args)
     assert not (tmp_path / "out").exists()
     state = json.loads((tmp_path / "work" / "checkpoints" / "transformer" / "state.json")
                        .read_text())
     assert state["step"] == 10
-    monkeypatch.setattr(pretrain_mod.flow, "rectified_flow_loss", real_loss)
+    monkeypatch.setattr(flow, "rectified_flow_loss", real_loss)
     assert pretrain.main(args) == 0
     record = json.loads((tmp_path / "out" / "provenance.json").read_text())
     theirs = json.loads((embedded_base / "provenance.json").read_text())["files"]

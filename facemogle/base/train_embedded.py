@@ -1,8 +1,8 @@
 """Training the embedded base and shipping it with its provenance (`python -m stages.pretrain`).
 
-The phases (`facemogle.base.pretrain`) run in the order VAE, face parser (which also reads VAE
-reconstructions), transformer (on the VAE's latents); each checkpoints into the work folder, so
-an interrupted run resumes. The result is written atomically: weights (stored in
+The phases (`pretrain_vae`, `pretrain_parser`, `pretrain_transformer` in `facemogle.base`) run
+in the order VAE, face parser (which also reads VAE reconstructions), transformer (on the VAE's
+latents); each checkpoints into the work folder, so an interrupted run resumes. The result is written atomically: weights (stored in
 `pretrain.weights_dtype`), `text_encoder.json`, and `provenance.json` whose quality figures are
 measured on the weights as stored.
 """
@@ -16,9 +16,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from torch import Tensor
 
-from facemogle.base import pretrain
+from facemogle.base.pretrain import FaceSet, load_faces, phase_generator
+from facemogle.base.pretrain_parser import parser_miou, train_parser
+from facemogle.base.pretrain_transformer import caption_table, sample_previews, train_transformer
+from facemogle.base.pretrain_vae import decode_faces, encode_faces, train_vae, vae_psnr
 from facemogle.base.embedded import PROVENANCE
 from facemogle.base.loader import MANIFEST, Base, load_base
 from facemogle.base.phase_store import PhaseStore
@@ -29,6 +34,9 @@ from facemogle.core.config import DataConfig, Params, to_dict
 from facemogle.core.io import atomic_path, file_sha256, read_json, write_json
 from facemogle.core.machine import machine
 from facemogle.data.download import download
+
+
+NUM_PREVIEWS = 8  # test faces in the preview row
 
 
 def faces_for(data: DataConfig, work_dir: Path) -> Path:
@@ -80,20 +88,20 @@ def pretrain_embedded(params: Params, work_dir: str | Path, out_dir: str | Path,
     Returns the provenance record."""
     cfg, work_dir = params.pretrain, Path(work_dir)
     raw = faces_for(params.data, work_dir)
-    train, test = pretrain.load_faces(raw, "train"), pretrain.load_faces(raw, "test")
+    train, test = load_faces(raw, "train"), load_faces(raw, "test")
     torch.manual_seed(params.seed)
     stores = _stores(params, work_dir)
-    vae = pretrain.train_vae(cfg.vae, train, generator=pretrain.phase_generator(params.seed, 1),
+    vae = train_vae(cfg.vae, train, generator=phase_generator(params.seed, 1),
                              live=live, store=stores["vae"])
-    decoded = (pretrain.decode_faces(vae, train) * 255).round().byte()  # (N, 3, H, W)
-    parser = pretrain.train_parser(cfg.parser, train, decoded, live=live, store=stores["parser"],
-                                   generator=pretrain.phase_generator(params.seed, 3))
+    decoded = (decode_faces(vae, train) * 255).round().byte()  # (N, 3, H, W)
+    parser = train_parser(cfg.parser, train, decoded, live=live, store=stores["parser"],
+                                   generator=phase_generator(params.seed, 3))
     encoder = MiniLMTextEncoder(params.base.text_max_tokens)
     captions = [caps[:cfg.transformer.captions_per_image] for caps in train.captions]
-    transformer = pretrain.train_transformer(
-        cfg.transformer, latents.pack(pretrain.encode_faces(vae, train)),
-        (train.resolution // 8,) * 2, pretrain.caption_table(encoder, captions), live=live,
-        generator=pretrain.phase_generator(params.seed, 2), store=stores["transformer"])
+    transformer = train_transformer(
+        cfg.transformer, latents.pack(encode_faces(vae, train)),
+        (train.resolution // 8,) * 2, caption_table(encoder, captions), live=live,
+        generator=phase_generator(params.seed, 2), store=stores["transformer"])
     dtype = getattr(torch, cfg.weights_dtype)
     with atomic_path(out_dir) as tmp:
         tmp.mkdir(parents=True)
@@ -128,9 +136,28 @@ def load_folder(folder: Path) -> tuple[Base, FaceParser]:
         (folder / MANIFEST).unlink()
 
 
-def held_out_quality(folder: Path, test: pretrain.FaceSet, seed: int, live: Any
-                     ) -> dict[str, Any]:
+def held_out_quality(folder: Path, test: FaceSet, seed: int, live: Any) -> dict[str, float]:
+    """Held-out quality of the weights in `folder`: VAE PSNR, parser mIoU on renders and on VAE-decoded renders (the look of
+    generated faces); with DVCLive also a preview row of test faces over samples of their first
+    caption."""
     base, parser = load_folder(folder)
-    return pretrain.evaluate_parts(base, parser, test, seed, live)
+    images = test.images01(slice(None))  # (N, 3, H, W)
+    metrics = {**vae_psnr(base.vae, test),
+               "parser_miou": parser_miou(parser, images, test.label_maps),
+               "parser_miou_decoded": parser_miou(parser, decode_faces(base.vae, test),
+                                                  test.label_maps)}
+    if live is not None:
+        for key, value in metrics.items():
+            live.log_metric(key, value, plot=False)
+        previews = sample_previews(base, [caps[0] for caps in test.captions[:NUM_PREVIEWS]],
+                                   test.resolution, seed)  # (P, 3, H, W)
+        live.log_image("base_previews.png", _grid(torch.cat([images[:NUM_PREVIEWS], previews],
+                                                            dim=2)))
+    return metrics
+
+
+def _grid(images01: Tensor) -> np.ndarray:
+    """(P, 3, H, W) -> one (H, P * W, 3) uint8 row."""
+    return (images01.permute(2, 0, 3, 1).flatten(1, 2) * 255).round().byte().numpy()
 
 
