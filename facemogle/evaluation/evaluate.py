@@ -48,6 +48,7 @@ from facemogle.evaluation.metrics.segmentation import (
     confusion_matrix,
     mask_iou,
     mask_metric_values,
+    overlap,
 )
 from facemogle.evaluation.metrics.suite import ModelSuite, small_detector_metrics
 
@@ -81,10 +82,9 @@ def per_image_overlap(pred_maps: list[np.ndarray], target_maps: list[np.ndarray]
     maps: summed over any subset of images they give that subset's mIoU (`mask_iou`)."""
     inter, union = [], []
     for pred, target in zip(pred_maps, target_maps):
-        cm = confusion_matrix([pred], [target])  # (C, C)
-        i = np.diag(cm)
+        i, u = overlap(confusion_matrix([pred], [target]))  # (C,), (C,)
         inter.append(i.tolist())
-        union.append((cm.sum(0) + cm.sum(1) - i).tolist())
+        union.append(u.tolist())
     return {"mask_intersection": inter, "mask_union": union}
 
 

@@ -50,6 +50,12 @@ def confusion_matrix(pred_maps: Sequence[np.ndarray], target_maps: Sequence[np.n
     return counts.reshape(num_classes, num_classes)
 
 
+def overlap(cm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per class, the intersection and union pixel counts of a (C, C) confusion matrix."""
+    intersection = np.diag(cm)  # (C,)
+    return intersection, cm.sum(0) + cm.sum(1) - intersection
+
+
 def mask_iou(pred_maps: Sequence[np.ndarray], target_maps: Sequence[np.ndarray],
              num_classes: int = NUM_LABELS, names: Sequence[str] | None = None) -> MaskScores:
     """IoU per class and mean IoU of predicted vs target (H, W) label maps, plus pixel accuracy.
@@ -62,8 +68,7 @@ def mask_iou(pred_maps: Sequence[np.ndarray], target_maps: Sequence[np.ndarray],
     if len(names) != num_classes:
         raise ValueError(f"mask iou: {len(names)} names for {num_classes} classes")
     cm = confusion_matrix(pred_maps, target_maps, num_classes)  # (C, C)
-    intersection = np.diag(cm)  # (C,)
-    union = cm.sum(0) + cm.sum(1) - intersection  # (C,)
+    intersection, union = overlap(cm)  # (C,), (C,)
     per_class = {name: (float(i / u) if u > 0 else None)
                  for name, i, u in zip(names, intersection, union)}
     present = [v for v in per_class.values() if v is not None]
