@@ -140,7 +140,8 @@ def test_ablation_table_and_verdicts_from_recorded_runs(tmp_path):
     assert "Matrix gating beats scalar and static gating (Tables 4-5): **not resolved at this " \
            "scale**" in text
     assert "(Table 3): **not resolved (runs missing)**" in text
-    assert "Runs: 9 runs, 1.0 min each on average" in text
+    assert "Runs: 9 runs, 1.0 min each on average (1.0 to 1.0), 0.1 h of run time" in text
+    assert list(found) == ["main", "gating-scalar", "gating-static"]  # main first
     # the plot: gating-scalar's interval (red: measurably worse) lies left of the zero line
     from facemogle.evaluation.ablations import difference_plot
 

@@ -134,7 +134,8 @@ def pending(seeds: Sequence[int], shard: tuple[int, int] = (1, 1), results: Path
 
 
 def load_results(results: Path = RESULTS) -> dict[str, dict[int, dict]]:
-    """variant -> training seed -> record, from every `<variant>-seed<k>.json`."""
+    """variant -> training seed -> record, from every `<variant>-seed<k>.json`; variants in
+    the order of `VARIANTS` (the main model first)."""
     found: dict[str, dict[int, dict]] = {}
     for path in sorted(results.glob("*-seed*.json")):
         record = read_json(path)
@@ -142,7 +143,7 @@ def load_results(results: Path = RESULTS) -> dict[str, dict[int, dict]]:
             raise InputError(f"{path}: unknown variant {record.get('variant')!r}; "
                              f"expected one of {list(VARIANTS)}")
         found.setdefault(record["variant"], {})[int(record["seed"])] = record
-    return found
+    return {v: found[v] for v in VARIANTS if v in found}
 
 
 def _fmt(interval) -> str:
@@ -263,8 +264,10 @@ def difference_plot(found: Mapping[str, Mapping[int, dict]]) -> Image.Image:
 
 def report(found: Mapping[str, Mapping[int, dict]]) -> str:
     walls = [r["wall_s"] for records in found.values() for r in records.values()]
-    timing = (f"{len(walls)} runs, {np.mean(walls) / 60:.1f} min each on average, "
-              f"{sum(walls) / 3600:.1f} h in all" if walls else "no runs recorded")
+    timing = (f"{len(walls)} runs, {np.mean(walls) / 60:.1f} min each on average "
+              f"({min(walls) / 60:.1f} to {max(walls) / 60:.1f}), {sum(walls) / 3600:.1f} h of "
+              f"run time in all (queues side by side take less wall-clock time)"
+              if walls else "no runs recorded")
     return "\n".join(["# Ablations with error bars", "", ablation_table(found),
                       *claim_verdicts(found), "", f"Runs: {timing}.", ""])
 
