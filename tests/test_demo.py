@@ -180,8 +180,16 @@ def _chrome(profile: Path):
                     reason="needs Debian's chromium and chromium-driver")
 def test_browser_uploads_a_mask_types_a_prompt_and_gets_a_face(demo_server, trained_run,
                                                                tmp_path):
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
+
+    def editor_html(d) -> str:
+        return d.find_element(By.ID, "mask-editor").get_attribute("innerHTML")
+
+    def upload(d) -> bool:
+        d.find_element(By.CSS_SELECTOR, "#mask-editor input[type=file]").send_keys(str(mask))
+        return True
 
     mask = tmp_path / "mask.png"
     label_map = labels.load_label_map(trained_run.raw / "masks" / "000011.png")
@@ -189,16 +197,17 @@ def test_browser_uploads_a_mask_types_a_prompt_and_gets_a_face(demo_server, trai
     driver = _chrome(tmp_path / "chromium-profile")
     try:
         driver.get(demo_server)
-        wait = WebDriverWait(driver, 120)
+        # The page may re-render a component after load: an element found before that is
+        # stale, so every wait finds its elements again.
+        wait = WebDriverWait(driver, 120, ignored_exceptions=(StaleElementReferenceException,))
         wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#generate"))
         assert "l_eye" in driver.find_element(By.ID, "facemogle-legend").text
-        editor = driver.find_element(By.ID, "mask-editor")
-        blank = editor.get_attribute("innerHTML")
-        driver.find_element(By.CSS_SELECTOR, "#mask-editor input[type=file]").send_keys(str(mask))
+        blank = wait.until(editor_html)
+        wait.until(upload)
         driver.find_element(By.CSS_SELECTOR, "#prompt textarea").send_keys("a woman with red hair")
         # The editor's value is read from its drawing: until the upload is drawn (the editor
         # re-renders, zoomed to the new image) Generate would send the blank 512 px canvas.
-        wait.until(lambda d: editor.get_attribute("innerHTML") != blank)
+        wait.until(lambda d: editor_html(d) != blank)
         time.sleep(1.0)
         driver.find_element(By.CSS_SELECTOR, "#generate").click()
         wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#result img"))
