@@ -28,8 +28,8 @@ PARTS: tuple[str, ...] = ("vae", "transformer", "scheduler", "parser")
 
 # Data fields that decide which images are train and which are test: the embedded base must have
 # been trained on train images of the set the pipeline tests on (or a prefix of them).
-SPLIT_FIELDS: tuple[str, ...] = ("source", "variant", "seed", "resolution", "hub_repo",
-                                 "hub_revision", "local_path")
+SPLIT_FIELDS: tuple[str, ...] = ("source", "variant", "layout", "seed", "resolution",
+                                 "hub_repo", "hub_revision", "local_path")
 
 
 def check_embedded(folder: str | Path, data: DataConfig) -> dict[str, Any]:

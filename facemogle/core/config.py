@@ -171,6 +171,8 @@ class DataConfig(_Section):
 
     source: Literal["synthfaces", "mmcelebahq", "celebamaskhq", "ffhq_text"] = "mmcelebahq"
     variant: Literal["standard", "zeroshot"] = "standard"  # SynthFaces distribution
+    # SynthFaces pose: template (upright, frontal, centred, one size) | varied (real masks' ranges)
+    layout: Literal["template", "varied"] = "varied"
     resolution: int = spec(FLUX_RESOLUTION, ge=64, le=1024, multiple_of=16)
     seed: int = 0  # data generation seed, separate from the training seed
     # SynthFaces: train images rendered; real sets: ids below it train

@@ -307,13 +307,13 @@ class SynthFacesReader:
     """
 
     def __init__(self, num_train: int, num_test: int, *, seed: int = 0, resolution: int = 128,
-                 variant: str = "standard", num_captions: int = 4):
+                 variant: str = "standard", num_captions: int = 4, layout: str = "template"):
         from facemogle.data import synthfaces  # the renderer, imported only when used
 
         self._render = synthfaces.render
         self.num_train, self.num_test = num_train, num_test
         self.options = dict(seed=seed, resolution=resolution, variant=variant,
-                            num_captions=num_captions)
+                            num_captions=num_captions, layout=layout)
 
     def entries(self) -> list[Entry]:
         total = self.num_train + self.num_test
@@ -388,7 +388,7 @@ def open_reader(data: DataConfig, variant: str | None = None) -> Reader:
     if data.source == "synthfaces":
         return SynthFacesReader(data.num_train, data.num_test, seed=data.seed,
                                 resolution=data.resolution, variant=variant or data.variant,
-                                num_captions=data.captions_per_image)
+                                num_captions=data.captions_per_image, layout=data.layout)
     marker, factory = REAL_SOURCES[data.source]
     root = find_layout_root(source_root(data), marker, data.source)
     return factory(root, data)

@@ -31,6 +31,7 @@ import numpy as np
 from facemogle.core.io import save_png, write_json
 from facemogle.core.labels import LABEL_INDEX, PALETTE
 from facemogle.data.colours import COLORS, PALETTE_NAMES, PUPIL, SCLERA
+from facemogle.data.synthfaces_layout import LAYOUTS, to_screen, to_surface, vary, warp
 from facemogle.data.synthfaces_text import make_captions
 
 VARIANTS: tuple[str, ...] = ("standard", "zeroshot")
@@ -267,15 +268,32 @@ class _Canvas:
 
 
 class _Frame:
-    """A rotated, scaled local frame: image = centre + size * R(angle) (p, q)."""
+    """A rotated, scaled local frame: image = centre + size * R(angle) (p, q).
 
-    def __init__(self, canvas: _Canvas, cx: float, cy: float, size: float, angle: float):
+    With a `varied` geometry `g`, the frame's coordinates carry the face's warp, and `turned`
+    windows give coordinates on the surface of the head turned by `g["yaw"]`.
+    """
+
+    def __init__(self, canvas: _Canvas, cx: float, cy: float, size: float, angle: float,
+                 g: dict | None = None):
         self.cv, self.cx, self.cy, self.size = canvas, cx, cy, size
         self.cos, self.sin = float(np.cos(angle)), float(np.sin(angle))
         self.px = size * canvas.res / 2  # pixels per local unit
+        self.g = g if g is not None and g.get("warp") is not None else None
+        self.yaw = float(g.get("yaw", 0.0)) if g is not None else 0.0
 
-    def window(self, p0: float, p1: float, q0: float, q1: float):
-        """Pixels covering the local box [p0, p1] x [q0, q1]: (rows, cols, p, q), maybe empty."""
+    def window(self, p0: float, p1: float, q0: float, q1: float, turned: bool = False,
+               depth: float = 0.0):
+        """Pixels covering the local box [p0, p1] x [q0, q1]: (rows, cols, p, q), maybe empty.
+
+        `turned`: the box is on the head's surface (lifted by `depth`) and p, q are too.
+        """
+        turn = turned and self.yaw != 0.0
+        if turn:
+            r = 1.0 + depth
+            p0, p1 = (r * to_screen(p / r, self.yaw) for p in (p0, p1))
+        if self.g is not None:  # room for the warp's displacement
+            p0, p1, q0, q1 = p0 - 0.08, p1 + 0.08, q0 - 0.08, q1 + 0.08
         pc = np.array([p0, p1, p0, p1])
         qc = np.array([q0, q0, q1, q1])
         xs = self.cx + self.size * (pc * self.cos - qc * self.sin)
@@ -291,6 +309,10 @@ class _Frame:
         dy = centres[r0:r1][:, None] - self.cy  # (h, 1)
         p = (dx * self.cos + dy * self.sin) / self.size  # (h, w)
         q = (-dx * self.sin + dy * self.cos) / self.size  # (h, w)
+        if self.g is not None:
+            p, q = warp(self.g, p, q)
+        if turn:
+            p = to_surface(p, self.yaw, depth)
         return slice(r0, r1), slice(c0, c1), p, q
 
     def alpha(self, d: np.ndarray) -> np.ndarray:
@@ -349,7 +371,7 @@ def _draw_background(cv: _Canvas, g: dict, attrs: dict) -> None:
 def _body_frame(cv: _Canvas, g: dict) -> _Frame:
     # The neck follows the chin while the shoulders stay put: a frame between head and torso.
     chin_dx = -g["size"] * g["chin"] * np.sin(g["tilt"])
-    return _Frame(cv, g["cx"] + 0.6 * chin_dx, g["cy"], g["size"], 0.2 * g["tilt"])
+    return _Frame(cv, g["cx"] + 0.6 * chin_dx, g["cy"], g["size"], 0.2 * g["tilt"], g)
 
 
 def _neckline(style: str, g: dict, p, q):
@@ -459,9 +481,11 @@ def _hair_back(style: str, g: dict, p, q):
     raise ValueError(f"unknown hair style {style!r}")
 
 
-def _hair_front(style: str, g: dict, attrs: dict, p, q):
-    """Hair over the face: the cap above the hairline, plus side locks over the ears."""
+def _hair_front(style: str, g: dict, attrs: dict, p, q, yaw: float = 0.0):
+    """Hair over the face: the cap above the hairline, plus side locks over the ears and an
+    optional lock over the face; the hairline lies on the head turned by `yaw`."""
     freq, phase, amp = g["wave"]
+    cap_p, p = p, (to_surface(p, yaw) if yaw else p)
     if style == "bangs":
         line = g["bang_y"] + 0.12 * p * p + 0.035 * np.sin(p * 17 + phase)
     elif style == "curly":
@@ -470,13 +494,16 @@ def _hair_front(style: str, g: dict, attrs: dict, p, q):
         # Temples recede; sideburns come down in front of the ears (still visible under a hat).
         sideburn = 0.45 * np.clip((np.abs(p) - 0.8) / 0.12, 0, 1)
         line = g["hairline"] + 0.3 * p * p - 0.08 * g["part"] * p + sideburn
-    front = np.maximum(_hair_cap(g, p, q, 0.02 if style == "bun" else 0.0), q - line)
+    front = np.maximum(_hair_cap(g, cap_p, q, 0.02 if style == "bun" else 0.0), q - line)
+    if g.get("lock") is not None:
+        lp, lq, lw = g["lock"]
+        front = np.minimum(front, _ellipse(p, q, lp, lq - 0.45, lw, 0.6, -0.35 * np.sign(lp)))
     if attrs["ears_visible"]:
         return front
     end = _hair_length(style, g)  # long locks fall in front of the shoulders
     width = 0.24 + 0.5 * g["volume"] + (0.15 if style == "curly" else 0.0)
-    locks = [_box(p, q, s * (1.08 + width / 2 - 0.12), (end - 0.7) / 2, width, (end + 0.7) / 2,
-                  0.2) for s in (-1, 1)]
+    locks = [_box(cap_p, q, s * (1.08 + width / 2 - 0.12), (end - 0.7) / 2, width,
+                  (end + 0.7) / 2, 0.2) for s in (-1, 1)]
     locks = np.minimum(*locks)
     if style in ("wavy", "curly"):
         locks = locks - amp * np.sin(q * freq + phase)
@@ -489,10 +516,11 @@ def _draw_hair(f: _Frame, g: dict, attrs: dict, layer: str) -> None:
         return
     if layer == "back":
         win = f.window(-2.0, 2.0, -2.0, g["hair_len"] + 0.3)
-        d = _hair_back(style, g, win[2], win[3])
+        p = win[2] + np.float32(0.12 * np.sin(f.yaw)) if f.yaw else win[2]  # away from the turn
+        d = _hair_back(style, g, p, win[3])
     else:
         win = f.window(-1.7, 1.7, -1.6, max(1.5, _hair_length(style, g) + 0.3))
-        d = _hair_front(style, g, attrs, win[2], win[3])
+        d = _hair_front(style, g, attrs, win[2], win[3], f.yaw)
     f.paint(win, _L["hair"], d, _hair_color(g, attrs, win[2], win[3], d))
 
 
@@ -502,16 +530,34 @@ def _face_shape(g: dict, p, q):
     return _ellipse(p / jaw, q, 0, 0, 1, np.where(q < 0, g["top"], g["chin"]))
 
 
-def _draw_ears(f: _Frame, g: dict, attrs: dict) -> None:
+def _ears(yaw: float) -> list[tuple[int, int, float, float, bool]]:
+    """Visible ears: (side, label, centre p, width gain, drawn over the face).
+
+    An ear sits at the side of the head (angle +-90 degrees): turned away by more than 25
+    degrees it is hidden; turned toward the viewer by more than 15 it shows on the cheek side,
+    wider, in front of the face's outline.
+    """
+    out = []
+    for side, label in ((1, _L["l_ear"]), (-1, _L["r_ear"])):
+        if not yaw:
+            out.append((side, label, side * 1.0, 1.0, False))
+        elif side * yaw <= np.deg2rad(25):
+            toward = side * yaw < -np.deg2rad(15)
+            out.append((side, label, side * float(np.cos(yaw)), 1 + abs(np.sin(yaw)), toward))
+    return out
+
+
+def _draw_ears(f: _Frame, g: dict, attrs: dict, over_face: bool = False) -> None:
     if not attrs["ears_visible"]:
         return
     skin = _rgb(attrs["skin_tone"], g["albedo"][0])
     s_ = g["ear_size"]
-    for side, label in ((1, _L["l_ear"]), (-1, _L["r_ear"])):
-        cp = side * 1.0
-        win = f.window(cp - 0.3, cp + 0.3, g["ear_y"] - 0.4, g["ear_y"] + 0.4)
+    for side, label, cp, widen, over in _ears(f.yaw):
+        if over != over_face:
+            continue
+        win = f.window(cp - 0.3 * widen, cp + 0.3 * widen, g["ear_y"] - 0.4, g["ear_y"] + 0.4)
         p, q = win[2], win[3]
-        d = _ellipse(p, q, cp, g["ear_y"], 0.19 * s_, 0.3 * s_, side * 0.15)
+        d = _ellipse(p, q, cp, g["ear_y"], 0.19 * s_ * widen, 0.3 * s_, side * 0.15)
         inner = _ellipse(p, q, cp + side * 0.03, g["ear_y"] - 0.02, 0.08 * s_, 0.18 * s_)
         col = skin * _shade(g, p, q, d, 0.3, 0.06, 0.3, (cp, g["ear_y"]))
         col = _mix(col, skin * 0.7, f.alpha(inner) * 0.6)
@@ -522,7 +568,12 @@ def _draw_face(f: _Frame, g: dict, attrs: dict) -> None:
     """The skin of the face, with rosy cheeks or a beard (shown in colour only, not in the mask)."""
     win = f.window(-1.1, 1.1, -g["top"] - 0.05, g["chin"] + 0.05)
     p, q = win[2], win[3]
-    d = _face_shape(g, p, q)
+    if f.yaw:
+        # The face moves toward the turn; its features lie on the turned surface.
+        d = _face_shape(g, p - 0.08 * np.sin(f.yaw), q)
+        p = to_surface(p, f.yaw)
+    else:
+        d = _face_shape(g, p, q)
     skin = _rgb(attrs["skin_tone"], g["albedo"][0])
     col = skin * _shade(g, p, q, d, 0.28, 0.16)
     # Shadowed eye sockets give the face a little depth.
@@ -545,24 +596,24 @@ def _draw_earrings(f: _Frame, g: dict, attrs: dict) -> None:
         return
     metal = _rgb(_METALS[attrs["jewelry_metal"]])
     lobe = g["ear_y"] + 0.26 * g["ear_size"]
-    for side in (1, -1):
-        cp = side * 1.0
-        win = f.window(cp - 0.2, cp + 0.2, lobe - 0.1, lobe + 0.45)
+    k = g.get("earring_scale", 1.0)
+    for _, _, cp, _, _ in _ears(f.yaw):
+        win = f.window(cp - 0.2 * k, cp + 0.2 * k, lobe - 0.1, lobe + 0.45 * k)
         p, q = win[2], win[3]
         if attrs["earring_style"] == "studs":
-            d = _circle(p, q, cp, lobe, 0.06)
+            d = _circle(p, q, cp, lobe, 0.06 * k)
         elif attrs["earring_style"] == "hoops":
-            d = np.abs(_circle(p, q, cp, lobe + 0.12, 0.11)) - 0.028
+            d = np.abs(_circle(p, q, cp, lobe + 0.12 * k, 0.11 * k)) - 0.028
         else:
-            d = np.minimum(_band(p, q, lobe + 0.1, 0.1, cp - 0.022, cp + 0.022),
-                           _circle(p, q, cp, lobe + 0.25, 0.065))
+            d = np.minimum(_band(p, q, lobe + 0.1 * k, 0.1 * k, cp - 0.022, cp + 0.022),
+                           _circle(p, q, cp, lobe + 0.25 * k, 0.065 * k))
         f.paint(win, _L["ear_r"], d, metal * _shade(g, p, q, d, 0.35, 0.03, 0.3, (cp, lobe)))
 
 
 def _draw_nose(f: _Frame, g: dict, attrs: dict) -> None:
     top, length, width = g["eye_y"] - 0.06, g["nose_len"], g["nose_w"]
     tip = top + length
-    win = f.window(-width - 0.15, width + 0.15, top - 0.05, tip + 0.2)
+    win = f.window(-width - 0.15, width + 0.15, top - 0.05, tip + 0.2, turned=True, depth=0.25)
     p, q = win[2], win[3]
     d = np.minimum(_ellipse(p, q, 0, top + 0.5 * length, 0.075, 0.55 * length),
                    _ellipse(p, q, 0, tip, width, 0.095))
@@ -586,17 +637,18 @@ def _draw_glasses(f: _Frame, g: dict, attrs: dict) -> None:
     if not attrs["eyeglasses"]:
         return
     ey = g["eye_y"] - 0.02
-    win = f.window(-1.0, 1.0, ey - 0.4, ey + 0.4)
+    k, rim = g.get("lens_scale", 1.0), g.get("frame_w", 0.045)
+    win = f.window(-1.0, 1.0, ey - 0.4 * k, ey + 0.4 * k, turned=True)
     p, q = win[2], win[3]
     if attrs["glasses_style"] == "round":
-        lenses = [_circle(p, q, cp, ey, 0.27) for _, cp, _, _ in _eye_centres(g)]
+        lenses = [_circle(p, q, cp, ey, 0.27 * k) for _, cp, _, _ in _eye_centres(g)]
     else:
-        lenses = [_box(p, q, cp, ey, 0.31, 0.21, 0.07) for _, cp, _, _ in _eye_centres(g)]
+        lenses = [_box(p, q, cp, ey, 0.31 * k, 0.21 * k, 0.07) for _, cp, _, _ in _eye_centres(g)]
     lens = np.minimum(*lenses)
-    inner = g["eye_x"] - 0.2
+    inner = g["eye_x"] - 0.2 * k
     bridge = _band(p, q, ey - 0.1 + 0.2 * p * p, 0.025, -inner - 0.05, inner + 0.05)
     temples = _band(p, q, ey - 0.1, 0.025, -0.96, 0.96)
-    frame = np.minimum(np.maximum(lens, -(lens + 0.045)), np.minimum(bridge, temples))
+    frame = np.minimum(np.maximum(lens, -(lens + rim)), np.minimum(bridge, temples))
     under = f.cv.rgb[win[0], win[1]]
     col = _mix(under * 0.92 + _rgb((200, 215, 230)) * 0.08, _rgb(_FRAMES[attrs["glasses_color"]]),
                f.alpha(frame))
@@ -609,8 +661,16 @@ def _draw_eyes(f: _Frame, g: dict, attrs: dict) -> None:
     iris_col = _rgb(attrs["eye_color"])
     for side, cp, label, _ in _eye_centres(g):
         cq = g["eye_y"]
-        win = f.window(cp - ew - 0.05, cp + ew + 0.05, cq - eh - 0.05, cq + eh + 0.05)
+        win = f.window(cp - ew - 0.05, cp + ew + 0.05, cq - eh - 0.05, cq + eh + 0.05,
+                       turned=True)
         p, q = win[2], win[3]
+        if g.get("eyes_closed"):
+            # A closed eye: the lid's lash line, a thin slit in the mask.
+            d = _ellipse(p, q, cp, cq + 0.3 * eh, ew, 0.2 * eh, -side * g["eye_angle"])
+            skin = _rgb(attrs["skin_tone"], g["albedo"][0])
+            f.paint(win, label, d, _mix(np.broadcast_to(skin * 0.8, p.shape + (3,)),
+                                        _rgb(PUPIL), 0.7 * f.alpha(d + 0.05 * eh)))
+            continue
         d = _ellipse(p, q, cp, cq, ew, np.where(q < cq, eh, 0.85 * eh), -side * g["eye_angle"])
         # A large iris (clipped by the lids) so the eye colour owns most eye pixels at 64 px.
         ip, iq, ri = cp + g["gaze"][0] * ew * 0.4, cq + g["gaze"][1] * eh, 1.15 * eh
@@ -642,7 +702,7 @@ def _draw_brows(f: _Frame, g: dict, attrs: dict) -> None:
     col0 = 0.8 * _brow_color(attrs) + 0.2 * _rgb(attrs["skin_tone"])  # skin shows through
     for side, cp, _, label in _eye_centres(g):
         bp, bq = cp + side * 0.03, g["eye_y"] - g["brow_gap"]
-        win = f.window(bp - bw - 0.05, bp + bw + 0.05, bq - 0.25, bq + 0.15)
+        win = f.window(bp - bw - 0.05, bp + bw + 0.05, bq - 0.25, bq + 0.15, turned=True)
         p, q = win[2], win[3]
         t = side * (p - bp) / bw  # (h, w) -1 inner end .. 1 outer end
         centre = bq - g["brow_arch"] * (1 - ((t - 0.2) / 1.2) ** 2) - g["brow_slope"] * t
@@ -667,7 +727,7 @@ def _lip_bands(g: dict, p, q):
 
 def _draw_mouth(f: _Frame, g: dict, attrs: dict) -> None:
     mw = g["mouth_w"]
-    win = f.window(-mw - 0.05, mw + 0.05, g["mouth_y"] - 0.3, g["mouth_y"] + 0.3)
+    win = f.window(-mw - 0.05, mw + 0.05, g["mouth_y"] - 0.3, g["mouth_y"] + 0.3, turned=True)
     p, q = win[2], win[3]
     (uc, uh), (lc, lh), (mc, mh), line = _lip_bands(g, p, q)
     if g["open"] > 0:
@@ -691,8 +751,11 @@ def _draw_mouth(f: _Frame, g: dict, attrs: dict) -> None:
 def _draw_hat(f: _Frame, g: dict, attrs: dict) -> None:
     if not attrs["hat"]:
         return
-    win = f.window(-1.9, 1.9, -2.0, -0.3)
+    k = g.get("hat_scale", 1.0)
+    win = f.window(-1.9 * k, 1.9 * k, -2.0 * k, -0.3)
     p, q = win[2], win[3]
+    if "hat_scale" in g:  # varied: a hat of its own size, sitting higher or lower
+        p, q = p / k, (q + 0.3) / k - 0.3 + g["hat_lift"]
     col = _rgb(attrs["hat_color"])
     style = attrs["hat_style"]
     if style == "beanie":
@@ -708,9 +771,12 @@ def _draw_hat(f: _Frame, g: dict, attrs: dict) -> None:
     f.paint(win, _L["hat"], d, col * _shade(g, p, q, d, 0.3, 0.1, 1.5, (0, -1)) * gain[..., None])
 
 
-def _check_args(index: int, seed: int, resolution: int, variant: str, num_captions: int) -> None:
+def _check_args(index: int, seed: int, resolution: int, variant: str, num_captions: int,
+                layout: str) -> None:
     if variant not in VARIANTS:
         raise ValueError(f"synthfaces: variant must be one of {VARIANTS}, got {variant!r}")
+    if layout not in LAYOUTS:
+        raise ValueError(f"synthfaces: layout must be one of {LAYOUTS}, got {layout!r}")
     if not MIN_RESOLUTION <= resolution <= MAX_RESOLUTION:
         raise ValueError(f"synthfaces: resolution must be in [{MIN_RESOLUTION}, {MAX_RESOLUTION}],"
                          f" got {resolution}")
@@ -721,19 +787,20 @@ def _check_args(index: int, seed: int, resolution: int, variant: str, num_captio
 
 
 def _streams(index: int, seed: int, variant: str) -> tuple[np.random.Generator, ...]:
-    """Independent generators for shape, texture and captions of one face."""
+    """Independent generators for shape, texture, captions and layout variety of one face."""
     code = VARIANTS.index(variant)
-    return tuple(np.random.Generator(np.random.PCG64([seed, index, code, k])) for k in range(3))
+    return tuple(np.random.Generator(np.random.PCG64([seed, index, code, k])) for k in range(4))
 
 
 def _compose(attrs: dict, g: dict, resolution: int, tex: np.random.Generator) -> _Canvas:
     cv = _Canvas(resolution, tex)
     _draw_background(cv, g, attrs)
-    head = _Frame(cv, g["cx"], g["cy"], g["size"], g["tilt"])
+    head = _Frame(cv, g["cx"], g["cy"], g["size"], g["tilt"], g)
     _draw_hair(head, g, attrs, "back")
     _draw_body(cv, g, attrs)
     _draw_ears(head, g, attrs)
     _draw_face(head, g, attrs)
+    _draw_ears(head, g, attrs, over_face=True)
     for part in (_draw_earrings, _draw_nose, _draw_glasses, _draw_eyes, _draw_brows, _draw_mouth):
         part(head, g, attrs)
     _draw_hair(head, g, attrs, "front")
@@ -743,35 +810,41 @@ def _compose(attrs: dict, g: dict, resolution: int, tex: np.random.Generator) ->
 
 
 def render(index: int, *, seed: int = 0, resolution: int = 128, variant: str = "standard",
-           num_captions: int = 4) -> SynthFace:
-    """Render SynthFace number `index` of (seed, variant) at `resolution` x `resolution` px.
+           num_captions: int = 4, layout: str = "template") -> SynthFace:
+    """Render SynthFace number `index` of (seed, variant, layout) at `resolution` px square.
 
     Returns the image (H, W, 3) uint8, its label map (H, W) uint8 in 0..18, `num_captions`
     captions (caption 0 names every colour attribute of the face, see `make_captions`) and the
     attributes. The same arguments give identical bytes; the geometry is the same at every
-    resolution.
+    resolution. `layout` is `template` (upright, frontal, centred) or `varied` (the pose and
+    expression ranges of real portrait masks, `synthfaces_layout`).
     """
-    _check_args(index, seed, resolution, variant, num_captions)
-    shape_rng, tex_rng, text_rng = _streams(index, seed, variant)
+    _check_args(index, seed, resolution, variant, num_captions, layout)
+    shape_rng, tex_rng, text_rng, layout_rng = _streams(index, seed, variant)
     attrs = _sample_attributes(shape_rng, variant)
     g = _sample_geometry(shape_rng, attrs, variant)
+    if layout == "varied":
+        attrs, g = vary(layout_rng, attrs, g, variant)
     cv = _compose(attrs, g, resolution, tex_rng)
     image = np.clip(cv.rgb * 255 + 0.5, 0, 255).astype(np.uint8)  # (R, R, 3)
     attrs = dict(attrs, variant=variant, head_size=round(g["size"], 4),
                  head_tilt_deg=round(float(np.rad2deg(g["tilt"])), 2),
                  head_x=round(g["cx"], 4), head_y=round(g["cy"], 4))
+    if layout == "varied":
+        attrs.update(layout=layout, head_yaw_deg=round(float(np.rad2deg(g["yaw"])), 2))
     return SynthFace(image=image, label_map=cv.labels, attributes=attrs,
                      captions=make_captions(attrs, text_rng, num_captions))
 
 
 def contact_sheet(n: int, resolution: int, variant: str = "standard", seed: int = 0,
-                  cols: int = 8) -> np.ndarray:
+                  cols: int = 8, layout: str = "template") -> np.ndarray:
     """A grid of `n` faces, each beside its colour mask: (rows * R, cols * 2R, 3) uint8."""
     cols = min(cols, n)
     rows = -(-n // cols)
     sheet = np.full((rows * resolution, cols * 2 * resolution, 3), 255, np.uint8)
     for i in range(n):
-        face = render(i, seed=seed, resolution=resolution, variant=variant, num_captions=0)
+        face = render(i, seed=seed, resolution=resolution, variant=variant, num_captions=0,
+                      layout=layout)
         r, c = divmod(i, cols)
         y, x = r * resolution, c * 2 * resolution
         sheet[y:y + resolution, x:x + resolution] = face.image
@@ -779,15 +852,17 @@ def contact_sheet(n: int, resolution: int, variant: str = "standard", seed: int 
     return sheet
 
 
-def benchmark(n: int, resolution: int, variant: str = "standard", seed: int = 0) -> dict:
+def benchmark(n: int, resolution: int, variant: str = "standard", seed: int = 0,
+              layout: str = "template") -> dict:
     """Render `n` faces and report the wall time with the machine and its load."""
     load_before = os.getloadavg()
     start = time.perf_counter()
     for i in range(n):
-        render(i, seed=seed, resolution=resolution, variant=variant)
+        render(i, seed=seed, resolution=resolution, variant=variant, layout=layout)
     seconds = time.perf_counter() - start
     return {
-        "n": n, "resolution": resolution, "variant": variant, "seconds": round(seconds, 3),
+        "n": n, "resolution": resolution, "variant": variant, "layout": layout,
+        "seconds": round(seconds, 3),
         "images_per_s": round(n / seconds, 2),
         "loadavg_before": [round(x, 2) for x in load_before],
         "loadavg_after": [round(x, 2) for x in os.getloadavg()],
@@ -809,11 +884,13 @@ def main(argv: list[str] | None = None) -> None:
         cmd.add_argument("--resolution", type=int, default=128)
         cmd.add_argument("--variant", choices=VARIANTS, default="standard")
         cmd.add_argument("--seed", type=int, default=0)
+        cmd.add_argument("--layout", choices=LAYOUTS, default="template")
     args = parser.parse_args(argv)
     if args.command == "sheet":
-        save_png(args.out, contact_sheet(args.n, args.resolution, args.variant, args.seed))
+        save_png(args.out, contact_sheet(args.n, args.resolution, args.variant, args.seed,
+                                         layout=args.layout))
     else:
-        result = benchmark(args.n, args.resolution, args.variant, args.seed)
+        result = benchmark(args.n, args.resolution, args.variant, args.seed, args.layout)
         write_json(args.out, result)
         print(json.dumps(result))
 

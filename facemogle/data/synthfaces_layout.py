@@ -1,0 +1,145 @@
+"""SynthFaces layouts: the `template` pose of the first renderer, or the `varied` pose of real
+portrait masks (docs/synthfaces.md, "Layout variety").
+
+`template` faces are upright, frontal, centred and of one size. `varied` draws the pose and the
+expression from target ranges taken from CelebA-HQ / CelebAMask-HQ (`TARGETS`), plus margins
+beyond them: scale, position, roll, yaw up to near-profile, open and smiling mouths, closed eyes,
+reshaped hats, glasses, earrings and hair, an occluding lock of hair, and a smooth per-face warp
+of the whole head frame so that no two region outlines are one template.
+
+`vary` only changes the attributes and geometry that `synthfaces` sampled for `template`, from
+its own random stream, so a `template` face keeps its bytes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+LAYOUTS: tuple[str, ...] = ("template", "varied")
+
+# Ranges that cover most real aligned portraits (CelebA-HQ crops), in SynthFaces units: head
+# `size` is half the face width over half the image side, `cx`/`cy` the head centre (eye level)
+# in image units ([-1, 1], y down), angles in degrees. Shares are of all faces. Sources and
+# derivations: docs/synthfaces.md.
+TARGETS: dict[str, tuple[float, float]] = {
+    "size": (0.45, 0.65),          # interocular distance 0.18-0.26 of the crop side
+    "cx": (-0.06, 0.06),
+    "cy": (-0.20, 0.0),
+    "roll_deg": (-10.0, 10.0),
+    "yaw_deg": (-35.0, 35.0),
+    "share_mouth_open": (0.40, 0.56),   # CelebA Mouth_Slightly_Open 48%
+    "share_smiling": (0.40, 0.56),      # CelebA Smiling 48%
+    "share_eyeglasses": (0.04, 0.12),   # CelebA Eyeglasses 6.5%
+    "share_hat": (0.03, 0.10),          # CelebA Wearing_Hat 4.8%
+    "share_earrings": (0.12, 0.30),     # CelebA Wearing_Earrings 19%
+    "share_necklace": (0.06, 0.16),     # CelebA Wearing_Necklace 12%
+}
+
+# Fractions of `varied` faces drawn beyond the target ranges (margins).
+_BEYOND = {"size": 0.2, "position": 0.15, "roll": 0.15, "three_quarter": 0.2, "profile": 0.08}
+
+
+def _beyond(rng: np.random.Generator, lo: float, hi: float, margin: float) -> float:
+    """A value up to `margin` outside [lo, hi], on a random side."""
+    return float(rng.uniform(hi, hi + margin) if rng.random() < 0.5 else rng.uniform(lo - margin, lo))
+
+
+def _in_or_beyond(rng: np.random.Generator, key: str, p_beyond: float, margin: float) -> float:
+    lo, hi = TARGETS[key]
+    if rng.random() < p_beyond:
+        return _beyond(rng, lo, hi, margin)
+    return float(rng.uniform(lo, hi))
+
+
+def _pose(rng: np.random.Generator, g: dict, variant: str) -> dict:
+    """Scale, position, roll and yaw; the zero-shot set keeps its own scale, position and roll."""
+    out = {}
+    if variant != "zeroshot":
+        out["size"] = _in_or_beyond(rng, "size", _BEYOND["size"], 0.13)
+        out["cx"] = _in_or_beyond(rng, "cx", _BEYOND["position"], 0.2)
+        out["cy"] = _in_or_beyond(rng, "cy", _BEYOND["position"], 0.12)
+        roll = (_beyond(rng, -10, 10, 20) if rng.random() < _BEYOND["roll"]
+                else float(np.clip(rng.normal(0, 4), -10, 10)))
+        out["tilt"] = float(np.deg2rad(roll))
+    u = rng.random()
+    if u < _BEYOND["profile"]:
+        yaw = rng.uniform(60, 78)
+    elif u < _BEYOND["profile"] + _BEYOND["three_quarter"]:
+        yaw = rng.uniform(35, 60)
+    else:
+        yaw = min(abs(rng.normal(0, 15)), 35)
+    out["yaw"] = float(np.deg2rad(yaw) * rng.choice([-1, 1]))
+    size = out.get("size", g["size"])
+    # The shoulders' top stays inside the picture: the cloth colour must be visible.
+    out["cy"] = min(out.get("cy", g["cy"]), 0.92 - g["shoulder_y"] * size)
+    return out
+
+
+def _expression(rng: np.random.Generator, attrs: dict, g: dict) -> tuple[dict, dict]:
+    smiling = bool(rng.random() < 0.48)
+    mouth_open = bool(rng.random() < 0.48)
+    closed = bool(rng.random() < 0.07)
+    geo = {
+        "smile": rng.uniform(0.06, 0.13) if smiling else rng.uniform(-0.02, 0.04),
+        "mouth_w": g["mouth_w"] * (rng.uniform(1.05, 1.2) if smiling else 1.0),
+        "open": rng.uniform(0.06, 0.22) if mouth_open else 0.0,
+        "eyes_closed": closed,
+    }
+    return {"mouth_open": mouth_open, "smiling": smiling, "eyes_closed": closed}, geo
+
+
+def _shapes(rng: np.random.Generator, attrs: dict) -> dict:
+    """Per-face reshaping of accessories and hair, and the warp of the head frame."""
+    u = rng.uniform
+    lock = attrs["hair_style"] in ("long", "wavy", "bangs", "bob", "curly") and rng.random() < 0.25
+    return {
+        "hat_scale": u(0.88, 1.18), "hat_lift": u(-0.08, 0.12),
+        "lens_scale": u(0.82, 1.22), "frame_w": u(0.03, 0.065),
+        "earring_scale": u(0.75, 1.5),
+        "volume": u(0.02, 0.24), "hair_len": u(1.6, 3.4), "bob_len": u(0.85, 1.4),
+        "lock": (float(rng.choice([-1, 1])) * u(0.25, 0.7), u(-0.2, 0.25), u(0.14, 0.26))
+        if lock else None,
+        # Two smooth and one fine component per axis (face units): amplitude, frequency, phase.
+        "warp": tuple((u(0.02, 0.05), u(1.5, 3.5), u(0, 6.3), u(0.004, 0.012), u(7, 12),
+                       u(0, 6.3)) for _ in range(2)),
+    }
+
+
+def vary(rng: np.random.Generator, attrs: dict, g: dict, variant: str) -> tuple[dict, dict]:
+    """`varied` attributes and geometry from the `template` ones (new dicts)."""
+    g = dict(g, **_pose(rng, g, variant))
+    expression, geo = _expression(rng, attrs, g)
+    g.update(geo)
+    g.update(_shapes(rng, attrs))
+    return dict(attrs, **expression), g
+
+
+def warp(g: dict, p: np.ndarray, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The per-face smooth displacement of head-frame coordinates (identity without one)."""
+    if g.get("warp") is None:
+        return p, q
+    (a1, f1, h1, b1, k1, j1), (a2, f2, h2, b2, k2, j2) = g["warp"]
+    dp = a1 * np.sin(f1 * q + h1) + b1 * np.sin(k1 * q + 0.7 * k1 * p + j1)
+    dq = a2 * np.sin(f2 * p + h2) + b2 * np.sin(k2 * p - 0.6 * k2 * q + j2)
+    return (p + dp).astype(np.float32), (q + dq).astype(np.float32)
+
+
+def to_surface(p: np.ndarray, yaw: float, depth: float = 0.0) -> np.ndarray:
+    """Screen p (face units) of a head turned by `yaw` -> p on the unturned face.
+
+    The face is a cylinder of radius 1 (1 + `depth` for a part that stands off it, the nose): a
+    point at angle t appears at r sin(t + yaw). Angles past the silhouette continue linearly, so
+    the far side maps outside the face and nothing is drawn twice.
+    """
+    r = 1.0 + depth
+    t = np.arcsin(np.clip(p / r, -1, 1)) - yaw
+    half = np.pi / 2
+    out = np.where(np.abs(t) <= half, np.sin(t), np.sign(t) * (1 + np.abs(t) - half))
+    out = np.where(np.abs(p) > r, np.sign(p) * 9.0, out)  # outside the silhouette: nothing
+    return (out * r).astype(np.float32)
+
+
+def to_screen(p: float, yaw: float) -> float:
+    """Where surface p appears on screen (clipped to the silhouette)."""
+    t = np.arcsin(np.clip(p, -1, 1)) + yaw
+    return float(np.sin(np.clip(t, -np.pi / 2, np.pi / 2)))
