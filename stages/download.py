@@ -2,6 +2,7 @@
 
     python -m stages.download --set test --out data/raw          # `data`: train and test
     python -m stages.download --set zeroshot --out data/zeroshot/raw   # `zeroshot`: test only
+    python -m stages.download --set offdist --out data/offdist/raw     # `offdist`: test only
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import argparse
 import logging
 
 from facemogle.core.config import EVAL_SETS, load_params, set_sections
-from facemogle.data.download import download
+from facemogle.data.download import download, download_offdist
 
 PARAMS = ("data",)
 
@@ -20,13 +21,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="output folder (replaced atomically)")
     parser.add_argument("--set", choices=EVAL_SETS, default="test", dest="eval_set",
                         help="test: the `data` section (train + test splits); zeroshot: the "
-                             "`zeroshot` section (its test split only)")
+                             "`zeroshot` section (its test split only); offdist: the "
+                             "off-distribution set of the `offdist` section")
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     params = load_params(args.params, sections=set_sections(PARAMS, args.eval_set))
     if args.eval_set == "zeroshot":
         download(params.zeroshot.data_config(params.data), args.out, splits=("test",))
+    elif args.eval_set == "offdist":
+        download_offdist(params.data, params.offdist, args.out)
     else:
         download(params.data, args.out)
     return 0

@@ -3,7 +3,8 @@
     python -m stages.parse_masks --data data/raw --out data/labels \
         --metrics metrics/classes.json [--parser-dir data/base/parser] [--set zeroshot]
 
-The zero-shot entry (`--set zeroshot`) takes its parser from the `zeroshot` section.
+The zero-shot and off-distribution entries (`--set zeroshot|offdist`) take their parser from
+their own section (`zeroshot`, `offdist`).
 """
 
 from __future__ import annotations
@@ -25,13 +26,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parser-dir", default=None,
                         help="the base stage's trained parser (masks.parser 'tiny')")
     parser.add_argument("--set", choices=EVAL_SETS, default="test", dest="eval_set",
-                        help="zeroshot: label maps by `zeroshot.parser` instead of `masks.parser`")
+                        help="zeroshot, offdist: label maps by that section's parser instead "
+                             "of `masks.parser`")
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     params = load_params(args.params, sections=set_sections(PARAMS, args.eval_set))
-    masks = (params.zeroshot.masks_config(params.masks) if args.eval_set == "zeroshot"
-             else params.masks)
+    masks = (params.masks if args.eval_set == "test"
+             else getattr(params, args.eval_set).masks_config(params.masks))
     parse_masks(args.data, args.out, args.metrics, masks=masks,
                 on_error=params.data.on_error, parser_dir=args.parser_dir)
     return 0

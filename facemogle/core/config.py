@@ -152,7 +152,7 @@ def _key(section: Any, name: str) -> str:
     return _prefixes()[type(section)] + name
 
 
-def _check_parser_path(section: MasksConfig | ZeroShotConfig) -> None:
+def _check_parser_path(section: MasksConfig | ZeroShotConfig | OffDistConfig) -> None:
     """The segformer parser is loaded from `parser_path`: it must be set."""
     check(section.parser != "segformer" or section.parser_path is not None,
           _key(section, "parser_path"),
@@ -187,7 +187,7 @@ class DataConfig(_Section):
     on_error: Literal["stop", "skip"] = "stop"
 
 
-EVAL_SETS: tuple[str, ...] = ("test", "zeroshot")  # pipeline entries of the per-set stages
+EVAL_SETS: tuple[str, ...] = ("test", "zeroshot", "offdist")  # entries of the per-set stages
 
 
 @dataclass(frozen=True)
@@ -223,11 +223,36 @@ class ZeroShotConfig(_Section):
         return dataclasses.replace(masks, parser=self.parser, parser_path=self.parser_path)
 
 
+@dataclass(frozen=True)
+class OffDistConfig(_Section):
+    """The off-distribution set: masks unlike the training set's (`facemogle.data.offdist`),
+    sampled and evaluated like the test split of `data`, whatever `data.source` is.
+
+    It takes `data`'s resolution, data seed, caption count and on_error.
+    """
+
+    num_beyond: int = spec(30, ge=0)  # SynthFaces outside the `varied` ranges
+    num_drawn: int = spec(10, ge=0)   # masks painted from polygons and ellipses
+    photos: bool = True               # 8 crops of the 2 portraits offline packages ship
+    parser: Literal["none", "mediapipe", "segformer", "tiny"] = "mediapipe"  # the photos' masks
+    parser_path: str | None = None
+
+    def _check_across_fields(self) -> None:
+        _check_parser_path(self)
+        check(self.num_beyond + self.num_drawn > 0 or self.photos, _key(self, "num_beyond"),
+              "at least one item in the set (num_beyond, num_drawn or photos)", self.num_beyond)
+
+    def masks_config(self, masks: MasksConfig) -> MasksConfig:
+        """`masks` with this set's parser: what `parse_masks` uses for the photos."""
+        return dataclasses.replace(masks, parser=self.parser, parser_path=self.parser_path)
+
+
 def set_sections(sections: tuple[str, ...], eval_set: str) -> tuple[str, ...]:
-    """The params sections a per-set stage reads: its own, plus `zeroshot` for that entry."""
+    """The params sections a per-set stage reads: its own, plus the set's own section
+    (`zeroshot`, `offdist`) for those entries."""
     if eval_set not in EVAL_SETS:
         raise ConfigError(f"unknown evaluation set {eval_set!r}; valid: {list(EVAL_SETS)}")
-    return sections + ("zeroshot",) if eval_set == "zeroshot" else sections
+    return sections if eval_set == "test" else sections + (eval_set,)
 
 
 @dataclass(frozen=True)
@@ -463,6 +488,7 @@ class Params(_Section):
     data: DataConfig = field(default_factory=DataConfig)
     masks: MasksConfig = field(default_factory=MasksConfig)
     zeroshot: ZeroShotConfig = field(default_factory=ZeroShotConfig)
+    offdist: OffDistConfig = field(default_factory=OffDistConfig)
     base: BaseConfig = field(default_factory=BaseConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)

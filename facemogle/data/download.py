@@ -18,11 +18,12 @@ from pathlib import Path
 
 from PIL import Image
 
-from facemogle.core.config import DataConfig
+from facemogle.core.config import DataConfig, OffDistConfig
 from facemogle.core.io import InputError, atomic_path, write_json, write_jsonl
 from facemogle.data import layout
 from facemogle.data.items import check_not_empty, run_items
 from facemogle.data.layout import Entry, Sample
+from facemogle.data.offdist import OffDistributionReader
 from facemogle.data.readers import Reader, open_reader
 
 log = logging.getLogger(__name__)
@@ -135,4 +136,18 @@ def download(data: DataConfig, out: str | Path, *, variant: str | None = None,
                            max_captions=data.captions_per_image, entries=entries)
     log.info("download: wrote %d images to %s, skipped %d%s", len(entries) - len(skipped), out,
              len(skipped), f" (see {Path(out) / layout.SKIPPED})" if skipped else "")
+    return skipped
+
+
+def download_offdist(data: DataConfig, offdist: OffDistConfig, out: str | Path) -> list[dict]:
+    """The `download` stage for the off-distribution entry: the `offdist` set at `data`'s
+    resolution, data seed and caption count, every item in the test split."""
+    reader = OffDistributionReader(num_beyond=offdist.num_beyond, num_drawn=offdist.num_drawn,
+                                   photos=offdist.photos, seed=data.seed,
+                                   resolution=data.resolution,
+                                   num_captions=data.captions_per_image)
+    skipped = write_layout(reader, out, resolution=data.resolution, on_error=data.on_error,
+                           max_captions=data.captions_per_image)
+    log.info("download: wrote the off-distribution set (%d items) to %s, skipped %d",
+             len(reader.entries()) - len(skipped), out, len(skipped))
     return skipped

@@ -31,7 +31,15 @@ import numpy as np
 from facemogle.core.io import save_png, write_json
 from facemogle.core.labels import LABEL_INDEX, PALETTE
 from facemogle.data.colours import COLORS, PALETTE_NAMES, PUPIL, SCLERA
-from facemogle.data.synthfaces_layout import LAYOUTS, to_screen, to_surface, vary, warp
+from facemogle.data.synthfaces_layout import (
+    BEYOND_KINDS,
+    LAYOUTS,
+    beyond,
+    to_screen,
+    to_surface,
+    vary,
+    warp,
+)
 from facemogle.data.synthfaces_text import make_captions
 
 VARIANTS: tuple[str, ...] = ("standard", "zeroshot")
@@ -118,7 +126,7 @@ def _sample_colors(rng: np.random.Generator, zeroshot: bool, attrs: dict) -> dic
     return out
 
 
-def _sample_attributes(rng: np.random.Generator, variant: str) -> dict:
+def sample_attributes(rng: np.random.Generator, variant: str) -> dict:
     """Everything a caption can say about a face (colours are names from `COLORS`)."""
     zs = variant == "zeroshot"
     woman = zs or _chance(rng, 0.56)
@@ -816,21 +824,26 @@ def render(index: int, *, seed: int = 0, resolution: int = 128, variant: str = "
     Returns the image (H, W, 3) uint8, its label map (H, W) uint8 in 0..18, `num_captions`
     captions (caption 0 names every colour attribute of the face, see `make_captions`) and the
     attributes. The same arguments give identical bytes; the geometry is the same at every
-    resolution. `layout` is `template` (upright, frontal, centred) or `varied` (the pose and
-    expression ranges of real portrait masks, `synthfaces_layout`).
+    resolution. `layout` is `template` (upright, frontal, centred), `varied` (the pose and
+    expression ranges of real portrait masks, `synthfaces_layout`) or `beyond` (`varied` pushed
+    past its margins in the way `BEYOND_KINDS[index % 5]` names: the off-distribution set).
     """
     _check_args(index, seed, resolution, variant, num_captions, layout)
     shape_rng, tex_rng, text_rng, layout_rng = _streams(index, seed, variant)
-    attrs = _sample_attributes(shape_rng, variant)
+    attrs = sample_attributes(shape_rng, variant)
     g = _sample_geometry(shape_rng, attrs, variant)
-    if layout == "varied":
+    if layout != "template":
         attrs, g = vary(layout_rng, attrs, g, variant)
+    if layout == "beyond":
+        kind = BEYOND_KINDS[index % len(BEYOND_KINDS)]
+        attrs, g = beyond(layout_rng, attrs, g, kind,
+                          tuple(c for c in PALETTE_NAMES if c != attrs["background_color"]))
     cv = _compose(attrs, g, resolution, tex_rng)
     image = np.clip(cv.rgb * 255 + 0.5, 0, 255).astype(np.uint8)  # (R, R, 3)
     attrs = dict(attrs, variant=variant, head_size=round(g["size"], 4),
                  head_tilt_deg=round(float(np.rad2deg(g["tilt"])), 2),
                  head_x=round(g["cx"], 4), head_y=round(g["cy"], 4))
-    if layout == "varied":
+    if layout != "template":
         attrs.update(layout=layout, head_yaw_deg=round(float(np.rad2deg(g["yaw"])), 2))
     return SynthFace(image=image, label_map=cv.labels, attributes=attrs,
                      captions=make_captions(attrs, text_rng, num_captions))

@@ -15,18 +15,17 @@ from __future__ import annotations
 
 import numpy as np
 
-LAYOUTS: tuple[str, ...] = ("template", "varied")
+LAYOUTS: tuple[str, ...] = ("template", "varied", "beyond")  # beyond: the off-distribution set
 
-# Ranges that cover most real aligned portraits (CelebA-HQ crops), in SynthFaces units: head
-# `size` is half the face width over half the image side, `cx`/`cy` the head centre (eye level)
-# in image units ([-1, 1], y down), angles in degrees. Shares are of all faces. Sources and
-# derivations: docs/synthfaces.md.
+# What a rendered set is measured against (`synthfaces_stats`): ranges that hold most real
+# aligned portraits (CelebA-HQ / CelebAMask-HQ crops), as measured on label maps. Image units span
+# [-1, 1] (y down), angles are degrees, shares are of all faces. Sources: docs/synthfaces.md.
 TARGETS: dict[str, tuple[float, float]] = {
-    "size": (0.45, 0.65),          # interocular distance 0.18-0.26 of the crop side
-    "cx": (-0.06, 0.06),
-    "cy": (-0.20, 0.0),
-    "roll_deg": (-10.0, 10.0),
-    "yaw_deg": (-35.0, 35.0),
+    "interocular": (0.15, 0.25),   # eye-centre distance over the image side (crop rule: <= 1/4)
+    "eye_level_y": (-0.12, 0.0),   # crop centre 0.1 x eye-to-mouth below the eyes
+    "face_x": (-0.06, 0.06),       # crop centred on the eyes and mouth
+    "roll_deg": (-10.0, 10.0),     # crops rotated upright by the eye line
+    "yaw_deg": (-35.0, 35.0),      # mostly frontal (no published distribution: docs/synthfaces.md)
     "share_mouth_open": (0.40, 0.56),   # CelebA Mouth_Slightly_Open 48%
     "share_smiling": (0.40, 0.56),      # CelebA Smiling 48%
     "share_eyeglasses": (0.04, 0.12),   # CelebA Eyeglasses 6.5%
@@ -34,6 +33,12 @@ TARGETS: dict[str, tuple[float, float]] = {
     "share_earrings": (0.12, 0.30),     # CelebA Wearing_Earrings 19%
     "share_necklace": (0.06, 0.16),     # CelebA Wearing_Necklace 12%
 }
+
+# Sampling ranges of the `varied` pose (SynthFaces units: `size` is half the face width over half
+# the image side, `cx`/`cy` the head centre at eye level), chosen so that the measured
+# distributions above fall inside TARGETS, and their margins beyond.
+_RANGES: dict[str, tuple[float, float]] = {"size": (0.45, 0.65), "cx": (-0.06, 0.06),
+                                           "cy": (-0.20, 0.0)}
 
 # Fractions of `varied` faces drawn beyond the target ranges (margins).
 _BEYOND = {"size": 0.2, "position": 0.15, "roll": 0.15, "three_quarter": 0.2, "profile": 0.08}
@@ -45,7 +50,7 @@ def _beyond(rng: np.random.Generator, lo: float, hi: float, margin: float) -> fl
 
 
 def _in_or_beyond(rng: np.random.Generator, key: str, p_beyond: float, margin: float) -> float:
-    lo, hi = TARGETS[key]
+    lo, hi = _RANGES[key]
     if rng.random() < p_beyond:
         return _beyond(rng, lo, hi, margin)
     return float(rng.uniform(lo, hi))
@@ -112,6 +117,37 @@ def vary(rng: np.random.Generator, attrs: dict, g: dict, variant: str) -> tuple[
     g.update(geo)
     g.update(_shapes(rng, attrs))
     return dict(attrs, **expression), g
+
+
+# The off-distribution set's kinds of `beyond` faces: past every margin of `varied`.
+BEYOND_KINDS: tuple[str, ...] = ("larger", "smaller", "tilted", "off-centre", "every accessory")
+
+
+def beyond(rng: np.random.Generator, attrs: dict, g: dict, kind: str,
+           colours: tuple[str, ...]) -> tuple[dict, dict]:
+    """A `varied` face pushed outside the training ranges in one way (`BEYOND_KINDS`); the
+    hat colour of an added hat is one of `colours`. Returns new dicts."""
+    attrs, g, u = dict(attrs), dict(g), rng.uniform
+    side = float(rng.choice([-1, 1]))
+    if kind == "larger":
+        g.update(size=u(0.82, 0.95), cy=u(-0.45, -0.25), cx=u(-0.05, 0.05))
+    elif kind == "smaller":
+        g.update(size=u(0.2, 0.28), cy=u(-0.2, 0.2))
+    elif kind == "tilted":
+        g.update(tilt=float(np.deg2rad(side * u(32, 50))))
+    elif kind == "off-centre":
+        g.update(cx=side * u(0.3, 0.42), cy=u(-0.3, 0.1))
+    elif kind == "every accessory":
+        attrs.update(hat=True, hat_color=str(rng.choice(colours)),
+                     hat_style=str(rng.choice(["beanie", "cap", "fedora"])), eyeglasses=True,
+                     glasses_style=str(rng.choice(["round", "rectangular"])),
+                     glasses_color=str(rng.choice(["black", "gold", "brown"])),
+                     ears_visible=True, earrings=True,
+                     earring_style=str(rng.choice(["studs", "hoops", "drops"])), necklace=True,
+                     jewelry_metal=str(rng.choice(["gold", "silver"])))
+    else:
+        raise ValueError(f"unknown beyond kind {kind!r}; valid: {list(BEYOND_KINDS)}")
+    return attrs, g
 
 
 def warp(g: dict, p: np.ndarray, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
