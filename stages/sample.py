@@ -33,7 +33,7 @@ from facemogle.sampling.sheets import contact_sheet, save_sheet, to_uint8
 from facemogle.training.checkpoint import load_trained
 
 PARAMS = ("seed", "gating", "experts", "model", "lora", "sample")
-SHEET_ROWS = 12
+SHEET_ROWS = 12  # test images per contact sheet, spread evenly over the sampled ids
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
                 Path(args.labels) / "masks" / f"{first}.png"), cfg, seed=params.seed,
                 caption=prompts[first])
             write_sheets(out, args.sheets, args.labels, prompts, cfg.modes,
-                         cache.ids[:min(count, SHEET_ROWS)], off)
+                         cache.ids[:count][::max(1, count // SHEET_ROWS)][:SHEET_ROWS], off)
             (out / "ids.json").write_text(json.dumps(cache.ids[:count]))
     return 0
 

@@ -85,16 +85,39 @@ def test_mode_names():
 
 def test_examples_are_test_split_masks_in_palette_colours(trained_run):
     examples = load_examples(trained_run.raw, count=2)
-    assert [p.stem for p, _ in examples] == ["000008", "000009"]
+    assert [p.stem for p, _ in examples] == ["0-000008", "0-000010"]  # spread over the split
     for path, prompt in examples:
         color = np.asarray(Image.open(path).convert("RGB"))
         assert color.shape == (512, 512, 3)
-        original = labels.load_label_map(trained_run.raw / "masks" / f"{path.stem}.png")
+        image_id = path.stem.split("-")[1]
+        original = labels.load_label_map(trained_run.raw / "masks" / f"{image_id}.png")
         np.testing.assert_array_equal(
             labels.resize_label_map(labels.color_to_label_map(color), 64), original)
         assert prompt
     with pytest.raises(InputError, match="no split.json"):
         load_examples(trained_run.model)
+
+
+def test_examples_of_parsed_photos_come_from_the_labels_beside(trained_run, tmp_path):
+    """A photo has no mask in raw/: its example is the parse_masks output in labels/ beside it,
+    and the editor opens on the first example instead of a blank canvas."""
+    from facemogle.app.demo import start_canvas
+
+    raw = tmp_path / "offdist" / "raw"
+    (raw / "masks").mkdir(parents=True)
+    (raw / "split.json").write_text('{"train": [], "test": ["000000"]}')
+    parsed = tmp_path / "offdist" / "labels" / "masks"
+    parsed.mkdir(parents=True)
+    label_map = labels.load_label_map(trained_run.raw / "masks" / "000009.png")
+    labels.save_label_map(parsed / "000000.png", label_map)
+    examples = load_examples([trained_run.raw, raw], count=1)
+    assert [p.stem for p, _ in examples] == ["0-000008", "1-000000"]
+    color = np.asarray(Image.open(examples[1][0]).convert("RGB"))
+    np.testing.assert_array_equal(
+        labels.resize_label_map(labels.color_to_label_map(color), 64), label_map)
+    first = start_canvas(examples)["composite"]
+    assert first.shape == (512, 512, 3) and first.any()
+    assert not start_canvas(None)["composite"].any()
 
 
 def test_generate_button_function(trained_run):

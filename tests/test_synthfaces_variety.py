@@ -174,3 +174,17 @@ def test_offdist_photos_come_without_a_mask():
 def test_offdist_params_are_checked(values, word):
     with pytest.raises(ConfigError, match=word):
         params_from_dict({"offdist": values})
+
+
+def test_offdist_mIoU_is_reported_per_kind():
+    from facemogle.evaluation.evaluate import group_miou_values
+
+    mask = np.zeros((8, 8), np.uint8)
+    mask[2:6, 2:6] = LABEL_INDEX["skin"]
+    wrong = np.zeros_like(mask)
+    values = group_miou_values([mask, wrong, mask], [mask, mask, mask],
+                               [{"offdist_kind": "drawn"}, {"offdist_kind": "photo"},
+                                {"offdist_kind": "drawn"}], "parser")
+    by_name = {v.name: v.value for v in values}
+    assert by_name["mask_miou_drawn"] == 1.0 and by_name["mask_miou_photo"] < 0.5
+    assert group_miou_values([mask], [mask], [{"hair_color": "red"}], "parser") == []

@@ -3,7 +3,7 @@
     facemogle generate --checkpoint data/model --prompt "a smiling woman" --mask mask.png \
         --seed 0 --steps 28 --out face.png [--gating-out gating.png]
     facemogle generate --checkpoint data/model --parse-face photo.jpg --seed 0 --out face.png
-    facemogle demo --checkpoint data/model [--examples data/raw]
+    facemogle demo --checkpoint data/model [--examples data/raw data/offdist/raw]
 
 Prompt and mask are each optional: both give multimodal generation, a mask alone mask2face, a
 prompt alone text2face, and neither an unconditional face (docs/design.md, "The three modes").
@@ -105,9 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="serve the Gradio web demo")
     _add_model_args(demo)
-    demo.add_argument("--examples", default=None,
-                      help="data folder (download or parse_masks output) whose test-split "
-                           "masks are offered as examples (default: raw/ beside the checkpoint)")
+    demo.add_argument("--examples", nargs="+", default=None,
+                      help="data folders (download or parse_masks outputs) whose test-split "
+                           "masks are offered as examples to edit (default: raw/ and "
+                           "offdist/raw/ beside the checkpoint, where they exist)")
     demo.add_argument("--host", default="127.0.0.1",
                       help="address to serve on (default: this machine only)")
     demo.add_argument("--port", type=int, default=None, help="port (default: Gradio's)")
@@ -198,9 +199,10 @@ def demo(args: argparse.Namespace) -> None:
     from facemogle.app.demo import launch
 
     examples = args.examples
-    beside = Path(args.checkpoint).parent / "raw"  # the DVC layout: data/model, data/raw
-    if examples is None and (beside / "split.json").is_file():
-        examples = beside
+    if examples is None:  # the DVC layout: data/model, data/raw, data/offdist/raw
+        beside = Path(args.checkpoint).parent
+        examples = [d for d in (beside / "raw", beside / "offdist" / "raw")
+                    if (d / "split.json").is_file()]
     launch(load_pipeline(args), examples=examples, host=args.host, port=args.port)
 
 

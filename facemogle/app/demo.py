@@ -1,6 +1,6 @@
 """The Gradio web demo: paint or upload a mask, type a prompt, see the face and MoGLE's gating.
 
-    facemogle demo --checkpoint data/model --examples data/raw
+    facemogle demo --checkpoint data/model --examples data/raw data/offdist/raw
 
 The mask is painted with the CelebAMask-HQ palette only (docs/design.md, "Label palette and
 decoupling"), shown as a legend of names and colours; l_/r_ are the subject's left/right, with
@@ -18,6 +18,7 @@ import html
 import json
 import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -107,26 +108,38 @@ def editor_label_map(value: dict | None, size: int, snap: bool
     return label_map, "; ".join(notes)
 
 
-def load_examples(data_dir: str | Path, count: int = NUM_EXAMPLES) -> list[tuple[Path, str]]:
-    """Test-split masks of a data folder (download or parse_masks output) as colour PNGs of the
-    canvas size, with each id's first caption: [(png path, prompt)]."""
-    data_dir = Path(data_dir)
-    split_path = data_dir / "split.json"
-    if not split_path.is_file():
-        raise InputError(f"{data_dir}: not a data folder (no split.json); give the download or "
-                         f"parse_masks stage's output to --examples")
-    ids = json.loads(split_path.read_text())["test"][:count]
-    captions = {}
-    if (data_dir / "captions.jsonl").is_file():
-        captions = {r["id"]: r["captions"][0] for r in read_jsonl(data_dir / "captions.jsonl")}
+def _mask_file(data_dir: Path, image_id: str) -> Path:
+    """The id's mask: the data folder's own, else the parse_masks output beside it (`labels/`
+    next to `raw/` in the DVC layout: a parsed photo has no mask of its own)."""
+    own = data_dir / "masks" / f"{image_id}.png"
+    parsed = data_dir.parent / "labels" / "masks" / f"{image_id}.png"
+    return own if own.is_file() or not parsed.is_file() else parsed
+
+
+def load_examples(data_dirs: str | Path | Sequence[str | Path], count: int = NUM_EXAMPLES
+                  ) -> list[tuple[Path, str]]:
+    """`count` test-split masks of each data folder (download or parse_masks output), spread
+    evenly over its ids, as colour PNGs of the canvas size with each id's first caption:
+    [(png path, prompt)]."""
+    dirs = [data_dirs] if isinstance(data_dirs, (str, Path)) else list(data_dirs)
     out_dir = Path(tempfile.mkdtemp(prefix="facemogle-examples-"))
     examples = []
-    for image_id in ids:
-        label_map = labels.load_label_map(data_dir / "masks" / f"{image_id}.png")
-        big = labels.resize_label_map(label_map, EDITOR_SIZE)
-        path = out_dir / f"{image_id}.png"
-        Image.fromarray(labels.label_map_to_color(big)).save(path)
-        examples.append((path, captions.get(image_id, DEFAULT_PROMPT)))
+    for n, data_dir in enumerate(map(Path, dirs)):
+        split_path = data_dir / "split.json"
+        if not split_path.is_file():
+            raise InputError(f"{data_dir}: not a data folder (no split.json); give the download "
+                             f"or parse_masks stage's output to --examples")
+        test = json.loads(split_path.read_text())["test"]
+        ids = test[::max(1, len(test) // count)][:count]
+        captions = {}
+        if (data_dir / "captions.jsonl").is_file():
+            captions = {r["id"]: r["captions"][0] for r in read_jsonl(data_dir / "captions.jsonl")}
+        for image_id in ids:
+            label_map = labels.load_label_map(_mask_file(data_dir, image_id))
+            big = labels.resize_label_map(label_map, EDITOR_SIZE)
+            path = out_dir / f"{n}-{image_id}.png"
+            Image.fromarray(labels.label_map_to_color(big)).save(path)
+            examples.append((path, captions.get(image_id, DEFAULT_PROMPT)))
     return examples
 
 
@@ -134,6 +147,14 @@ def blank_canvas() -> dict:
     """An all-background (black) canvas to paint on."""
     black = np.zeros((EDITOR_SIZE, EDITOR_SIZE, 3), dtype=np.uint8)
     return {"background": black, "layers": [], "composite": black}
+
+
+def start_canvas(examples: list[tuple[Path, str]] | None) -> dict:
+    """The editor's first value: the first example's mask to edit, or a blank canvas."""
+    if not examples:
+        return blank_canvas()
+    rgb = np.asarray(Image.open(examples[0][0]).convert("RGB"))
+    return {"background": rgb, "layers": [], "composite": rgb}
 
 
 class DemoApp:
@@ -184,7 +205,8 @@ def build_demo(pipe: FaceMoGLEPipeline, examples: list[tuple[Path, str]] | None 
         with gr.Row():
             with gr.Column(scale=3):
                 editor = gr.ImageEditor(
-                    value=blank_canvas(), label="mask", type="numpy", image_mode="RGBA",
+                    value=start_canvas(examples), label="mask", type="numpy",
+                    image_mode="RGBA",
                     sources=["upload"], canvas_size=(EDITOR_SIZE, EDITOR_SIZE), format="png",
                     brush=gr.Brush(colors=colors, default_color=colors[1], color_mode="fixed"),
                     layers=False, elem_id="mask-editor")
@@ -194,7 +216,8 @@ def build_demo(pipe: FaceMoGLEPipeline, examples: list[tuple[Path, str]] | None 
                                                      "error)")
             with gr.Column(scale=2):
                 gr.HTML(legend_html())
-        prompt = gr.Textbox(label="prompt", value="", elem_id="prompt",
+        prompt = gr.Textbox(label="prompt", value=examples[0][1] if examples else "",
+                            elem_id="prompt",
                             placeholder="empty: mask2face (or unconditional without a mask)")
         with gr.Row():
             seed = gr.Number(label="seed", value=0, precision=0, elem_id="seed")
@@ -212,17 +235,19 @@ def build_demo(pipe: FaceMoGLEPipeline, examples: list[tuple[Path, str]] | None 
                 gating = gr.Image(show_label=False, type="pil", format="png", elem_id="gating")
         if examples:
             gr.Examples([[str(p), text] for p, text in examples], inputs=[editor, prompt],
-                        label="masks from the test split")
+                        label="masks to start from and edit: the test split, then the "
+                              "off-distribution set (beyond the training ranges, drawn, parsed "
+                              "from a photo)", examples_per_page=len(examples))
         button.click(app.generate, inputs=[editor, use_mask, snap, prompt, seed, steps],
                      outputs=[result, gating, status])
     return blocks
 
 
-def launch(pipe: FaceMoGLEPipeline, *, examples: str | Path | None = None,
+def launch(pipe: FaceMoGLEPipeline, *, examples: Sequence[str | Path] | None = None,
            host: str = "127.0.0.1", port: int | None = None,
            prevent_thread_lock: bool = False) -> gr.Blocks:
     """Build and serve the demo (blocking unless `prevent_thread_lock`)."""
-    blocks = build_demo(pipe, load_examples(examples) if examples is not None else None)
+    blocks = build_demo(pipe, load_examples(examples) if examples else None)
     blocks.launch(server_name=host, server_port=port, share=False,
                   prevent_thread_lock=prevent_thread_lock,
                   theme=gr.themes.Default(font=SYSTEM_FONTS, font_mono=["monospace"]))

@@ -88,6 +88,22 @@ def per_image_overlap(pred_maps: list[np.ndarray], target_maps: list[np.ndarray]
     return {"mask_intersection": inter, "mask_union": union}
 
 
+GROUP_KEY = "offdist_kind"  # the attribute that splits the off-distribution set into its kinds
+
+
+def group_miou_values(gen_maps: list[np.ndarray], masks: list[np.ndarray],
+                      attributes: list[dict] | None, backend: str) -> list[MetricValue]:
+    """`mask_miou_<kind>`: the mIoU over the images of each kind, for a set whose attributes
+    name one (`GROUP_KEY`, the off-distribution set: beyond, drawn, photo)."""
+    groups: dict[str, list[int]] = {}
+    for i, attrs in enumerate(attributes or []):
+        if attrs.get(GROUP_KEY):
+            groups.setdefault(attrs[GROUP_KEY], []).append(i)
+    return [MetricValue(f"mask_miou_{kind}", mask_iou([gen_maps[i] for i in rows],
+                                                      [masks[i] for i in rows]).mean_iou, backend)
+            for kind, rows in groups.items()]
+
+
 def parser_metrics(parser, generated: list[np.ndarray], reference: list[np.ndarray],
                    input_masks: list[np.ndarray], attributes: list[dict] | None,
                    cfg: EvaluateConfig, *, seed: int, backend: str
@@ -97,6 +113,7 @@ def parser_metrics(parser, generated: list[np.ndarray], reference: list[np.ndarr
     gen_maps, gen_feats = _parse(parser, generated, cfg.batch_size)
     _, ref_feats = _parse(parser, reference, cfg.batch_size)
     values = mask_metric_values(mask_iou(gen_maps, input_masks), backend)
+    values += group_miou_values(gen_maps, input_masks, attributes, backend)
     per_image: dict[str, Any] = per_image_overlap(gen_maps, input_masks)
     values += feature_space_metrics("parser", gen_feats, ref_feats, subsets=cfg.kid_subsets,
                                     subset_size=cfg.kid_subset_size, seed=seed, backend=backend)

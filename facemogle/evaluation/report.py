@@ -50,6 +50,10 @@ OPTIONAL_PAPER_COLUMNS: dict[str, Column] = {
 }
 EMBEDDED_COLUMNS: tuple[Column, ...] = (
     Column("mIoU", "mask_miou", False, 3),
+    # The off-distribution set's mIoU by where its masks came from (docs/synthfaces.md).
+    Column("mIoU-beyond", "mask_miou_beyond", False, 3),
+    Column("mIoU-drawn", "mask_miou_drawn", False, 3),
+    Column("mIoU-photo", "mask_miou_photo", False, 3),
     # The parser's own mIoU on the real test faces and on their VAE reconstructions: the mIoU a
     # generator reproducing the test faces would be measured at.
     Column("mIoU-ceil-real", "parser_ceiling_miou_real", False, 3),
