@@ -9,9 +9,10 @@ strands and grain. A face is a pure function of (seed, index, variant): attribut
 come from `numpy.random.Generator(PCG64([seed, index, variant_code, 0]))`, textures and captions
 from streams 1 and 2, so neither the resolution nor the number of captions changes the face.
 
-The `zeroshot` variant plays MM-FFHQ-Female: women only, head sizes, positions and tilts outside
-the `standard` ranges, hair styles and colours held out of `standard` (`ZEROSHOT_ONLY`) and colour
-pairs that `standard` never renders (`HELD_OUT_PAIRS`).
+The `zeroshot` variant plays MM-FFHQ-Female: women only, hair styles and colours held out of
+`standard` (`ZEROSHOT_ONLY`) and colour pairs that `standard` never renders (`HELD_OUT_PAIRS`);
+its head sizes, positions and tilts lie outside the `template` ranges but inside the margins of
+the `varied` layout (`synthfaces_layout`, docs/synthfaces.md).
 
 CLI: ``python -m facemogle.data.synthfaces sheet|bench ...`` (see `main`).
 """
