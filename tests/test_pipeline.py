@@ -29,6 +29,9 @@ DVC = [sys.executable, "-m", "dvc"]
 SMOKE = {
     "data": {"resolution": 64, "num_train": 24, "num_test": 6, "captions_per_image": 2},
     "zeroshot": {"num_test": 4},
+    # Photos are parsed at 128 px in the default (tests/test_synthfaces_variety.py); 64 px crops
+    # are too small for the face mesh.
+    "offdist": {"num_beyond": 3, "num_drawn": 2, "photos": False},
     "base": {"text_max_tokens": 8},
     "train": {"steps": 8, "batch_size": 4, "checkpoint_every": 4, "log_every": 2},
     "sample": {"steps": 4, "batch_size": 6},
@@ -158,8 +161,11 @@ def test_dvc_repro_then_exp_run_changes_params_and_metrics(smoke_repo):
     zeroshot = repo / "data" / "zeroshot"
     assert json.loads((zeroshot / "raw" / "split.json").read_text())["train"] == []
     assert len(list((zeroshot / "samples" / "text2face").glob("*.png"))) == 4
+    offdist = repo / "data" / "offdist"
+    assert len(list((offdist / "samples" / "multimodal").glob("*.png"))) == 5
     report = (repo / "metrics" / "report.md").read_text()
     assert "| Face-MoGLE (in-distribution) |" in report and "| Face-MoGLE (zero-shot) |" in report
+    assert "| Face-MoGLE (off-distribution) |" in report and "mIoU-drawn" in report
     # A second repro has nothing to do.
     again = _run(DVC + ["repro"], repo)
     assert "Running stage" not in again.stdout

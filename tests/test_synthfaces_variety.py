@@ -188,3 +188,24 @@ def test_offdist_mIoU_is_reported_per_kind():
     by_name = {v.name: v.value for v in values}
     assert by_name["mask_miou_drawn"] == 1.0 and by_name["mask_miou_photo"] < 0.5
     assert group_miou_values([mask], [mask], [{"hair_color": "red"}], "parser") == []
+
+
+def test_offdist_photos_are_parsed_by_the_face_mesh_at_128_px(tmp_path):
+    """The default resolution: `parse_masks@offdist` gives every photo crop a face."""
+    pytest.importorskip("mediapipe")
+    pytest.importorskip("skimage")
+    from facemogle.core.config import params_from_dict
+    from facemogle.data.download import download_offdist
+    from facemogle.masks.parse import parse_masks
+
+    params = params_from_dict({"data": {"resolution": 128, "captions_per_image": 1},
+                               "offdist": {"num_beyond": 0, "num_drawn": 0}})
+    download_offdist(params.data, params.offdist, tmp_path / "raw")
+    parse_masks(tmp_path / "raw", tmp_path / "labels", tmp_path / "classes.json",
+                masks=params.offdist.masks_config(params.masks))
+    from facemogle.core.labels import load_label_map
+
+    for mask in sorted((tmp_path / "labels" / "masks").glob("*.png")):
+        label_map = load_label_map(mask)
+        for name in ("skin", "nose", "l_eye", "r_eye", "u_lip", "hair"):
+            assert (label_map == LABEL_INDEX[name]).any(), (mask.name, name)
