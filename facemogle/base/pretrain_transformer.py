@@ -24,10 +24,12 @@ from facemogle.base.pretrain import EVAL_BATCH, run_phase
 
 PREVIEW_STEPS = 28  # FLUX's 28 Euler steps (docs/design.md, "Sampling")
 
-def make_transformer(cfg: TinyTransformerConfig, seq_dim: int,
-                     pooled_dim: int) -> FluxTransformer2DModel:
-    """A small FLUX transformer: patch size 1 over packed 64-d latent tokens."""
+def make_transformer(cfg: TinyTransformerConfig, seq_dim: int, pooled_dim: int,
+                     in_channels: int = 4 * LATENT_CHANNELS) -> FluxTransformer2DModel:
+    """A small FLUX transformer: patch size 1 over packed 64-d latent tokens (16-d: one token
+    per latent pixel)."""
     return tiny_transformer(
+        in_channels=in_channels,
         num_layers=cfg.num_layers, num_single_layers=cfg.num_single_layers,
         attention_head_dim=cfg.attention_head_dim, num_attention_heads=cfg.num_attention_heads,
         joint_attention_dim=seq_dim, pooled_projection_dim=pooled_dim,
@@ -86,16 +88,18 @@ def caption_table(encoder: TextEncoder, captions: list[list[str]]) -> CaptionTab
     return CaptionTable(seq, pooled, owners, counts, empty_seq, empty_pooled)
 
 
-def train_transformer(cfg: TinyTransformerConfig, tokens: Tensor, grid: tuple[int, int],
+def train_transformer(cfg: TinyTransformerConfig, tokens: Tensor, img_ids: Tensor,
                       text: CaptionTable, *, generator: torch.Generator, live: Any = None,
-                      store: PhaseStore | None = None) -> FluxTransformer2DModel:
-    """Train text-to-image with rectified flow on packed latents `tokens` (N, L, 64).
+                      store: PhaseStore | None = None, token_weights: Tensor | None = None
+                      ) -> FluxTransformer2DModel:
+    """Train text-to-image with rectified flow on latent tokens `tokens` (N, L, C) at positions
+    `img_ids` (L, 3); `token_weights` (N, L) weight each token's squared error (mean 1 per batch).
 
     x_t = (1 - s) x_0 + s e with s logit-normal, target e - x_0, MSE (docs/design.md, "Training");
     AdamW with warmup and gradient clipping; text dropout to "" with `cfg.text_dropout`.
     """
-    model = make_transformer(cfg, text.seq.shape[-1], text.pooled.shape[-1]).train()
-    img_ids = latents.image_ids(*grid)  # (L, 3)
+    model = make_transformer(cfg, text.seq.shape[-1], text.pooled.shape[-1],
+                             tokens.shape[-1]).train()
     txt_ids = latents.text_ids(text.seq.shape[1])  # (T, 3)
 
     def loss_fn() -> tuple[Tensor, dict[str, float]]:
@@ -107,7 +111,12 @@ def train_transformer(cfg: TinyTransformerConfig, tokens: Tensor, grid: tuple[in
         pred = model(hidden_states=flow.add_noise(x0, noise, sigma), encoder_hidden_states=seq,
                      pooled_projections=pooled, timestep=sigma, img_ids=img_ids,
                      txt_ids=txt_ids, guidance=_train_guidance(cfg, generator)).sample
-        loss = flow.rectified_flow_loss(pred, x0, noise)
+        if token_weights is None:
+            loss = flow.rectified_flow_loss(pred, x0, noise)
+        else:
+            w = token_weights[index]  # (B, L)
+            error = (pred.float() - flow.velocity_target(x0, noise)).pow(2).mean(-1)  # (B, L)
+            loss = (error * w).sum() / w.sum()
         return loss, {"loss": loss.item()}
 
     run_phase("transformer", model, cfg, loss_fn, generator=generator, live=live, store=store,
