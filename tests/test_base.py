@@ -450,3 +450,38 @@ def test_phase_key_ignores_checkpoint_frequency_and_shipped_dtype(tmp_path):
     key = _stores(params, tmp_path)["vae"].key
     assert _stores(changed, tmp_path)["vae"].key == key
     assert _stores(longer, tmp_path)["vae"].key != key
+
+
+def test_pretrain_can_retrain_only_the_transformer(embedded_base, tmp_path):
+    from stages import pretrain
+
+    changed = {**TINY_PRETRAIN_PARAMS, "base": {"text_max_tokens": 12}}
+    params = params_file(tmp_path / "p.yaml", changed, "params-pretrain.yaml")
+    out = tmp_path / "retrained"
+    assert pretrain.main(["--params", str(params), "--work", str(tmp_path / "work"), "--out",
+                          str(out), "--reuse-vae-parser", str(embedded_base)]) == 0
+    old = json.loads((embedded_base / "provenance.json").read_text())
+    new = json.loads((out / "provenance.json").read_text())
+    for name, sha in new["files"].items():  # the VAE and parser as stored, the transformer new
+        part = name.split("/")[0]
+        if part in ("vae", "parser"):
+            assert sha == old["files"][name] == new["reused"]["files"][name], name
+        elif name.endswith(".safetensors"):
+            assert sha != old["files"][name]
+    assert new["text_max_tokens"] == 12 and new["wall_time"]["vae_s"] == 0
+    assert new["reused"]["from_provenance_sha256"] == file_sha256(embedded_base / "provenance.json")
+    assert new["metrics"]["vae_psnr_faces"] == pytest.approx(old["metrics"]["vae_psnr_faces"])
+    check_embedded(out, load_params(params).data)
+
+
+def test_pretrain_refuses_to_reuse_a_vae_of_another_recipe(embedded_base, tmp_path):
+    from stages import pretrain
+
+    other = {**TINY_PRETRAIN_PARAMS, "pretrain": {
+        **TINY_PRETRAIN_PARAMS["pretrain"],
+        "parser": {**TINY_PRETRAIN_PARAMS["pretrain"]["parser"], "steps": 11}}}
+    params = params_file(tmp_path / "p.yaml", other, "params-pretrain.yaml")
+    with pytest.raises(InputError, match=r"\['parser'\] differ"):
+        pretrain.main(["--params", str(params), "--work", str(tmp_path / "work"), "--out",
+                       str(tmp_path / "out"), "--reuse-vae-parser", str(embedded_base)])
+    assert not (tmp_path / "out").exists()

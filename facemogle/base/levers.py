@@ -72,6 +72,7 @@ class Lever:
     complete_captions: bool = False  # train on caption 0 only, which names every attribute
     small_region_weight: float = 0.0  # extra loss weight of a token fully inside SMALL
     patch1: bool = False  # 16 x 16 tokens of 16 channels instead of 8 x 8 packed 2 x 2 tokens
+    text_tokens: int = 0  # word pieces kept as the text sequence (0: base.text_max_tokens)
 
 
 T_STEPS, P_STEPS, V_STEPS = 2000, 500, 1000
@@ -83,6 +84,12 @@ LEVERS: dict[str, Lever] = {
     "transformer_complete_captions": Lever(
         "transformer", "short schedule, trained on the complete caption only", T_STEPS,
         complete_captions=True),
+    "transformer_text64": Lever(
+        "transformer", "short schedule, 64 word pieces of text (every caption whole)", T_STEPS,
+        text_tokens=64),
+    "transformer_text64_complete": Lever(
+        "transformer", "short schedule, 64 word pieces, complete caption only", T_STEPS,
+        complete_captions=True, text_tokens=64),
     "transformer_small_regions": Lever(
         "transformer", "short schedule, loss weight 1 + 4 x small-region share per token",
         T_STEPS, small_region_weight=4.0),
@@ -204,7 +211,7 @@ def run_lever(name: str, lever: Lever, params, raw: Path, work: Path) -> dict[st
     start = time.monotonic()
     model = None
     if lever.phase == "transformer":
-        encoder = MiniLMTextEncoder(params.base.text_max_tokens)
+        encoder = MiniLMTextEncoder(lever.text_tokens or params.base.text_max_tokens)
         model = (train_transformer_lever(lever, cfg, train, base.vae, encoder, store)
                  if lever.steps else base.transformer)
     elif lever.phase == "parser" and lever.steps:
@@ -234,7 +241,8 @@ def run_lever(name: str, lever: Lever, params, raw: Path, work: Path) -> dict[st
         metrics = vae_psnr(model or base.vae, test)
     return {"lever": name, "phase": lever.phase, "what": lever.what, "seed": lever.seed,
             "config": {**dataclasses.asdict(cfg), **{k: getattr(lever, k) for k in (
-                "complete_captions", "small_region_weight", "patch1")}},
+                "complete_captions", "small_region_weight", "patch1")},
+                "text_tokens": lever.text_tokens or params.base.text_max_tokens},
             "parameters": sum(p.numel() for p in (model or base.transformer).parameters()),
             "train_s": round(train_s, 1), "eval_s": round(time.monotonic() - start, 1),
             "machine": machine(), "metrics": metrics}

@@ -4,19 +4,27 @@ A phase folder holds `model.safetensors`, `optimizer.safetensors`, `rng.safetens
 phase's batch/noise generator) and `state.json` (step, learning-rate schedule, the optimizer's
 scalar state, and the run key). A folder written under another key (other training params or
 data) is ignored, so a changed run starts that phase afresh instead of resuming a stale one.
+`manifest.json` holds the SHA-256 of each file (`facemogle.core.io.write_manifest`); a file that
+does not match it stops the restore with an error naming the file.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
-from facemogle.core.io import atomic_path, write_json
+from facemogle.core.io import (
+    atomic_path,
+    load_safetensors,
+    read_json,
+    verify_manifest,
+    write_json,
+    write_manifest,
+)
 from facemogle.core.optim_state import load_optimizer, save_optimizer
 
 
@@ -38,14 +46,16 @@ class PhaseStore:
         self._saved_elapsed, self._since = 0.0, time.monotonic()
         if not state_path.is_file():
             return 0
-        state = json.loads(state_path.read_text())
+        # A folder saved before stores carried manifests (a long run under way) still resumes.
+        verify_manifest(self.folder, required=False)
+        state = read_json(state_path)
         if state.get("key") != self.key:
             return 0
         self._saved_elapsed = self.elapsed = float(state.get("elapsed", 0.0))
-        model.load_state_dict(load_file(str(self.folder / "model.safetensors")))
+        model.load_state_dict(load_safetensors(self.folder / "model.safetensors"))
         load_optimizer(self.folder / "optimizer.safetensors", state["optimizer"], optimizer)
         schedule.load_state_dict(state["schedule"])
-        generator.set_state(load_file(str(self.folder / "rng.safetensors"))["state"])
+        generator.set_state(load_safetensors(self.folder / "rng.safetensors")["state"])
         return int(state["step"])
 
     def save(self, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
@@ -61,3 +71,4 @@ class PhaseStore:
             write_json(tmp / "state.json", {"step": step, "key": self.key, "optimizer": meta,
                                             "schedule": schedule.state_dict(),
                                             "elapsed": self.elapsed})
+            write_manifest(tmp)

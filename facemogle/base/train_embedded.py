@@ -31,7 +31,7 @@ from facemogle.base.segmenter import FaceParser, load_parser, save_parser
 from facemogle.base.text import MINILM_NAME, TEXT_MANIFEST, MiniLMTextEncoder, text_manifest
 from facemogle.core import flow, latents
 from facemogle.core.config import DataConfig, Params, to_dict
-from facemogle.core.io import atomic_path, file_sha256, read_json, write_json
+from facemogle.core.io import InputError, atomic_path, file_sha256, read_json, write_json
 from facemogle.core.machine import machine
 from facemogle.data.download import download
 
@@ -82,20 +82,28 @@ def _elapsed(stores: dict[str, PhaseStore]) -> dict[str, float]:
 
 
 def pretrain_embedded(params: Params, work_dir: str | Path, out_dir: str | Path, *,
-                      command: str, live: Any = None) -> dict[str, Any]:
+                      command: str, live: Any = None,
+                      reuse: str | Path | None = None) -> dict[str, Any]:
     """Train the embedded base on the train split of `params.data` and write it to `out_dir`
     with its provenance; resumable from `work_dir` (rendered data and phase checkpoints).
-    Returns the provenance record."""
+    With `reuse`, an embedded-base folder, only the transformer is trained: the VAE and parser
+    are that folder's, which must have been trained on the same data and recipe (their
+    provenance goes into this record's `reused`). Returns the provenance record."""
     cfg, work_dir = params.pretrain, Path(work_dir)
     raw = faces_for(params.data, work_dir)
     train, test = load_faces(raw, "train"), load_faces(raw, "test")
     torch.manual_seed(params.seed)
     stores = _stores(params, work_dir)
-    vae = train_vae(cfg.vae, train, generator=phase_generator(params.seed, 1),
-                             live=live, store=stores["vae"])
-    decoded = (decode_faces(vae, train) * 255).round().byte()  # (N, 3, H, W)
-    parser = train_parser(cfg.parser, train, decoded, live=live, store=stores["parser"],
-                                   generator=phase_generator(params.seed, 3))
+    if reuse is not None:  # the VAE and parser of an earlier run, as stored
+        earlier = reused_record(reuse, params)
+        shipped, parser = load_folder(Path(reuse))
+        vae = shipped.vae
+    else:
+        vae = train_vae(cfg.vae, train, generator=phase_generator(params.seed, 1),
+                        live=live, store=stores["vae"])
+        decoded = (decode_faces(vae, train) * 255).round().byte()  # (N, 3, H, W)
+        parser = train_parser(cfg.parser, train, decoded, live=live, store=stores["parser"],
+                              generator=phase_generator(params.seed, 3))
     encoder = MiniLMTextEncoder(params.base.text_max_tokens)
     captions = [caps[:cfg.transformer.captions_per_image] for caps in train.captions]
     transformer = train_transformer(
@@ -105,10 +113,14 @@ def pretrain_embedded(params: Params, work_dir: str | Path, out_dir: str | Path,
     dtype = getattr(torch, cfg.weights_dtype)
     with atomic_path(out_dir) as tmp:
         tmp.mkdir(parents=True)
-        vae.to(dtype).save_pretrained(tmp / "vae")
+        if reuse is not None:  # the earlier files, byte for byte
+            for part in REUSED_PHASES:
+                shutil.copytree(Path(reuse) / part, tmp / part)
+        else:
+            vae.to(dtype).save_pretrained(tmp / "vae")
+            save_parser(parser.to(dtype), tmp / "parser")
         transformer.to(dtype).save_pretrained(tmp / "transformer")
         flow.make_scheduler().save_pretrained(tmp / "scheduler")
-        save_parser(parser.to(dtype), tmp / "parser")
         write_json(tmp / TEXT_MANIFEST, text_manifest(MINILM_NAME, params.base.text_max_tokens))
         # Quality is measured on the weights as stored (float16 rounding included).
         start = time.monotonic()
@@ -116,6 +128,7 @@ def pretrain_embedded(params: Params, work_dir: str | Path, out_dir: str | Path,
         record = {
             "command": command, "code_commit": _code_commit(), "machine": machine(),
             "wall_time": {**_elapsed(stores), "evaluation_s": round(time.monotonic() - start, 1)},
+            **({"reused": earlier} if reuse is not None else {}),
             "seed": params.seed, "data": to_dict(params.data), "num_train": len(train),
             "num_test": len(test), "resolution": train.resolution,
             "text_max_tokens": params.base.text_max_tokens, "pretrain": to_dict(cfg),
@@ -125,6 +138,30 @@ def pretrain_embedded(params: Params, work_dir: str | Path, out_dir: str | Path,
         }
         write_json(tmp / PROVENANCE, record)
     return record
+
+
+REUSED_PHASES = ("vae", "parser")
+
+
+def reused_record(folder: str | Path, params: Params) -> dict[str, Any]:
+    """What the provenance of `folder` says about its VAE and parser, after checking that they
+    were trained on `params.data` with `params.pretrain`'s recipe for those phases."""
+    path = Path(folder) / PROVENANCE
+    record = read_json(path, missing="embedded base provenance not found")
+    wanted = {"seed": params.seed, "data": json.loads(json.dumps(to_dict(params.data))),
+              **{p: json.loads(json.dumps(to_dict(getattr(params.pretrain, p))))
+                 for p in REUSED_PHASES}}
+    found = {"seed": record.get("seed"), "data": record.get("data"),
+             **{p: record.get("pretrain", {}).get(p) for p in REUSED_PHASES}}
+    differ = [k for k in wanted if wanted[k] != found[k]]
+    if differ:
+        raise InputError(f"{path}: its {differ} differ from the params; the VAE and parser can "
+                         f"only be reused for the data and recipe they were trained with")
+    files = {k: v for k, v in record["files"].items() if k.split("/")[0] in REUSED_PHASES}
+    return {"from_provenance_sha256": file_sha256(path), "command": record.get("command"),
+            "code_commit": record.get("code_commit"), "machine": record.get("machine"),
+            "wall_time": {f"{p}_s": record.get("wall_time", {}).get(f"{p}_s")
+                          for p in REUSED_PHASES}, "files": files}
 
 
 def load_folder(folder: Path) -> tuple[Base, FaceParser]:
