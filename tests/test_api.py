@@ -181,7 +181,7 @@ def test_save_pretrained_round_trips_into_a_self_contained_folder(pipe, trained_
     saved = tmp_path / "saved"
     pipe.save_pretrained(saved)
     assert {p.name for p in saved.iterdir()} == {"lora.safetensors", "mogle.safetensors",
-                                                 "config.json", "base"}
+                                                 "config.json", "manifest.json", "base"}
     for name in ("lora.safetensors", "mogle.safetensors"):
         original, copy = load_file(str(trained_run.model / name)), load_file(str(saved / name))
         assert original.keys() == copy.keys()

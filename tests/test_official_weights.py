@@ -212,7 +212,7 @@ def test_cli_writes_a_model_folder_that_loads(tmp_path, files):
     assert main(["--lora", str(lora_path), "--mogle", str(mogle_path), "--base", str(base),
                  "--params", str(params_file), "--out", str(out)]) == 0
     assert sorted(p.name for p in out.iterdir()) == [
-        "config.json", "lora.safetensors", "mogle.safetensors"]
+        "config.json", "lora.safetensors", "manifest.json", "mogle.safetensors"]
     config = json.loads((out / "config.json").read_text())
     assert config["model"]["gate_time_scale"] == 1.0
     assert config["base_manifest"] == {"kind": "tiny", "dtype": "float32"}

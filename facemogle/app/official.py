@@ -45,7 +45,7 @@ from torch import Tensor
 from facemogle.app.pipeline import MODEL_FILES
 from facemogle.base.loader import parts_dir, read_manifest
 from facemogle.core.config import ConfigError, load_params, to_dict
-from facemogle.core.io import InputError, atomic_path, write_json
+from facemogle.core.io import InputError, atomic_path, write_json, write_manifest
 from facemogle.models.condition import load_lora_state_dict, lora_state_dict
 from facemogle.models.facemogle import FaceMoGLE
 from facemogle.models.mogle import MoGLE
@@ -262,9 +262,10 @@ def _sha256(path: str | Path) -> str:
 
 def convert_to_folder(lora_path: str | Path, mogle_path: str | Path, base_dir: str | Path,
                       params, out: str | Path) -> Path:
-    """Write the release as a model folder (what `write_weights` writes: `lora.safetensors`,
-    `mogle.safetensors`, `config.json` with `base_manifest`), atomically. `params` (a `Params`)
-    gives the model; its `model.gate_time_scale` is set to the release's 1.0."""
+    """Write the release as a model folder (what `save_model` writes: `lora.safetensors`,
+    `mogle.safetensors`, `config.json` with `base_manifest`, and their `manifest.json`),
+    atomically. `params` (a `Params`) gives the model; its `model.gate_time_scale` is set to the
+    release's 1.0."""
     model_cfg = dataclasses.replace(params.model, gate_time_scale=OFFICIAL_TIME_SCALE)
     params = dataclasses.replace(params, model=model_cfg)
     lora, mogle = convert_official(model_skeleton(base_dir, params), lora_path, mogle_path)
@@ -279,6 +280,7 @@ def convert_to_folder(lora_path: str | Path, mogle_path: str | Path, base_dir: s
         save_file(lora, str(tmp / lora_file))
         save_file(mogle, str(tmp / mogle_file))
         write_json(tmp / config_file, config)
+        write_manifest(tmp)
     return Path(out)
 
 

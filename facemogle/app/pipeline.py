@@ -4,11 +4,12 @@
     image = pipe(prompt="a woman with red hair", mask="mask.png", seed=0).images[0]
 
 A checkpoint folder is what the `train` stage writes (`lora.safetensors`, `mogle.safetensors`,
-`config.json`) and optionally a `base/` subfolder with the frozen base it was trained on;
-`save_pretrained` writes such a self-contained folder. The three modes are chosen by the inputs
-alone (docs/design.md, "The three modes"): prompt + mask (multimodal), mask only (mask2face: the
-empty prompt), prompt only (text2face: the empty mask through MoGLE); neither is unconditional
-(the empty prompt and the empty mask).
+`config.json`, and `manifest.json` with the SHA-256 of each, checked before anything is loaded)
+and optionally a `base/` subfolder with the frozen base it was trained on; `save_pretrained`
+writes such a self-contained folder, its manifest covering `base/` too. The three modes are
+chosen by the inputs alone (docs/design.md, "The three modes"): prompt + mask (multimodal), mask
+only (mask2face: the empty prompt), prompt only (text2face: the empty mask through MoGLE);
+neither is unconditional (the empty prompt and the empty mask).
 
 Prompts and masks are encoded as the `cache_latents` stage encodes them (rounded to float16 like
 the cache) and sampled by the `sample` stage's sampler with the same per-image seeding, so a test
@@ -39,7 +40,14 @@ from facemogle.base.text import FLUX_TEXT_NAME, TEXT_MANIFEST, text_manifest
 from facemogle.core import flow, labels, latents
 from facemogle.core.config import SECTIONS, params_from_dict
 from facemogle.core.flux import FLUX_RESOLUTION
-from facemogle.core.io import InputError, atomic_path, read_json, write_json
+from facemogle.core.io import (
+    InputError,
+    atomic_path,
+    read_json,
+    verify_manifest,
+    write_json,
+    write_manifest,
+)
 from facemogle.models.facemogle import FaceMoGLE
 from facemogle.sampling.sampler import sampling_autocast, Conditions, decode_images, velocity_fn
 from facemogle.sampling.sheets import to_uint8
@@ -266,6 +274,7 @@ class FaceMoGLEPipeline:
             device, dtype: where and in which precision to run (default: CPU, the base's dtype).
         """
         folder = resolve_checkpoint(path_or_hub_id, revision)
+        verify_manifest(folder)  # every file, the base/ copy included, before any is read
         config = read_model_config(folder)
         recorded = config["base_manifest"]
         params = params_from_dict({k: v for k, v in config.items() if k in SECTIONS})
@@ -273,14 +282,15 @@ class FaceMoGLEPipeline:
         with tempfile.TemporaryDirectory() as work:
             root = found or _flux_base_from_manifest(recorded, Path(work))
             base = load_base(root, device=device, dtype=dtype)
-        model = load_trained(base.transformer, folder, params)
+        model = load_trained(base.transformer, folder, params, verify=False)
         model.to(device=device)  # LoRA and MoGLE stay float32, as the sample stage runs them
         resolution = int(recorded.get("resolution", FLUX_RESOLUTION))
         return cls(model, base, config=config, base_dir=found, resolution=resolution)
 
     def save_pretrained(self, save_directory: str | Path) -> None:
-        """Write a self-contained checkpoint folder, atomically: the model files, and `base/`
-        with a copy of the tiny base (or, for FLUX, its manifest naming the FLUX folder)."""
+        """Write a self-contained checkpoint folder, atomically: the model files, `base/` with a
+        copy of the tiny base (or, for FLUX, its manifest naming the FLUX folder), and
+        `manifest.json` with the SHA-256 of every file."""
         with atomic_path(save_directory) as tmp:
             tmp.mkdir()
             write_weights(tmp, self.model, self.config)  # the train stage's model files
@@ -297,6 +307,7 @@ class FaceMoGLEPipeline:
                     shutil.copy2(self.base_dir / name, tmp / BASE_SUBDIR / name)
             else:
                 _flux_base_from_manifest(self.config["base_manifest"], tmp / BASE_SUBDIR)
+            write_manifest(tmp)
 
     # -- device, dtype, progress ---------------------------------------------------------------
 

@@ -1,4 +1,10 @@
-"""Atomic file output and careful input: nothing half-written, errors that name the file."""
+"""Atomic file output and careful input: nothing half-written, errors that name the file.
+
+Every model folder and checkpoint carries `manifest.json` (`write_manifest`), the SHA-256 and
+size of each of its files, checked before its weights are loaded (`verify_manifest`):
+safetensors validates a file's header, not its data, so a flipped byte inside a tensor would
+otherwise load silently.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +20,9 @@ from typing import Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+from safetensors import SafetensorError
+
+MANIFEST_FILE = "manifest.json"
 
 
 class InputError(ValueError):
@@ -135,3 +144,65 @@ def file_sha256(path: str | Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def write_manifest(folder: str | Path) -> Path:
+    """Write `folder/manifest.json`: {"sha256": {path: hex digest}, "bytes": {path: size}} of
+    every file under `folder` (paths relative to it, subfolders included) but the manifest."""
+    folder = Path(folder)
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p != folder / MANIFEST_FILE)
+    names = [p.relative_to(folder).as_posix() for p in files]
+    write_json(folder / MANIFEST_FILE, {
+        "sha256": {name: file_sha256(p) for name, p in zip(names, files)},
+        "bytes": {name: p.stat().st_size for name, p in zip(names, files)}})
+    return folder / MANIFEST_FILE
+
+
+def verify_manifest(folder: str | Path, *, required: bool = True) -> bool:
+    """Check every file `folder/manifest.json` lists against its size and SHA-256; a missing,
+    truncated or changed file is an `InputError` naming it, what was expected and what was
+    found. Files the manifest does not list (a run's `checkpoints/` beside its model files) are
+    not checked. Without a manifest: an `InputError` if `required`, else False."""
+    folder = Path(folder)
+    path = folder / MANIFEST_FILE
+    if not path.is_file():
+        if required:
+            raise InputError(
+                f"{path}: missing; model folders and checkpoints are written with a SHA-256 "
+                f"manifest of their files, so {folder} is incomplete or older than manifests; "
+                f"write it again, or if you trust its files add one with "
+                f"facemogle.core.io.write_manifest")
+        return False
+    manifest = read_json(path)
+    hashes = manifest.get("sha256") if isinstance(manifest, dict) else None
+    sizes = manifest.get("bytes", {}) if isinstance(manifest, dict) else None
+    if not isinstance(hashes, dict) or not isinstance(sizes, dict):
+        raise InputError(f"{path}: not a manifest (expected {{'sha256': {{file: hex digest}}}})")
+    for name, expected in hashes.items():
+        file = folder / name
+        if not file.is_file():
+            raise InputError(f"{file}: missing (listed in {path})")
+        size = file.stat().st_size
+        if name in sizes and size != sizes[name]:
+            raise InputError(f"{file}: unexpected size, {size} bytes where {path} records "
+                             f"{sizes[name]} (truncated or replaced)")
+        found = file_sha256(file)
+        if found != expected:
+            raise InputError(f"{file}: sha256 {found}, expected {expected} (from {path}); the "
+                             f"file is corrupt or was changed after it was written")
+    return True
+
+
+def load_safetensors(path: str | Path) -> dict:
+    """The tensors of a safetensors file, on CPU; a missing file or one whose header or length
+    safetensors refuses (truncated, not safetensors) is an `InputError` naming it."""
+    from safetensors.torch import load_file  # torch is imported only where tensors are read
+
+    try:
+        return load_file(str(path))
+    except FileNotFoundError:
+        raise InputError(f"{path}: file not found (expected a safetensors file)") from None
+    except SafetensorError as err:
+        raise InputError(f"{path}: not a readable safetensors file ({err}); expected the "
+                         f"tensors this repository writes, the file is truncated or corrupt"
+                         ) from None

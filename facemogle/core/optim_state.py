@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
+
+from facemogle.core.io import load_safetensors
 
 
 def split_optimizer_state(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
@@ -38,4 +40,4 @@ def save_optimizer(path: str | Path, optimizer: torch.optim.Optimizer) -> dict:
 
 def load_optimizer(path: str | Path, meta: dict, optimizer: torch.optim.Optimizer) -> None:
     """Restore what `save_optimizer` wrote (`meta`: its return value)."""
-    optimizer.load_state_dict(join_optimizer_state(load_file(str(path)), meta))
+    optimizer.load_state_dict(join_optimizer_state(load_safetensors(path), meta))
