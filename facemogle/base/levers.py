@@ -9,8 +9,9 @@ code as a point on the schedule axis:
 
 - transformer: the plain base's text-to-image samples of the 128 test faces (first caption,
   true CFG 3, 28 Euler steps, the shipped VAE and parser) scored by attribute accuracy as the
-  `evaluate` stage scores them; levers: a second training seed (the noise), complete captions
-  only, a loss weighted toward small regions, 16 x 16 image tokens, a wider model;
+  `evaluate` stage scores them; levers: a second training seed (the noise), the text length,
+  complete captions only, a loss weighted toward small regions, 16 x 16 image tokens, a wider
+  model;
 - parser: its mIoU on the real test faces, their reconstructions by the shipped VAE, and the
   reconstructions of the off-distribution set; lever: width;
 - VAE: held-out PSNR; lever: width.
@@ -77,7 +78,7 @@ class Lever:
 
 T_STEPS, P_STEPS, V_STEPS = 2000, 500, 1000
 LEVERS: dict[str, Lever] = {
-    "transformer_shipped": Lever("transformer", "shipped recipe, full schedule (6000 steps)"),
+    "transformer_shipped": Lever("transformer", "the shipped transformer (full schedule)"),
     "transformer_short": Lever("transformer", "shipped recipe, short schedule", T_STEPS),
     "transformer_short_seed43": Lever("transformer", "short schedule, training seed 43",
                                       T_STEPS, seed=43),
