@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from facemogle.base.levers import from_tokens, sample_plain_base, small_region_share, token_layout
+from facemogle.evaluation.base_levers import from_tokens, sample_plain_base, small_region_share, token_layout
 from facemogle.base.pretrain_transformer import CaptionTable, train_transformer
 from facemogle.base.standin import tiny_vae
 from facemogle.core.config import TinyTransformerConfig

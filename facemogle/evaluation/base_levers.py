@@ -1,6 +1,6 @@
 """Measuring the embedded base's levers: short pretraining runs that change one thing each.
 
-    python -m facemogle.base.levers [--only NAME ...] [--out metrics/pretrain/levers]
+    python -m facemogle.evaluation.base_levers [--only NAME ...] [--out metrics/pretrain/levers]
 
 A full pretraining run takes about an hour on two cores, so each lever is measured on the one
 phase it acts on, on a shortened schedule, against the same shortened schedule of the shipped
