@@ -79,12 +79,13 @@ class Lever:
 T_STEPS, P_STEPS, V_STEPS = 2000, 500, 1000
 LEVERS: dict[str, Lever] = {
     "transformer_shipped": Lever("transformer", "the shipped transformer (full schedule)"),
-    "transformer_short": Lever("transformer", "shipped recipe, short schedule", T_STEPS),
+    "transformer_short": Lever("transformer", "shipped recipe, short schedule", T_STEPS,
+                               text_tokens=16),
     "transformer_short_seed43": Lever("transformer", "short schedule, training seed 43",
-                                      T_STEPS, seed=43),
+                                      T_STEPS, seed=43, text_tokens=16),
     "transformer_complete_captions": Lever(
         "transformer", "short schedule, trained on the complete caption only", T_STEPS,
-        complete_captions=True),
+        complete_captions=True, text_tokens=16),
     "transformer_text64": Lever(
         "transformer", "short schedule, 64 word pieces of text (every caption whole)", T_STEPS,
         text_tokens=64),
@@ -93,12 +94,12 @@ LEVERS: dict[str, Lever] = {
         complete_captions=True, text_tokens=64),
     "transformer_small_regions": Lever(
         "transformer", "short schedule, loss weight 1 + 4 x small-region share per token",
-        T_STEPS, small_region_weight=4.0),
+        T_STEPS, small_region_weight=4.0, text_tokens=16),
     "transformer_tokens16": Lever(
         "transformer", "short schedule, 16 x 16 image tokens (patch 1, 16 channels)", T_STEPS,
-        patch1=True),
+        patch1=True, text_tokens=16),
     "transformer_wide": Lever("transformer", "short schedule, 8 heads (width 256)", T_STEPS,
-                              {"num_attention_heads": 8}),
+                              {"num_attention_heads": 8}, text_tokens=16),
     "parser_shipped": Lever("parser", "shipped recipe, full schedule (1500 steps)"),
     "parser_short": Lever("parser", "shipped recipe, short schedule", P_STEPS),
     "parser_wide": Lever("parser", "short schedule, width 32", P_STEPS, {"width": 32}),
@@ -207,7 +208,8 @@ def run_lever(name: str, lever: Lever, params, raw: Path, work: Path) -> dict[st
     cfg = dataclasses.replace(section, **lever.overrides,
                               **({"steps": lever.steps} if lever.steps else {}))
     store = PhaseStore(work / name, params.pretrain.checkpoint_every,
-                       {"lever": name, "seed": lever.seed, "cfg": dataclasses.asdict(cfg)})
+                       {"lever": name, "seed": lever.seed, "cfg": dataclasses.asdict(cfg),
+                        "text_tokens": lever.text_tokens or params.base.text_max_tokens})
     torch.manual_seed(lever.seed)
     start = time.monotonic()
     model = None
