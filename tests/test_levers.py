@@ -5,7 +5,12 @@ from __future__ import annotations
 
 import torch
 
-from facemogle.evaluation.base_levers import from_tokens, sample_plain_base, small_region_share, token_layout
+from facemogle.evaluation.base_levers import (
+    from_tokens,
+    sample_plain_base,
+    small_region_share,
+    token_layout,
+)
 from facemogle.base.pretrain_transformer import CaptionTable, train_transformer
 from facemogle.base.standin import tiny_vae
 from facemogle.core.config import TinyTransformerConfig
@@ -18,7 +23,8 @@ CFG = TinyTransformerConfig(num_layers=1, num_single_layers=1, attention_head_di
 
 def _table(n: int) -> CaptionTable:
     g = torch.Generator().manual_seed(1)
-    return CaptionTable(seq=torch.randn(n, 3, 8, generator=g), pooled=torch.randn(n, 8, generator=g),
+    return CaptionTable(seq=torch.randn(n, 3, 8, generator=g),
+                        pooled=torch.randn(n, 8, generator=g),
                         owners=torch.arange(n)[:, None], counts=torch.ones(n, dtype=torch.long),
                         empty_seq=torch.zeros(1, 3, 8), empty_pooled=torch.zeros(1, 8))
 

@@ -108,7 +108,8 @@ def pretrain_embedded(params: Params, work_dir: str | Path, out_dir: str | Path,
     captions = [caps[:cfg.transformer.captions_per_image] for caps in train.captions]
     transformer = train_transformer(
         cfg.transformer, latents.pack(encode_faces(vae, train)),
-        latents.image_ids(train.resolution // 8, train.resolution // 8), caption_table(encoder, captions), live=live,
+        latents.image_ids(train.resolution // 8, train.resolution // 8),
+        caption_table(encoder, captions), live=live,
         generator=phase_generator(params.seed, 2), store=stores["transformer"])
     dtype = getattr(torch, cfg.weights_dtype)
     with atomic_path(out_dir) as tmp:

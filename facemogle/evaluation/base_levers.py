@@ -207,16 +207,16 @@ def run_lever(name: str, lever: Lever, params, raw: Path, work: Path) -> dict[st
     section = getattr(params.pretrain, lever.phase)
     cfg = dataclasses.replace(section, **lever.overrides,
                               **({"steps": lever.steps} if lever.steps else {}))
+    text_tokens = lever.text_tokens or params.base.text_max_tokens
     store = PhaseStore(work / name, params.pretrain.checkpoint_every,
                        {"lever": name, "seed": lever.seed, "cfg": dataclasses.asdict(cfg),
-                        "text_tokens": lever.text_tokens or params.base.text_max_tokens})
+                        "text_tokens": text_tokens})
     torch.manual_seed(lever.seed)
-    start = time.monotonic()
     model = None
     if lever.phase == "transformer":
-        encoder = MiniLMTextEncoder(lever.text_tokens or params.base.text_max_tokens)
-        model = (train_transformer_lever(lever, cfg, train, base.vae, encoder, store)
-                 if lever.steps else base.transformer)
+        encoder = MiniLMTextEncoder(text_tokens)
+        if lever.steps:
+            model = train_transformer_lever(lever, cfg, train, base.vae, encoder, store)
     elif lever.phase == "parser" and lever.steps:
         decoded = (decode_faces(base.vae, train) * 255).round().byte()
         model = train_parser(cfg, train, decoded, generator=phase_generator(lever.seed, 3),
@@ -224,6 +224,8 @@ def run_lever(name: str, lever: Lever, params, raw: Path, work: Path) -> dict[st
     elif lever.phase == "vae" and lever.steps:
         model = train_vae(cfg, train, generator=phase_generator(lever.seed, 1), store=store)
     train_s = store.elapsed if lever.steps else 0.0
+    shipped = {"transformer": base.transformer, "parser": parser, "vae": base.vae}
+    model = model or shipped[lever.phase]
     start = time.monotonic()
     if lever.phase == "transformer":
         by_id = {r["id"]: r["attributes"] for r in read_jsonl(raw / ATTRIBUTES)}
@@ -231,7 +233,6 @@ def run_lever(name: str, lever: Lever, params, raw: Path, work: Path) -> dict[st
                                    test.ids, test.resolution, lever.patch1)
         metrics = text_following(images, test, parser, [by_id[i] for i in test.ids])
     elif lever.phase == "parser":
-        model = model or parser
         off_images, off_maps = offdist_faces()
         off = FaceSet([""] * len(off_maps), (off_images * 255).round().byte(), off_maps, [])
         recon = decode_faces(base.vae, off)
@@ -241,12 +242,12 @@ def run_lever(name: str, lever: Lever, params, raw: Path, work: Path) -> dict[st
                                                       test.label_maps),
                    "parser_miou_offdist_decoded": parser_miou(model, recon, off_maps)}
     else:
-        metrics = vae_psnr(model or base.vae, test)
+        metrics = vae_psnr(model, test)
     return {"lever": name, "phase": lever.phase, "what": lever.what, "seed": lever.seed,
             "config": {**dataclasses.asdict(cfg), **{k: getattr(lever, k) for k in (
                 "complete_captions", "small_region_weight", "patch1")},
-                "text_tokens": lever.text_tokens or params.base.text_max_tokens},
-            "parameters": sum(p.numel() for p in (model or base.transformer).parameters()),
+                "text_tokens": text_tokens},
+            "parameters": sum(p.numel() for p in model.parameters()),
             "train_s": round(train_s, 1), "eval_s": round(time.monotonic() - start, 1),
             "machine": machine(), "metrics": metrics}
 
