@@ -36,6 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     base = load_base(args.base, device=processes.device)
     build_cache(base, args.data, args.labels, args.out, resolution=params.data.resolution,
                 batch_size=params.cache.batch_size, shard_size=params.cache.shard_size,
+                text_batch_size=params.cache.text_batch_size,
+                precision=params.cache.precision,
                 processes=processes,
                 config={"data": to_dict(params.data), "base": folder_fingerprint(args.base)},
                 options=CacheOptions(max_captions=params.cache.max_captions,

@@ -304,7 +304,7 @@ def test_bf16_pipeline_follows_the_sample_stages_precision_policy(tmp_path):
         empty_text_seq=empty_seq, empty_text_pooled=empty_pooled, latent_size=8)
     stage_base = SimpleNamespace(transformer=pipe.model.transformer, vae=pipe.vae,
                                  scheduler_config=pipe.scheduler_config)
-    sample_cfg = SimpleNamespace(steps=2, guidance=3.5, cfg_scale=1.0)
+    sample_cfg = SimpleNamespace(steps=2, guidance=3.5, cfg_scale=1.0, cache_threshold=0.0)
     for mode, mask in (("multimodal", label_map), ("text2face", None)):
         stage = sample_rows(pipe.model, stage_base, cache, torch.tensor([0]), mode, sample_cfg,
                             seed=0)

@@ -8,6 +8,7 @@ import torch
 from facemogle.base.standin import tiny_transformer
 from facemogle.core import flow, latents
 from facemogle.core.config import LoraConfig, ModelConfig
+from facemogle.models.condition import ResidualCache
 from facemogle.models.facemogle import FaceMoGLE
 from facemogle.sampling.sampler import Conditions, generate_latents
 from facemogle.training.step import Batch, training_loss
@@ -153,3 +154,33 @@ def test_sigma_reaches_mogle_in_zero_one_during_sampling():
     assert torch.all(sigmas[1:] < sigmas[:-1])  # the one convention: flow time, decreasing
     assert latents.image_ids(LATENT, LATENT).shape == (TOKENS, 3)
     assert flow.seed_for("27000", 42) == flow.seed_for("27000", 42)
+
+
+def test_experts_once_equals_experts_every_step():
+    model = tiny_model().eval()
+    cond = conditions(2)
+    once = generate_latents(model, cond, [3, 4], latent_size=LATENT, steps=4, cfg_scale=2.0)
+    every = generate_latents(model, cond, [3, 4], latent_size=LATENT, steps=4, cfg_scale=2.0,
+                             experts_once=False)
+    assert torch.equal(once, every)
+
+
+def test_residual_cache_skips_only_steps_whose_first_block_changes_little():
+    model = tiny_model().eval()
+    cond = conditions(2)
+    plain = generate_latents(model, cond, [3, 4], latent_size=LATENT, steps=6)
+    off = ResidualCache(0.0)
+    assert torch.equal(generate_latents(model, cond, [3, 4], latent_size=LATENT, steps=6,
+                                        residual_cache=off), plain)
+    assert (off.computed, off.skipped) == (6, 0)  # threshold 0: no step is skipped
+    always = ResidualCache(1e9)  # every step after the first reuses the first step's residual
+    reused = generate_latents(model, cond, [3, 4], latent_size=LATENT, steps=6,
+                              residual_cache=always)
+    assert (always.computed, always.skipped) == (1, 5)
+    assert torch.isfinite(reused).all() and not torch.equal(reused, plain)
+    never = ResidualCache(1e-12)  # no two steps are that close: every step is computed
+    assert torch.equal(generate_latents(model, cond, [3, 4], latent_size=LATENT, steps=6,
+                                        residual_cache=never), plain)
+    assert (never.computed, never.skipped) == (6, 0)
+    with pytest.raises(ValueError, match="threshold must be >= 0"):
+        ResidualCache(-0.1)

@@ -33,6 +33,7 @@ from facemogle.masks.face_parsers import (
     load_parser,
     parse_image,
 )
+from facemogle.sampling.sampler import FAST_CACHE_THRESHOLD
 
 # Failures caused by what the user gave (files, flags, params): one line, exit status 2.
 USER_ERRORS = (InputError, ConfigError, MissingExtraError, FileNotFoundError)
@@ -50,6 +51,13 @@ def _image_size(text: str) -> int:
     if value < 16 or value % 16:
         raise argparse.ArgumentTypeError(f"must be a multiple of 16 (x8 VAE, 2x2 tokens), "
                                          f"got {value}")
+    return value
+
+
+def _threshold(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text}")
     return value
 
 
@@ -92,6 +100,14 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--guidance", type=float, default=SAMPLE_GUIDANCE,
                      help="guidance embedding (FLUX.1-dev; ignored by the tiny base)")
     gen.add_argument("--cfg-scale", type=float, default=1.0, help="true CFG scale (1 = off)")
+    speed = gen.add_mutually_exclusive_group()
+    speed.add_argument("--cache-threshold", type=_threshold, default=0.0,
+                       help="first-block residual caching threshold (0 = every block at every "
+                            "step; docs/speed.md)")
+    speed.add_argument("--fast", dest="cache_threshold", action="store_const",
+                       const=FAST_CACHE_THRESHOLD,
+                       help=f"--cache-threshold {FAST_CACHE_THRESHOLD:g}, the measured setting "
+                            f"that keeps quality (docs/speed.md)")
     gen.add_argument("--size", type=_image_size, default=None,
                      help="pixels (default: the training resolution)")
     gen.add_argument("--resize-mask", action="store_true",
@@ -187,7 +203,8 @@ def generate(args: argparse.Namespace) -> None:
                                       tolerance=args.color_tolerance)
     out = pipe(prompt=args.prompt, mask=label_map, height=size, width=size, seed=args.seed,
                num_inference_steps=args.steps, guidance_scale=args.guidance,
-               true_cfg_scale=args.cfg_scale, return_gating=args.gating_out is not None)
+               true_cfg_scale=args.cfg_scale, cache_threshold=args.cache_threshold,
+               return_gating=args.gating_out is not None)
     save_image(args.out, out.images[0])
     if args.save_mask is not None and label_map is not None:
         labels.save_label_map(args.save_mask, label_map)

@@ -48,6 +48,7 @@ from facemogle.core.io import (
     write_json,
     write_manifest,
 )
+from facemogle.models.condition import ResidualCache
 from facemogle.models.facemogle import FaceMoGLE
 from facemogle.sampling.sampler import sampling_autocast, Conditions, decode_images, velocity_fn
 from facemogle.sampling.sheets import to_uint8
@@ -429,14 +430,15 @@ class FaceMoGLEPipeline:
                           torch.stack(slots), empty[0], empty[1], empty_slot)
 
     def _sample_group(self, cond: Conditions, noise: Tensor, latent_size: int, *, steps: int,
-                      guidance: float, cfg_scale: float, record: bool):
+                      guidance: float, cfg_scale: float, record: bool, cache_threshold: float):
         """Denoise one batch of samples."""
         grid = (latent_size // 2, latent_size // 2)
         recorder = None
         if record and cond.cond_latents is not None:
             recorder = GatingRecorder(self.model.mogle, cond.cond_latents, grid)
+        residual = ResidualCache(cache_threshold) if cache_threshold > 0 else None
         velocity = velocity_fn(self.model, cond, latent_size=latent_size, guidance=guidance,
-                                cfg_scale=cfg_scale)
+                                cfg_scale=cfg_scale, residual_cache=residual)
         with sampling_autocast(self.dtype, self.device):
             packed = flow.euler_sample(velocity, noise, steps, scheduler=self.scheduler_config,
                                        image_seq_len=noise.shape[1], callback=recorder,
@@ -448,7 +450,7 @@ class FaceMoGLEPipeline:
                  mask: MaskInput | None | Sequence[MaskInput | None] = None, *,
                  height: int | None = None, width: int | None = None,
                  num_inference_steps: int = 28, guidance_scale: float = 3.5,
-                 true_cfg_scale: float = 1.0,
+                 true_cfg_scale: float = 1.0, cache_threshold: float = 0.0,
                  generator: torch.Generator | Sequence[torch.Generator] | None = None,
                  seed: int | Sequence[int] | None = None, resize_mask: bool = False,
                  color_tolerance: int = 0, output_type: str = "pil", return_dict: bool = True,
@@ -465,6 +467,9 @@ class FaceMoGLEPipeline:
                 guidance embedding (the tiny base) ignore it.
             true_cfg_scale: classifier-free guidance against the unconditional prediction
                 (empty prompt, no mask); 1.0 is off.
+            cache_threshold: first-block residual caching across the steps (the `sample`
+                section's `cache_threshold`, docs/speed.md); 0 computes every block at every
+                step.
             generator: CPU generator(s); one per image, or one that every image draws from
                 in turn. Image b's noise is (L, C) drawn from its generator, as in the `sample`
                 stage, so an image does not depend on its batch.
@@ -488,7 +493,8 @@ class FaceMoGLEPipeline:
         slots = self._encode_masks(masks, size, resize=resize_mask, tolerance=color_tolerance)
         images, gating = self._sample_modes(
             texts, slots, noise, latent_size, size, steps=num_inference_steps,
-            guidance=guidance_scale, cfg_scale=true_cfg_scale, record=return_gating)
+            guidance=guidance_scale, cfg_scale=true_cfg_scale, record=return_gating,
+            cache_threshold=cache_threshold)
         result = self._postprocess(images, output_type)
         return FaceMoGLEPipelineOutput(result, gating) if return_dict else (result, gating)
 
@@ -510,12 +516,14 @@ class FaceMoGLEPipeline:
 
     def _sample_modes(self, texts: list, slots: list, noise: Tensor, latent_size: int,
                       size: int, *, steps: int, guidance: float, cfg_scale: float,
-                      record: bool) -> tuple[Tensor, GatingTrace | None]:
+                      record: bool, cache_threshold: float = 0.0
+                      ) -> tuple[Tensor, GatingTrace | None]:
         """(B, 3, H, W) float32 CPU images in [0, 1], and the gating trace if `record`. Every
         sample has condition tokens (text2face: the empty mask), so all run as one batch."""
         cond = self._conditions(texts, slots, self._empty_slot((size, size)))
         out, recorder = self._sample_group(cond, noise, latent_size, steps=steps,
-                                           guidance=guidance, cfg_scale=cfg_scale, record=record)
+                                           guidance=guidance, cfg_scale=cfg_scale, record=record,
+                                           cache_threshold=cache_threshold)
         return out.float().cpu(), None if recorder is None else recorder.trace()
 
     @staticmethod

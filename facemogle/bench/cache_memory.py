@@ -58,7 +58,7 @@ class CacheScale:
     text_dim: int  # D
     pooled_dim: int  # P
     resolution: int  # R
-    batch_size: int  # b (cache.batch_size)
+    batch_size: int  # b (cache.batch_size, and captions per text call)
 
     def regressors(self) -> list[float]:
         """1 and the four byte sizes of the memory model (module docstring): shard_text,
@@ -185,7 +185,8 @@ def measure_in_this_process(scale: CacheScale, root: Path, build_module: str | N
     Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
     before = _rss()
     build.build_cache(base, data_dir, labels_dir, root / "latents", resolution=scale.resolution,
-                      shard_size=scale.images, batch_size=scale.batch_size, config={})
+                      shard_size=scale.images, batch_size=scale.batch_size,
+                      text_batch_size=scale.batch_size, config={})
     return _peak_rss() - before
 
 

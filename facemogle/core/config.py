@@ -362,7 +362,11 @@ class PretrainConfig(_Section):
 class CacheConfig(_Section):
     """Encoding the latent cache (`cache_latents` stage)."""
 
-    batch_size: int = spec(32, ge=1)  # images (and captions) per VAE / text-encoder call
+    batch_size: int = spec(32, ge=1)  # images per VAE call (faces and mask slots)
+    text_batch_size: int = spec(32, ge=1)  # captions per text-encoder call
+    # VAE encoding under bfloat16 autocast: faster only on CPUs with native bf16 (avx512_bf16,
+    # AMX) or on GPUs; the latents differ slightly (docs/speed.md)
+    precision: Literal["float32", "bfloat16"] = "float32"
     # images per shard: the unit of resuming and of splitting the work
     shard_size: int = spec(256, ge=1)
     # processes under torchrun, one per device: shards are split
@@ -449,6 +453,9 @@ class SampleConfig(_Section):
         MODES, Rule(lambda modes: len(modes) >= 1 and len(set(modes)) == len(modes),
                     f"a non-empty list of distinct modes from {list(MODES)}"))
     max_images: int | None = spec(None, ge=1)
+    # first-block residual caching: skip the blocks after the first at steps where the first
+    # block's change differs from the last computed step's by less than this; 0 = off
+    cache_threshold: float = spec(0.0, ge=0, expected="a number >= 0 (0 = off)")
     # processes under torchrun, one per device: images are split
     num_processes: int = spec(1, ge=1)
 

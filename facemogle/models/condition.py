@@ -439,7 +439,8 @@ def condition_forward(transformer: FluxTransformer2DModel, *, hidden_states: Ten
                       img_ids: Tensor, txt_ids: Tensor, guidance: Tensor | None = None,
                       cond_tokens: Tensor | None = None, cond_ids: Tensor | None = None,
                       cond_guidance: float = 1.0,
-                      cond_attention: str = "full", checkpointing: bool = False) -> Tensor:
+                      cond_attention: str = "full", checkpointing: bool = False,
+                      residual_cache: ResidualCache | None = None) -> Tensor:
     """FLUX velocity prediction with the condition tokens as a third stream.
 
     Args:
@@ -458,6 +459,8 @@ def condition_forward(transformer: FluxTransformer2DModel, *, hidden_states: Ten
         cond_attention: "full" (the paper: image queries see every condition token) or
             "aligned" (image query p sees condition token p only; needs Lc == L).
         checkpointing: recompute each block in the backward pass (same numerics).
+        residual_cache: skip the blocks after the first at steps where they would change little
+            (sampling only; `ResidualCache`).
 
     Returns:
         (B, L, Cout) velocity for the image tokens.
@@ -474,8 +477,9 @@ def condition_forward(transformer: FluxTransformer2DModel, *, hidden_states: Ten
         ids, cond_guidance if n_cond else None)
     attn_mask = _stream_attention_mask(cond_attention, n_text, n_img, n_cond,
                                        x.device)  # (1, 1, S, S) or None
-    x = _run_blocks(transformer, context, x, temb, rope, attn_mask, n_img, checkpointing)
-    image = transformer.norm_out(x[:, n_text:n_text + n_img], temb[:batch])  # (B, L, D)
+    image = _run_blocks(transformer, context, x, temb, rope, attn_mask, n_img, checkpointing,
+                        residual_cache)  # (B, L, D)
+    image = transformer.norm_out(image, temb[:batch])  # (B, L, D)
     return transformer.proj_out(image)  # (B, L, Cout)
 
 
@@ -516,17 +520,57 @@ def _stream_attention_mask(cond_attention: str, n_text: int, n_img: int, n_cond:
                            device)  # (1, 1, S, S) or None
 
 
+class ResidualCache:
+    """First-block residual caching across the steps of one denoising loop (the idea of
+    ParaAttention's First-Block Cache, applied to `condition_forward`).
+
+    Every step runs the first double block. When its change of the image tokens differs from
+    the one of the last fully computed step by less than `threshold` (mean absolute difference
+    over mean absolute value), the other blocks are skipped and their change of the image tokens
+    at that step is added instead. `threshold` 0 computes every step. One instance serves one
+    batch's loop (`FaceMoGLE.forward(residual_cache=...)`), in order.
+    """
+
+    def __init__(self, threshold: float):
+        if not threshold >= 0:
+            raise ValueError(f"ResidualCache: threshold must be >= 0, got {threshold!r}")
+        self.threshold = threshold
+        self.first: Tensor | None = None  # (B, L, D) first block's change, last full step
+        self.rest: Tensor | None = None  # (B, L, D) the other blocks' change, last full step
+        self.computed = self.skipped = 0
+
+    def reusable(self, first: Tensor) -> bool:
+        """Whether the step whose first-block change is `first` may reuse `rest`."""
+        if self.threshold == 0 or self.first is None or self.first.shape != first.shape:
+            return False
+        change = (first - self.first).abs().mean() / self.first.abs().mean().clamp_min(1e-12)
+        return bool(change < self.threshold)
+
+
 def _run_blocks(transformer: FluxTransformer2DModel, context: Tensor, x: Tensor, temb: Tensor,
                 rope: tuple[Tensor, Tensor], attn_mask: Tensor | None, n_img: int,
-                checkpointing: bool) -> Tensor:
+                checkpointing: bool, cache: ResidualCache | None = None) -> Tensor:
     """The double blocks over text (B, T, D) and image + condition tokens (B, L + Lc, D), then
-    the single blocks over them joined. Returns (B, T + L + Lc, D)."""
+    the single blocks over them joined. Returns the image tokens (B, L, D); with `cache`, the
+    blocks after the first may be skipped (`ResidualCache`)."""
     n_text = context.shape[1]
-    for block in transformer.transformer_blocks:
+    double = list(transformer.transformer_blocks)
+    start = x[:, :n_img]  # (B, L, D)
+    context, x = _run(_BLOCK_FNS["double"], checkpointing, double[0], context, x, temb, rope,
+                      attn_mask, n_img)
+    after_first = x[:, :n_img]  # (B, L, D)
+    if cache is not None and cache.reusable(after_first - start):
+        cache.skipped += 1
+        return after_first + cache.rest  # (B, L, D)
+    for block in double[1:]:
         context, x = _run(_BLOCK_FNS["double"], checkpointing, block, context, x, temb, rope,
                           attn_mask, n_img)
     x = torch.cat([context, x], dim=1)  # (B, T + L + Lc, D)
     for block in transformer.single_transformer_blocks:
         x = _run(_BLOCK_FNS["single"], checkpointing, block, x, temb, rope, attn_mask,
                  n_text + n_img)
-    return x
+    image = x[:, n_text:n_text + n_img]  # (B, L, D)
+    if cache is not None:
+        cache.computed += 1
+        cache.first, cache.rest = after_first - start, image - after_first
+    return image

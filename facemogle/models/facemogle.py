@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from facemogle.core.config import LoraConfig, ModelConfig
-from facemogle.models.condition import attach_lora, condition_forward
+from facemogle.models.condition import ResidualCache, attach_lora, condition_forward
 from facemogle.models.mogle import MoGLE, build_mogle
 
 
@@ -66,8 +66,9 @@ class FaceMoGLE(nn.Module):
 
     def forward(self, z_t: Tensor, sigma: Tensor, text: Tensor, pooled: Tensor, *,
                 img_ids: Tensor, txt_ids: Tensor, cond_latents: Tensor | None = None,
-                guidance: float | None = None,
-                checkpointing: bool = False) -> Tensor:
+                guidance: float | None = None, checkpointing: bool = False,
+                expert_out: Tensor | None = None,
+                residual_cache: ResidualCache | None = None) -> Tensor:
         """Velocity for the packed noisy latents.
 
         Args:
@@ -79,13 +80,17 @@ class FaceMoGLE(nn.Module):
             cond_latents: (B, 20, L, C) packed VAE latents of the 20 mask slots (text2face and
                 a dropped mask: 20 empty slots), or None for no condition tokens (the plain base).
             guidance: the guidance-embedding value, used only if the transformer has one.
+            expert_out: `self.mogle.experts(cond_latents)`, when a sampler computed it once for
+                all steps (the experts read only the mask).
+            residual_cache: first-block residual caching across a sampler's steps.
 
         Returns:
             (B, L, C) predicted velocity (noise - data).
         """
         cond_tokens = None
         if cond_latents is not None:
-            cond_tokens = self.mogle(cond_latents, z_t, sigma)  # (B, L, C)
+            # (B, L, C)
+            cond_tokens = self.mogle(cond_latents, z_t, sigma, expert_out=expert_out)
         guidance_t = None
         if self.guidance_embeds:
             value = 1.0 if guidance is None else guidance
@@ -95,5 +100,5 @@ class FaceMoGLE(nn.Module):
             pooled_projections=pooled, timestep=sigma, img_ids=img_ids, txt_ids=txt_ids,
             guidance=guidance_t, cond_tokens=cond_tokens,
             cond_guidance=self.condition_guidance, cond_attention=self.condition_attention,
-            checkpointing=checkpointing,
+            checkpointing=checkpointing, residual_cache=residual_cache,
         )

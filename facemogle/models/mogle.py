@@ -292,7 +292,7 @@ class MoGLE(nn.Module):
         return self.gate(cond[:, 0], z_t, sigma)  # (B, L, E)
 
     def forward(self, cond: Tensor, z_t: Tensor, sigma: Tensor, *,
-                return_weights: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+                expert_out: Tensor | None = None, return_weights: bool = False) -> Tensor | tuple[Tensor, Tensor]:
         """Condition tokens for the transformer.
 
         Args:
@@ -300,13 +300,16 @@ class MoGLE(nn.Module):
             z_t: (B, L, D) noisy image tokens.
             sigma: (B,) flow time in [0, 1], 1 = pure noise; the same convention in training
                 and sampling.
+            expert_out: `self.experts(cond)` computed earlier (B, E, L, D): the experts read the
+                mask only, so a sampler computes them once per image, not once per step.
             return_weights: also return the gate weights.
 
         Returns:
             (B, L, D) condition tokens [, (B, L, E) weights].
         """
         weights = self.gate_weights(cond, z_t, sigma)  # (B, L, E)
-        expert_out = self.experts(cond)  # (B, E, L, D)
+        if expert_out is None:
+            expert_out = self.experts(cond)  # (B, E, L, D)
         out = torch.einsum("beld,ble->bld", expert_out, weights)  # (B, L, D)
         return (out, weights) if return_weights else out
 

@@ -20,6 +20,7 @@ from facemogle.sampling.sampler import (
     Conditions,
     decode_images,
     generate_latents,
+    residual_cache,
     sampling_autocast,
 )
 from facemogle.sampling.sheets import to_uint8
@@ -113,7 +114,8 @@ def sample_layouts(model: FaceMoGLE, base, cache, row: int, label_map: np.ndarra
     with sampling_autocast(base.transformer.dtype, device):
         packed = generate_latents(model, cond, seeds, latent_size=cache.latent_size,
                                   steps=cfg.steps, guidance=cfg.guidance, cfg_scale=cfg.cfg_scale,
-                                  scheduler_config=base.scheduler_config)
+                                  scheduler_config=base.scheduler_config,
+                                  residual_cache=residual_cache(cfg))
         images = to_uint8(decode_images(base.vae, packed.float(), cache.latent_size))
     return [{"id": name, "mask": m, "image": image, "prompt": caption}
             for (name, m), image in zip(pairs, images)]

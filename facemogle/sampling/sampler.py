@@ -13,7 +13,13 @@ import torch
 from torch import Tensor
 
 from facemogle.core import flow, latents
+from facemogle.models.condition import ResidualCache
 from facemogle.models.facemogle import FaceMoGLE
+
+
+# `sample.cache_threshold` of the CLI's --fast: the fastest measured threshold whose mIoU,
+# attribute accuracy and fd_parser stay within the sampling-seed spread (docs/speed.md).
+FAST_CACHE_THRESHOLD = 0.3
 
 
 @dataclass
@@ -31,28 +37,39 @@ class Conditions:
 
 
 def velocity_fn(model: FaceMoGLE, cond: Conditions, *, latent_size: int, guidance: float,
-                 cfg_scale: float):
+                 cfg_scale: float, residual_cache: ResidualCache | None = None,
+                 experts_once: bool = True):
+    """The velocity of one denoising step as a function of (z_t (B, L, C), sigma (B,)).
+
+    The MoGLE experts read only the mask, so their outputs are computed here once for all steps
+    (`experts_once`; False recomputes them every step, the same numbers). `residual_cache`
+    skips blocks at steps that change little (`ResidualCache`; it keeps state across steps).
+    """
     device = cond.text.device
     img_ids = latents.image_ids(latent_size, latent_size, device=device)
     txt_ids = latents.text_ids(cond.text.shape[1], device=device)
-
-    def velocity(z_t: Tensor, sigma: Tensor) -> Tensor:
-        if cfg_scale == 1.0:
-            return model(z_t, sigma, cond.text, cond.pooled, img_ids=img_ids, txt_ids=txt_ids,
-                         cond_latents=cond.cond_latents, guidance=guidance)
+    text, pooled, slots = cond.text, cond.pooled, cond.cond_latents
+    if cfg_scale != 1.0:
         # True CFG against the fully unconditional prediction (empty prompt and, with condition
         # tokens, the empty mask: what text and whole-mask dropout train together), for base
         # models without a distilled guidance embedding. Both halves run in one batch.
-        b = z_t.shape[0]
-        text = torch.cat([cond.text, cond.empty_text.expand_as(cond.text)])
-        pooled = torch.cat([cond.pooled, cond.empty_pooled.expand_as(cond.pooled)])
-        slots = None
-        if cond.cond_latents is not None:
-            empty_mask = cond.empty_slot.expand_as(cond.cond_latents)  # (B, 20, L, C)
-            slots = torch.cat([cond.cond_latents, empty_mask])
-        v = model(torch.cat([z_t, z_t]), torch.cat([sigma, sigma]), text, pooled,
-                  img_ids=img_ids, txt_ids=txt_ids, cond_latents=slots, guidance=guidance)
-        v_cond, v_uncond = v[:b], v[b:]
+        text = torch.cat([text, cond.empty_text.expand_as(text)])  # (2B, T, D)
+        pooled = torch.cat([pooled, cond.empty_pooled.expand_as(pooled)])  # (2B, P)
+        if slots is not None:
+            slots = torch.cat([slots, cond.empty_slot.expand_as(slots)])  # (2B, 20, L, C)
+    expert_out = None
+    if experts_once and slots is not None:
+        expert_out = model.mogle.experts(slots)  # (B or 2B, E, L, C)
+
+    def velocity(z_t: Tensor, sigma: Tensor) -> Tensor:
+        if cfg_scale != 1.0:
+            z_t, sigma = torch.cat([z_t, z_t]), torch.cat([sigma, sigma])  # (2B, L, C), (2B,)
+        v = model(z_t, sigma, text, pooled, img_ids=img_ids, txt_ids=txt_ids,
+                  cond_latents=slots, guidance=guidance, expert_out=expert_out,
+                  residual_cache=residual_cache)
+        if cfg_scale == 1.0:
+            return v
+        v_cond, v_uncond = v.chunk(2)
         return v_uncond + cfg_scale * (v_cond - v_uncond)
 
     return velocity
@@ -62,11 +79,13 @@ def velocity_fn(model: FaceMoGLE, cond: Conditions, *, latent_size: int, guidanc
 def generate_latents(model: FaceMoGLE, cond: Conditions, seeds: list[int], *, latent_size: int,
                      steps: int = 28, guidance: float = 3.5, cfg_scale: float = 1.0,
                      scheduler_config: dict | None = None, progress: bool = False,
-                     callback=None) -> Tensor:
+                     callback=None, residual_cache: ResidualCache | None = None,
+                     experts_once: bool = True) -> Tensor:
     """Sample packed latents (B, L, C), one seed per sample.
 
     Each sample's initial noise comes from its own generator, so an image depends on its seed
-    only, not on the batch it was generated in.
+    only, not on the batch it was generated in (with a `residual_cache`, which decides per
+    batch which steps to skip, it also depends on the batch).
     """
     device = cond.text.device
     channels = model.transformer.config.in_channels
@@ -75,7 +94,8 @@ def generate_latents(model: FaceMoGLE, cond: Conditions, seeds: list[int], *, la
     noise = flow.initial_noise((num_tokens, channels), generators, device=device,
                                dtype=cond.text.dtype)  # (B, L, C)
     velocity = velocity_fn(model, cond, latent_size=latent_size, guidance=guidance,
-                            cfg_scale=cfg_scale)
+                            cfg_scale=cfg_scale, residual_cache=residual_cache,
+                            experts_once=experts_once)
     scheduler = flow.make_scheduler(scheduler_config)
     return flow.euler_sample(velocity, noise, steps, scheduler=scheduler,
                              image_seq_len=num_tokens, progress=progress, callback=callback)
@@ -108,6 +128,11 @@ def mode_conditions(cache, rows: Tensor, mode: str, device: torch.device) -> Con
                       cache.empty_slot.to(device))
 
 
+def residual_cache(cfg) -> ResidualCache | None:
+    """A fresh `ResidualCache` for one batch's loop when `cfg.cache_threshold` > 0."""
+    return ResidualCache(cfg.cache_threshold) if cfg.cache_threshold > 0 else None
+
+
 def sampling_autocast(base_dtype: torch.dtype, device: torch.device):
     """The precision policy of sampling, shared by the `sample` stage and `FaceMoGLEPipeline`:
     inputs, LoRA and MoGLE stay float32 as trained, and a bf16 base (FLUX.1-dev) computes in
@@ -124,5 +149,6 @@ def sample_rows(model: FaceMoGLE, base, cache, rows: Tensor, mode: str, cfg, *, 
     with sampling_autocast(base.transformer.dtype, device):
         packed = generate_latents(model, cond, seeds, latent_size=cache.latent_size,
                                   steps=cfg.steps, guidance=cfg.guidance, cfg_scale=cfg.cfg_scale,
-                                  scheduler_config=base.scheduler_config, progress=progress)
+                                  scheduler_config=base.scheduler_config, progress=progress,
+                                  residual_cache=residual_cache(cfg))
         return decode_images(base.vae, packed.float(), cache.latent_size)
