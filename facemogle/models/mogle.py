@@ -292,7 +292,8 @@ class MoGLE(nn.Module):
         return self.gate(cond[:, 0], z_t, sigma)  # (B, L, E)
 
     def forward(self, cond: Tensor, z_t: Tensor, sigma: Tensor, *,
-                expert_out: Tensor | None = None, return_weights: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+                expert_out: Tensor | None = None,
+                return_weights: bool = False) -> Tensor | tuple[Tensor, Tensor]:
         """Condition tokens for the transformer.
 
         Args:
