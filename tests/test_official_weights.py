@@ -77,7 +77,9 @@ class OfficialMoGLE(nn.Module):
         self.local_experts = nn.ModuleList(OfficialExpert() for _ in range(NUM_EXPERTS - 1))
         self.gating = OfficialGating()
 
-    def forward(self, cond, z_t, sigma):
+    def forward(self, cond, z_t, sigma, expert_out=None):
+        # FaceMoGLE passes `expert_out` (experts computed once by a sampler); here it is None.
+        assert expert_out is None
         outs = [self.global_expert(cond[:, 0])] + [
             e(cond[:, i + 1]) for i, e in enumerate(self.local_experts)]
         outs = torch.stack(outs, dim=1)  # (B, 20, L, D)

@@ -437,9 +437,9 @@ class FaceMoGLEPipeline:
         if record and cond.cond_latents is not None:
             recorder = GatingRecorder(self.model.mogle, cond.cond_latents, grid)
         residual = ResidualCache(cache_threshold) if cache_threshold > 0 else None
-        velocity = velocity_fn(self.model, cond, latent_size=latent_size, guidance=guidance,
-                                cfg_scale=cfg_scale, residual_cache=residual)
-        with sampling_autocast(self.dtype, self.device):
+        with sampling_autocast(self.dtype, self.device):  # the experts run once, in here
+            velocity = velocity_fn(self.model, cond, latent_size=latent_size, guidance=guidance,
+                                   cfg_scale=cfg_scale, residual_cache=residual)
             packed = flow.euler_sample(velocity, noise, steps, scheduler=self.scheduler_config,
                                        image_seq_len=noise.shape[1], callback=recorder,
                                        progress=not self._progress.get("disable", False))
