@@ -107,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     speed.add_argument("--fast", dest="cache_threshold", action="store_const",
                        const=FAST_CACHE_THRESHOLD,
                        help=f"--cache-threshold {FAST_CACHE_THRESHOLD:g}, the measured setting "
-                            f"that keeps quality (docs/speed.md)")
+                            f"that keeps multimodal quality (docs/speed.md)")
     gen.add_argument("--size", type=_image_size, default=None,
                      help="pixels (default: the training resolution)")
     gen.add_argument("--resize-mask", action="store_true",
