@@ -1,1 +1,2 @@
-"""Stage scripts: one thin CLI per DVC stage (`python -m stages.<name> ...`), paths from dvc.yaml."""
+"""Stage scripts: one thin CLI per DVC stage (`python -m stages.<name> ...`), paths from
+dvc.yaml."""

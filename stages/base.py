@@ -5,25 +5,20 @@
 
 from __future__ import annotations
 
-import argparse
-import logging
-
 from facemogle.base.build import build_base
-from facemogle.core.config import load_params
+from stages import _cli
 
 PARAMS = ("data", "base")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = _cli.parser(__doc__)
     parser.add_argument("--out", required=True, help="output folder (replaced atomically)")
-    parser.add_argument("--params", default="params.yaml")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    params = load_params(args.params, sections=PARAMS)
+    args = _cli.parse_args(parser, argv)
+    params = _cli.load_params(args.params, sections=PARAMS)
     build_base(params.base, params.data, args.out)
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(_cli.run(main))

@@ -9,29 +9,25 @@ shard; `python -m stages.cache_latents ...` runs it as one process.
 
 from __future__ import annotations
 
-import argparse
-import logging
-
 import torch
 from accelerate import PartialState
 
 from facemogle.base.loader import load_base
 from facemogle.cache.build import CacheOptions, build_cache, folder_fingerprint
-from facemogle.core.config import load_params, to_dict
+from facemogle.core.config import to_dict
+from stages import _cli
 
 PARAMS = ("data", "cache")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = _cli.parser(__doc__)
     parser.add_argument("--data", required=True, help="download stage output")
     parser.add_argument("--labels", required=True, help="parse_masks stage output")
     parser.add_argument("--base", required=True, help="base stage output")
     parser.add_argument("--out", required=True)
-    parser.add_argument("--params", default="params.yaml")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    params = load_params(args.params, sections=PARAMS)
+    args = _cli.parse_args(parser, argv)
+    params = _cli.load_params(args.params, sections=PARAMS)
     processes = PartialState(cpu=not torch.cuda.is_available())  # one device per process
     base = load_base(args.base, device=processes.device)
     build_cache(base, args.data, args.labels, args.out, resolution=params.data.resolution,
@@ -46,4 +42,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(_cli.run(main))

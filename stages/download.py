@@ -7,26 +7,22 @@
 
 from __future__ import annotations
 
-import argparse
-import logging
-
-from facemogle.core.config import EVAL_SETS, load_params, set_sections
+from facemogle.core.config import EVAL_SETS, set_sections
 from facemogle.data.download import download, download_offdist
+from stages import _cli
 
 PARAMS = ("data",)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = _cli.parser(__doc__)
     parser.add_argument("--out", required=True, help="output folder (replaced atomically)")
     parser.add_argument("--set", choices=EVAL_SETS, default="test", dest="eval_set",
                         help="test: the `data` section (train + test splits); zeroshot: the "
                              "`zeroshot` section (its test split only); offdist: the "
                              "off-distribution set of the `offdist` section")
-    parser.add_argument("--params", default="params.yaml")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    params = load_params(args.params, sections=set_sections(PARAMS, args.eval_set))
+    args = _cli.parse_args(parser, argv)
+    params = _cli.load_params(args.params, sections=set_sections(PARAMS, args.eval_set))
     if args.eval_set == "zeroshot":
         download(params.zeroshot.data_config(params.data), args.out, splits=("test",))
     elif args.eval_set == "offdist":
@@ -37,4 +33,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(_cli.run(main))

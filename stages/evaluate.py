@@ -10,32 +10,28 @@ to the ids the sample stage generated (README, "Scoring another method's images"
 
 from __future__ import annotations
 
-import argparse
-import logging
-from pathlib import Path
-
 import torch
 
 from facemogle.base.loader import load_vae, parts_dir, read_manifest
 from facemogle.base.segmenter import WEIGHTS_NAME, load_parser
-from facemogle.core.config import MODES, load_params
+from facemogle.core.config import MODES
 from facemogle.core.io import file_sha256
 from facemogle.evaluation.evaluate import evaluate
+from facemogle.sampling.samples_folder import mode_dir
+from stages import _cli
 
 PARAMS = ("seed", "evaluate")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = _cli.parser(__doc__)
     for name in ("samples", "data", "labels", "base", "out"):
         parser.add_argument(f"--{name}", required=True)
     parser.add_argument("--ids", default=None,
                         help="JSON list of the test ids to score (default: --samples/ids.json, "
                              "else the whole test split)")
-    parser.add_argument("--params", default="params.yaml")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    params = load_params(args.params, sections=PARAMS)
+    args = _cli.parse_args(parser, argv)
+    params = _cli.load_params(args.params, sections=PARAMS)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     parser_dir = parts_dir(args.base, read_manifest(args.base)) / "parser"
     face_parser, vae, name = None, None, "face parser"
@@ -44,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
         vae = load_vae(args.base, device=device)
         name = (f"facemogle tiny parser, {WEIGHTS_NAME} sha256 "
                 f"{file_sha256(parser_dir / WEIGHTS_NAME)}")
-    modes = [m for m in MODES if (Path(args.samples) / m).is_dir()]
+    modes = [m for m in MODES if mode_dir(args.samples, m).is_dir()]
     evaluate(args.samples, args.data, args.labels, args.out, params.evaluate, modes=modes,
              parser=face_parser, seed=params.seed, device=device, ids_file=args.ids, vae=vae,
              parser_name=name)
@@ -52,4 +48,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(_cli.run(main))

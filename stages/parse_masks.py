@@ -9,17 +9,15 @@ their own section (`zeroshot`, `offdist`).
 
 from __future__ import annotations
 
-import argparse
-import logging
-
-from facemogle.core.config import EVAL_SETS, load_params, set_sections
+from facemogle.core.config import EVAL_SETS, set_sections
 from facemogle.masks.parse import parse_masks
+from stages import _cli
 
 PARAMS = ("data", "masks")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = _cli.parser(__doc__)
     parser.add_argument("--data", required=True, help="download stage output")
     parser.add_argument("--out", required=True, help="output folder (replaced atomically)")
     parser.add_argument("--metrics", required=True, help="class statistics (JSON)")
@@ -28,10 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", choices=EVAL_SETS, default="test", dest="eval_set",
                         help="zeroshot, offdist: label maps by that section's parser instead "
                              "of `masks.parser`")
-    parser.add_argument("--params", default="params.yaml")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    params = load_params(args.params, sections=set_sections(PARAMS, args.eval_set))
+    args = _cli.parse_args(parser, argv)
+    params = _cli.load_params(args.params, sections=set_sections(PARAMS, args.eval_set))
     masks = (params.masks if args.eval_set == "test"
              else getattr(params, args.eval_set).masks_config(params.masks))
     parse_masks(args.data, args.out, args.metrics, masks=masks,
@@ -40,4 +36,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(_cli.run(main))

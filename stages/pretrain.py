@@ -10,17 +10,15 @@ re-runs from the `base` stage, which checks the new files against that record.
 
 from __future__ import annotations
 
-import argparse
-import logging
 import shlex
 import sys
 
-from facemogle.base.train_embedded import pretrain_embedded
-from facemogle.core.config import load_params
+from facemogle.pretrain.train_embedded import pretrain_embedded
+from stages import _cli
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = _cli.parser(__doc__)
     parser.add_argument("--params", default="params-pretrain.yaml",
                         help="params file: seed, data (the train split), base.text_max_tokens, "
                              "pretrain")
@@ -32,9 +30,8 @@ def main(argv: list[str] | None = None) -> int:
                              "embedded-base folder (same data and recipe)")
     parser.add_argument("--metrics-dir", default=None,
                         help="DVCLive folder for the loss curves and previews")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    params = load_params(args.params)
+    args = _cli.parse_args(parser, argv, params=None)
+    params = _cli.load_params(args.params)
     command = shlex.join(["python", "-m", "stages.pretrain",
                           *(argv if argv is not None else sys.argv[1:])])
     if args.metrics_dir is None:
@@ -50,4 +47,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(_cli.run(main))

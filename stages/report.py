@@ -11,9 +11,9 @@ evaluation (`stages.evaluate` on its images) as a row named NAME in the modes it
 from __future__ import annotations
 
 import argparse
-import logging
 
 from facemogle.evaluation.report import write_report
+from stages import _cli
 
 PARAMS: tuple[str, ...] = ()
 
@@ -26,17 +26,16 @@ def _named_dir(text: str) -> tuple[str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = _cli.parser(__doc__)
     parser.add_argument("--eval", type=_named_dir, action="append", required=True,
                         metavar="NAME=FOLDER", help="an evaluate stage output, as a table row")
     parser.add_argument("--baseline", type=_named_dir, action="append", default=[],
                         metavar="NAME=FOLDER", help="another method's evaluate output, as a row")
     parser.add_argument("--out", required=True, help="the Markdown report")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = _cli.parse_args(parser, argv, params=None)
     write_report(dict(args.eval), args.out, baselines=dict(args.baseline))
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(_cli.run(main))

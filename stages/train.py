@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 from pathlib import Path
@@ -16,10 +15,11 @@ from accelerate.utils import set_seed
 from dvclive import Live
 
 from facemogle.base.loader import load_base
-from facemogle.cache.store import load_cache
-from facemogle.core.config import load_params, to_dict
+from facemogle.cache.store import INDEX, load_cache
+from facemogle.core.config import to_dict
 from facemogle.models.facemogle import FaceMoGLE
 from facemogle.training.loop import make_accelerator, train
+from stages import _cli
 
 log = logging.getLogger(__name__)
 
@@ -31,20 +31,18 @@ def resolved_config(params, base_dir: str | Path, latents_dir: str | Path) -> di
     latent cache's fingerprint (a checkpoint made on other data is not resumed)."""
     config = {name: to_dict(getattr(params, name)) for name in PARAMS}
     config["base_manifest"] = json.loads((Path(base_dir) / "base.json").read_text())
-    config["latents"] = json.loads((Path(latents_dir) / "index.json").read_text())["fingerprint"]
+    config["latents"] = json.loads((Path(latents_dir) / INDEX).read_text())["fingerprint"]
     return config
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = _cli.parser(__doc__)
     parser.add_argument("--latents", required=True, help="cache_latents stage output")
     parser.add_argument("--base", required=True, help="base stage output")
     parser.add_argument("--out", required=True, help="model folder (kept between runs: resume)")
     parser.add_argument("--metrics-dir", required=True, help="DVCLive directory (loss curve)")
-    parser.add_argument("--params", default="params.yaml")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    params = load_params(args.params, sections=PARAMS)
+    args = _cli.parse_args(parser, argv)
+    params = _cli.load_params(args.params, sections=PARAMS)
     cfg = params.train
     accelerator = make_accelerator(cfg)
     torch.manual_seed(params.seed)
@@ -69,4 +67,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(_cli.run(main))

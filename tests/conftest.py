@@ -57,16 +57,22 @@ class TrainedRun:
     model: Path  # train: the checkpoint folder (lora/mogle safetensors + config.json)
 
 
-def _merge(base: dict, override: dict) -> dict:
+def merge(base: dict, override: dict) -> dict:
+    """`base` with `override` merged in, mapping into mapping (a copy; neither is changed).
+
+    A mapping in `override` may name a section `base` lacks (the section's defaults apply
+    there, e.g. one params.yaml leaves out); an unknown key still fails where the params are
+    loaded, as `load_params` rejects it.
+    """
     out = dict(base)
     for key, value in override.items():
-        out[key] = _merge(base.get(key, {}), value) if isinstance(value, dict) else value
+        out[key] = merge(base.get(key, {}), value) if isinstance(value, dict) else value
     return out
 
 
 def params_file(path: Path, override: dict, defaults: str = "params.yaml") -> Path:
     """Write the repository's `defaults` params file with `override` merged in, to `path`."""
-    path.write_text(yaml.safe_dump(_merge(yaml.safe_load((ROOT / defaults).read_text()),
+    path.write_text(yaml.safe_dump(merge(yaml.safe_load((ROOT / defaults).read_text()),
                                           override), sort_keys=False))
     return path
 
@@ -90,7 +96,7 @@ def trained_run(tmp_path_factory, embedded_base) -> TrainedRun:
     from stages import base, cache_latents, download, parse_masks, train
 
     root = tmp_path_factory.mktemp("trained_run")
-    params = params_file(root / "params.yaml", _merge(TINY_RUN_PARAMS, {
+    params = params_file(root / "params.yaml", merge(TINY_RUN_PARAMS, {
         "base": {"tiny_path": str(embedded_base)}}))
     run = TrainedRun(root, params, root / "raw", root / "base", root / "labels",
                      root / "latents", root / "model")

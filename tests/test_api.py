@@ -16,11 +16,14 @@ from facemogle.app.pipeline import FaceMoGLEPipeline, mask_to_label_map
 from facemogle.base.build import build_base
 from facemogle.base.loader import load_base
 from facemogle.base.standin import save_flux_standin
+from facemogle.cache.store import INDEX
 from facemogle.core import flow, labels
 from facemogle.core.config import BaseConfig, Params, load_params
 from facemogle.core.io import InputError, read_jsonl, write_json
 from facemogle.core.labels import MaskColorError
+from facemogle.data.layout import captions_path, mask_path
 from facemogle.models.facemogle import FaceMoGLE
+from facemogle.sampling.samples_folder import ids_path
 from facemogle.training.checkpoint import save_model
 from stages import sample
 from stages.train import resolved_config
@@ -48,17 +51,17 @@ def sampled(trained_run, tmp_path_factory):
 
 
 def first_captions(run) -> dict[str, str]:
-    return {row["id"]: row["captions"][0] for row in read_jsonl(run.raw / "captions.jsonl")}
+    return {row["id"]: row["captions"][0] for row in read_jsonl(captions_path(run.raw))}
 
 
 def mask_file(run, image_id: str):
-    return run.labels / "masks" / f"{image_id}.png"
+    return mask_path(run.labels, image_id)
 
 
 def test_pipeline_equals_the_sample_stage_for_each_id_seed_and_mode(pipe, trained_run, sampled):
     params = load_params(trained_run.params)
     captions = first_captions(trained_run)
-    ids = json.loads((sampled / "ids.json").read_text())
+    ids = json.loads(ids_path(sampled).read_text())
     assert len(ids) == 2
     for mode in [m for m in params.sample.modes if m != "base"]:  # base: a stage reference row
         for image_id in ids:
@@ -242,7 +245,7 @@ def test_flux_checkpoint_uses_its_recorded_folder_and_saves_only_a_manifest(tmp_
     model = FaceMoGLE.build(base.transformer, params.model, params.lora, experts=params.experts,
                             gating=params.gating)
     (tmp_path / "latents").mkdir()
-    (tmp_path / "latents" / "index.json").write_text('{"fingerprint": "0123"}')
+    (tmp_path / "latents" / INDEX).write_text('{"fingerprint": "0123"}')
     save_model(tmp_path / "run" / "model", model,
                resolved_config(params, tmp_path / "base", tmp_path / "latents"))
 
@@ -285,7 +288,7 @@ def test_bf16_pipeline_follows_the_sample_stages_precision_policy(tmp_path):
         for p in model.trainable_parameters():
             p.add_(0.05 * torch.randn_like(p.float()).to(p.dtype))  # non-trivial weights
     (tmp_path / "latents").mkdir()
-    (tmp_path / "latents" / "index.json").write_text('{"fingerprint": "0123"}')
+    (tmp_path / "latents" / INDEX).write_text('{"fingerprint": "0123"}')
     save_model(tmp_path / "model", model, resolved_config(params, tmp_path / "base",
                                                           tmp_path / "latents"))
     pipe = FaceMoGLEPipeline.from_pretrained(tmp_path / "model")
@@ -311,3 +314,33 @@ def test_bf16_pipeline_follows_the_sample_stages_precision_policy(tmp_path):
         api = pipe(prompt="a face", mask=mask, seed=flow.seed_for("x", 0), height=64, width=64,
                    num_inference_steps=2, guidance_scale=3.5, output_type="pt").images
         torch.testing.assert_close(api, stage, rtol=0, atol=0)
+
+
+def test_bf16_pipeline_encodes_masks_and_prompts_as_the_cache_stage(tmp_path):
+    """On a bf16 base the pipeline's mask and prompt encodings are the `cache_latents` stage's
+    (built one image and caption per call) bit for bit: both encode through
+    `facemogle.cache.build`, which casts images to the VAE's dtype before it encodes them."""
+    from facemogle.bench.cache_memory import CacheScale, write_standin_data
+    from facemogle.cache.build import build_cache
+    from facemogle.cache.store import load_cache
+
+    flux = save_flux_standin(tmp_path / "FLUX.1-dev")
+    cfg = BaseConfig(kind="flux", flux_path=str(flux), dtype="bfloat16", text_max_tokens=8)
+    build_base(cfg, None, tmp_path / "base")
+    base = load_base(tmp_path / "base")
+    scale = CacheScale(images=2, captions=1, text_tokens=8, text_dim=32, pooled_dim=16,
+                       resolution=64, batch_size=1)
+    data_dir, labels_dir = write_standin_data(tmp_path, scale)
+    build_cache(base, data_dir, labels_dir, tmp_path / "latents", resolution=64, batch_size=1,
+                text_batch_size=1)
+    cache = load_cache(tmp_path / "latents")
+    model = FaceMoGLE.from_params(base.transformer, Params(base=cfg))
+    pipe = FaceMoGLEPipeline(model, base, config={}, base_dir=None, resolution=64)
+    captions = {row["id"]: row["captions"][0] for row in read_jsonl(captions_path(data_dir))}
+    for n, image_id in enumerate(cache.ids):
+        rows = torch.tensor([n])
+        label_map = labels.load_label_map(mask_path(labels_dir, image_id))
+        assert torch.equal(pipe.encode_mask(label_map), cache.slots(rows)[0])
+        seq, pooled = cache.text(rows, torch.zeros(1, dtype=torch.long))
+        api_seq, api_pooled = pipe.encode_prompt(captions[image_id])
+        assert torch.equal(api_seq, seq[0]) and torch.equal(api_pooled, pooled[0])

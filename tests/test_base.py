@@ -10,24 +10,26 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from conftest import ROOT, TINY_DATA, TINY_PRETRAIN_PARAMS, params_file
 from facemogle.base import loader as base_mod
 from facemogle.base.build import build_base
 from facemogle.base.embedded import check_embedded
 from facemogle.base.flux import resolve_flux
 from facemogle.base.loader import load_base, load_vae
-from facemogle.base.pretrain_parser import FLIP_LABELS, augment, class_weights, parser_miou
-from facemogle.base.pretrain_transformer import CaptionTable, encode_texts
-from facemogle.base.pretrain_vae import color_latent_loss, vae_norm_groups
 from facemogle.base.segmenter import FaceParser, load_parser
-from facemogle.base.train_embedded import faces_for
 from facemogle.base.standin import save_flux_standin
 from facemogle.base.text import FluxTextEncoder, MiniLMTextEncoder
 from facemogle.core import latents
 from facemogle.core.config import BaseConfig, ConfigError, DataConfig, load_params
 from facemogle.core.io import InputError, file_sha256
 from facemogle.core.labels import LABEL_INDEX, NUM_LABELS
+from facemogle.data.layout import split_path
+from facemogle.pretrain.parser import FLIP_LABELS, augment, class_weights, parser_miou
+from facemogle.pretrain.train_embedded import faces_for
+from facemogle.pretrain.transformer import CaptionTable, encode_texts
+from facemogle.pretrain.vae import color_latent_loss, vae_norm_groups
 from stages import base as stage
-from conftest import ROOT, TINY_DATA, TINY_PRETRAIN_PARAMS, params_file
+
 
 @pytest.fixture(scope="module")
 def flux_dir(tmp_path_factory):
@@ -88,8 +90,8 @@ def test_pretrain_resumes_bit_for_bit(embedded_base, tmp_path, monkeypatch):
     """Interrupted inside the transformer phase, a re-run resumes from its checkpoint (step 10 of
     20) and ships the same bytes as the uninterrupted run; the loss curve logs no step twice
     (step 15 was logged before the interruption and is logged again after the resume)."""
-    from facemogle.base import pretrain as pretrain_mod
     from facemogle.core import flow
+    from facemogle.pretrain import common as pretrain_mod
     from stages import pretrain
 
     params_file(tmp_path / "p.yaml", TINY_PRETRAIN_PARAMS, "params-pretrain.yaml")
@@ -215,11 +217,11 @@ def test_pretraining_faces_follow_the_data_params(tmp_path):
     """The pretraining work folder renders its faces again when `data` changes."""
     small = DataConfig(**{**TINY_DATA, "source": "synthfaces", "num_train": 2, "num_test": 1})
     raw = faces_for(small, tmp_path)
-    first = json.loads((raw / "split.json").read_text())
-    stamp = (raw / "split.json").stat().st_mtime_ns
-    assert faces_for(small, tmp_path) == raw and (raw / "split.json").stat().st_mtime_ns == stamp
+    first = json.loads(split_path(raw).read_text())
+    stamp = split_path(raw).stat().st_mtime_ns
+    assert faces_for(small, tmp_path) == raw and split_path(raw).stat().st_mtime_ns == stamp
     larger = DataConfig(**{**TINY_DATA, "source": "synthfaces", "num_train": 3, "num_test": 1})
-    second = json.loads((faces_for(larger, tmp_path) / "split.json").read_text())
+    second = json.loads(split_path(faces_for(larger, tmp_path)).read_text())
     assert second != first
     assert json.loads((tmp_path / "raw.json").read_text())["num_train"] == 3
 
@@ -414,8 +416,8 @@ def test_encode_texts_keeps_the_input_order():
 
 
 def test_phase_store_ignores_a_checkpoint_of_another_run(tmp_path):
-    from facemogle.base.phase_store import PhaseStore
-    from facemogle.base.pretrain import _optimizer
+    from facemogle.pretrain.common import _optimizer
+    from facemogle.pretrain.phase_store import PhaseStore
 
     def parts():
         model = torch.nn.Linear(3, 2)
@@ -440,7 +442,7 @@ def test_phase_store_ignores_a_checkpoint_of_another_run(tmp_path):
 def test_phase_key_ignores_checkpoint_frequency_and_shipped_dtype(tmp_path):
     import dataclasses
 
-    from facemogle.base.train_embedded import _stores
+    from facemogle.pretrain.train_embedded import _stores
 
     params = load_params(ROOT / "params-pretrain.yaml")
     changed = dataclasses.replace(params, pretrain=dataclasses.replace(

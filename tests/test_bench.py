@@ -150,7 +150,8 @@ def test_flop_formula_matches_flop_counter_at_flux_size(flux_meta):
         dict(model.transformer.config), flops.Tokens(512, 1024, 1024), batch=b, lora=LoraConfig(),
         mogle_params=sum(p.numel() for p in model.mogle.parameters()))
     assert counted.forward == pytest.approx(forward.get_total_flops(), rel=0.01)
-    assert counted.backward + counted.recompute == pytest.approx(backward.get_total_flops(), rel=0.01)
+    assert counted.backward + counted.recompute == pytest.approx(backward.get_total_flops(),
+                                                                 rel=0.01)
     # The figures the module docstring quotes (a naive 2 x params x tokens says ~65 TFLOP).
     assert 37.6e12 < counted.forward < 37.8e12 and 42.1e12 < counted.backward < 42.4e12
 

@@ -11,6 +11,7 @@ from facemogle.bench import parts
 from facemogle.core import labels
 from facemogle.core.config import load_params
 from facemogle.core.io import read_json
+from facemogle.data.layout import mask_path, split_path
 
 SECTIONS = {
     "cache": ("host_faces", "host_masks", "vae_faces", "vae_slots", "text"),
@@ -72,10 +73,10 @@ def test_condition_stream_costs_time_and_flops(profiled):
 def test_cache_projection_uses_the_shards_real_averages(profiled):
     run, r, _ = profiled
     params = load_params(run.params)
-    split = read_json(run.labels / "split.json")
+    split = read_json(split_path(run.labels))
     ids = (split["train"] + split["test"])[:params.cache.shard_size]
     stored = np.mean([labels.slot_presence(labels.load_label_map(
-        run.labels / "masks" / f"{i}.png")).sum() for i in ids])
+        mask_path(run.labels, i))).sum() for i in ids])
     c = r["cache"]
     assert c["slots_per_image"] == pytest.approx(stored)
     assert c["captions_per_image"] == params.data.captions_per_image

@@ -10,7 +10,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from facemogle.cache.build import folder_fingerprint
-from facemogle.cache.store import load_cache
+from facemogle.cache.store import INDEX, load_cache, shard_name
 from stages import cache_latents
 
 
@@ -24,11 +24,11 @@ def test_shards_of_another_base_are_remade_even_without_an_index(trained_run, tm
     must not reuse them (DVC keeps `persist` outputs when a dependency changes)."""
     out = tmp_path / "latents"
     shutil.copytree(trained_run.latents, out)
-    shard = out / "shard-00000.safetensors"
+    shard = out / shard_name(0)
     good = _stamp(shard)
     save_file({"x": torch.zeros(1)}, str(shard), metadata={"fingerprint": "another-base"})
     (out / "truncated.safetensors").write_bytes(b"\x00\x01")
-    (out / "index.json").unlink()
+    (out / INDEX).unlink()
     assert cache_latents.main(["--data", str(trained_run.raw), "--labels",
                                str(trained_run.labels), "--base", str(trained_run.base),
                                "--out", str(out), "--params", str(trained_run.params)]) == 0
@@ -36,7 +36,7 @@ def test_shards_of_another_base_are_remade_even_without_an_index(trained_run, tm
     # Byte for byte what the first build wrote (DVC hashes the bytes, not the tensors).
     assert shard.read_bytes() == (trained_run.latents / shard.name).read_bytes()
     assert not (out / "truncated.safetensors").exists()
-    assert json.loads((out / "index.json").read_text())["fingerprint"] == good
+    assert json.loads((out / INDEX).read_text())["fingerprint"] == good
     fresh, reference = load_cache(out), load_cache(trained_run.latents)
     assert fresh.ids == reference.ids
     assert torch.equal(fresh.image, reference.image)

@@ -20,6 +20,7 @@ from facemogle.bench.cache_memory import (
 from facemogle.cache import store
 from facemogle.cache.build import CacheOptions, ShardWriter, build_cache, token_counts
 from facemogle.cache.store import load_cache
+from facemogle.data.layout import captions_path
 
 # Captions of 3 to 40 words, sequences of 24 tokens: some captions are padded, some cut.
 SCALE = CacheScale(images=6, captions=3, text_tokens=24, text_dim=32, pooled_dim=16,
@@ -46,14 +47,14 @@ def caches(tmp_path_factory):
 
 
 def _shard(folder, number=0) -> dict[str, torch.Tensor]:
-    with safe_open(str(folder / f"shard-{number:05d}.safetensors"), framework="pt") as handle:
+    with safe_open(str(folder / store.shard_name(number)), framework="pt") as handle:
         names = handle.keys()  # a list: a safe_open handle is not iterable
         return {key: handle.get_tensor(key) for key in names}
 
 
 def _lengths(caches) -> list[int]:
     """Real tokens of every caption of the data set, in cache order."""
-    path = caches["default"].parent / "raw" / "captions.jsonl"
+    path = captions_path(caches["default"].parent / "raw")
     texts = [c for line in path.open() for c in json.loads(line)["captions"]]
     return token_counts(standin_base(SCALE).text_encoder, texts)
 
@@ -105,7 +106,7 @@ def test_options_store_the_expected_shapes(caches):
         for key in ("image", "slot_latents", "slot_index"):
             assert torch.equal(shard[key], default[key])
     assert torch.equal(trim["text_pooled"], default["text_pooled"])
-    stamps = {json.loads((caches[n] / "index.json").read_text())["fingerprint"] for n in OPTIONS}
+    stamps = {json.loads((caches[n] / store.INDEX).read_text())["fingerprint"] for n in OPTIONS}
     assert len(stamps) == len(OPTIONS)  # both options are part of the fingerprint
 
 

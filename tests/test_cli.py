@@ -13,6 +13,7 @@ from PIL import Image
 from facemogle.app import cli
 from facemogle.app.pipeline import FaceMoGLEPipeline
 from facemogle.core import labels
+from facemogle.data.layout import image_path, mask_path
 
 STEPS = "2"
 
@@ -26,7 +27,7 @@ def generate(run, tmp_path, *flags: str, out: str = "face.png") -> tuple[int, st
 
 
 def mask_file(run, image_id: str = "000009") -> str:
-    return str(run.labels / "masks" / f"{image_id}.png")
+    return str(mask_path(run.labels, image_id))
 
 
 @pytest.mark.parametrize("flags", [
@@ -49,7 +50,8 @@ def test_each_mode_writes_the_pipelines_image(trained_run, tmp_path, flags):
 def test_console_entry_point_shows_progress(trained_run, tmp_path):
     out = tmp_path / "face.jpg"
     result = subprocess.run(
-        [sys.executable, "-m", "facemogle.app.cli", "generate", "--checkpoint", str(trained_run.model),
+        [sys.executable, "-m", "facemogle.app.cli", "generate",
+         "--checkpoint", str(trained_run.model),
          "--prompt", "a face", "--seed", "1", "--steps", STEPS, "--out", str(out)],
         capture_output=True, text=True, timeout=300,
         env=dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1"))
@@ -59,7 +61,7 @@ def test_console_entry_point_shows_progress(trained_run, tmp_path):
 
 
 def test_parse_face_makes_the_mask_with_the_bases_parser(trained_run, tmp_path):
-    photo = trained_run.raw / "images" / "000010.png"
+    photo = image_path(trained_run.raw, "000010")
     big = tmp_path / "photo.png"
     Image.open(photo).resize((100, 80)).save(big)  # not square, not the model's size
     status, out = generate(trained_run, tmp_path, "--parse-face", str(big), "--save-mask",

@@ -1,4 +1,5 @@
-"""The condition stream on FLUX with condition-only LoRA (facemogle.models.condition).
+"""The condition stream on FLUX with condition-only LoRA (facemogle.models.condition and
+facemogle.models.lora).
 
 Tiny real `FluxTransformer2DModel`s on CPU in fp32; a slow per-stream reference written here
 (separate LoRA-off / LoRA-on module calls, explicit softmax attention) checks the fused forward.
@@ -16,9 +17,9 @@ from safetensors.torch import load_file, save_file
 from facemogle.base.standin import tiny_transformer
 from facemogle.core.config import ConfigError, LoraConfig
 from facemogle.core.flux import FLUX_DEV_TRANSFORMER
-from facemogle.models.condition import (
+from facemogle.models.condition import ResidualCache, condition_forward
+from facemogle.models.lora import (
     attach_lora,
-    condition_forward,
     load_lora_state_dict,
     lora_parameters,
     lora_state_dict,
@@ -200,11 +201,32 @@ def reference_forward(model, inputs, cond, cond_guidance):
 @pytest.mark.parametrize("guidance_embeds,text_len", [(True, 5), (False, 5), (True, 1)])
 @torch.no_grad()
 def test_without_condition_equals_stock_forward(guidance_embeds, text_len):
+    """Without condition tokens `condition_forward` is bitwise diffusers' own
+    `FluxTransformer2DModel.forward`, for diffusers 0.40 to 0.42.1 (pyproject.toml's lower bound
+    to constraints.txt's pin), whose `FluxTransformerBlock` and `FluxSingleTransformerBlock`
+    forwards the blocks in facemogle/models/condition.py mirror."""
     model = tiny_flux(guidance_embeds)
     inputs, _ = make_inputs(guidance_embeds, text_len=text_len)
     out = condition_forward(model, **inputs)
     assert out.shape == (2, 12, IN_CH)
-    assert max_diff(out, stock(model, inputs)) < TOL
+    assert torch.equal(out, stock(model, inputs))
+
+
+@torch.no_grad()
+def test_a_transformer_without_double_blocks_runs_and_caches_nothing():
+    """With `num_layers=0` there is no first double block for the residual cache to probe: the
+    forward still runs (the stock one without condition tokens) and every step is computed."""
+    torch.manual_seed(0)
+    model = tiny_transformer(in_channels=IN_CH, num_layers=0, num_single_layers=2,
+                             guidance_embeds=True, axes_dims_rope=[4, 4, 8]).eval()
+    inputs, cond = make_inputs(True)
+    assert torch.equal(condition_forward(model, **inputs), stock(model, inputs))
+    plain = condition_forward(model, **inputs, cond_tokens=cond)  # (B, L, Cin)
+    cache = ResidualCache(1e9)  # with a probe, every step after the first would be reused
+    for _ in range(3):
+        out = condition_forward(model, **inputs, cond_tokens=cond, residual_cache=cache)
+        assert torch.equal(out, plain)
+    assert (cache.computed, cache.skipped) == (0, 0)
 
 
 @torch.no_grad()

@@ -2,10 +2,12 @@
 
 import dataclasses
 from pathlib import Path
+from typing import Literal
 
 import pytest
 import yaml
 
+from facemogle.core import schema
 from facemogle.core.config import (
     ConfigError,
     Params,
@@ -55,8 +57,10 @@ def test_every_key_of_the_schema_is_in_params_yaml():
         ({"train": {"stepz": 10}}, "train.stepz", "valid keys"),
         ({"lora": {"rank": 2.5}}, "lora.rank", "integer"),
         ({"sample": {"modes": ["multimodal", "sketch"]}}, "sample.modes[1]", "mask2face"),
-        ({"train": {"gradient_checkpointing": "yes"}}, "train.gradient_checkpointing", "true or false"),
-        ({"pretrain": {"vae": {"block_out_channels": [8, 8]}}}, "pretrain.vae.block_out_channels", "4"),
+        ({"train": {"gradient_checkpointing": "yes"}}, "train.gradient_checkpointing",
+         "true or false"),
+        ({"pretrain": {"vae": {"block_out_channels": [8, 8]}}}, "pretrain.vae.block_out_channels",
+         "4"),
         ({"unknown_section": {}}, "unknown_section", "valid keys"),
     ],
 )
@@ -80,8 +84,8 @@ def test_invalid_values_name_the_key_and_the_valid_values(override, key, expecte
          ("'pretrain.vae.block_out_channels' must be widths that are multiples of 4 "
           "(GroupNorm groups), got (8, 16, 30, 64)")),
         ({"pretrain": {"transformer": {"attention_head_dim": 16}}},
-         ("'pretrain.transformer.axes_dims_rope' must be three sizes summing to attention_head_dim=16, "
-          "got (8, 12, 12)")),
+         ("'pretrain.transformer.axes_dims_rope' must be three sizes summing to "
+          "attention_head_dim=16, got (8, 12, 12)")),
         ({"zeroshot": {"parser": "segformer"}},
          ("'zeroshot.parser_path' must be a hub id or directory when zeroshot.parser is "
           "'segformer', got None")),
@@ -126,8 +130,8 @@ def test_every_rejected_number_names_its_own_dotted_key():
             params_from_dict(override)
         except ConfigError as err:
             # A rule between two fields names the one it constrains.
-            named = {"pretrain.transformer.attention_head_dim": "pretrain.transformer.axes_dims_rope"}.get(
-                key, key)
+            named = {"pretrain.transformer.attention_head_dim":
+                     "pretrain.transformer.axes_dims_rope"}.get(key, key)
             assert f"'{named}' must be" in str(err)
             rejected.add(key)
     assert {"pretrain.vae.kl_weight", "pretrain.parser.warmup_steps", "data.num_train",
@@ -156,3 +160,65 @@ def test_unreadable_params_file_is_a_config_error(tmp_path):
     bad.write_text("train: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_params(bad)
+
+
+# The engine on its own (facemogle/core/schema.py): a toy schema, no facemogle section.
+
+
+@dataclasses.dataclass(frozen=True)
+class _Inner(schema.Section):
+    size: int = schema.spec(8, ge=1)
+    kind: Literal["a", "b"] = "a"
+    low: float = 0.0
+    high: float = 1.0
+
+    def _check_across_fields(self) -> None:
+        schema.check(self.low < self.high, schema.dotted_key(self, "high"),
+                     f"greater than low={self.low}", self.high)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Toy(schema.Section, root=True):
+    name: str | None = None
+    sizes: tuple[int, ...] = schema.spec((1, 2), schema.Rule(lambda s: len(s) >= 1, "non-empty"))
+    inner: _Inner = dataclasses.field(default_factory=_Inner)
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        ({"nmae": "x"},
+         "unknown key 'nmae'; valid keys under 'the top level': ['name', 'sizes', 'inner']"),
+        ({"inner": {"sise": 3}},
+         "unknown key 'inner.sise'; valid keys under 'inner': ['size', 'kind', 'low', 'high']"),
+        ({"name": 3}, "'name' must be str or null, got 3"),
+        ({"inner": {"size": "8"}}, "'inner.size' must be an integer, got '8'"),
+        ({"inner": {"size": True}}, "'inner.size' must be an integer, got True"),
+        ({"inner": {"kind": "c"}}, "'inner.kind' must be one of ['a', 'b'], got 'c'"),
+        ({"inner": {"size": 0}}, "'inner.size' must be a positive integer, got 0"),
+        ({"inner": {"high": 0}}, "'inner.high' must be greater than low=0.0, got 0.0"),
+        ({"sizes": []}, "'sizes' must be non-empty, got ()"),
+        ({"sizes": [1, "2"]}, "'sizes[1]' must be an integer, got '2'"),
+        ({"inner": 3}, "'inner' must be a mapping of _Inner fields, got 3"),
+    ],
+)
+def test_schema_rejects_a_toy_schema_s_bad_values_by_dotted_key(data, message):
+    with pytest.raises(schema.ConfigError) as err:
+        schema.from_dict(_Toy, data)
+    assert str(err.value) == "params: " + message
+
+
+def test_schema_converts_and_round_trips_a_toy_schema(tmp_path):
+    toy = schema.from_dict(_Toy, {"sizes": [3], "inner": {"low": 1, "high": 2}})
+    assert toy == _Toy(sizes=(3,), inner=_Inner(low=1.0, high=2.0))
+    assert isinstance(toy.inner.low, float)
+    assert schema.from_dict(_Toy, schema.to_dict(toy)) == toy
+    path = tmp_path / "toy.yaml"
+    path.write_text(yaml.safe_dump(schema.to_dict(toy)))
+    assert schema.from_dict(_Toy, schema.read_yaml_mapping(path)) == toy
+    path.write_text("- a list\n")
+    with pytest.raises(schema.ConfigError, match="must hold a mapping, got list"):
+        schema.read_yaml_mapping(path)
+    # built in code: the key is where the section nests under its root
+    with pytest.raises(schema.ConfigError, match=r"'inner\.size' must be a positive integer"):
+        _Inner(size=0)

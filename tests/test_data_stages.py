@@ -10,15 +10,6 @@ import pytest
 import torch
 import yaml
 from PIL import Image
-from test_readers import (
-    SIZE,
-    captions_for,
-    face_image,
-    label_map_for,
-    write_celebamaskhq,
-    write_ffhq_text,
-    write_mmcelebahq,
-)
 
 from facemogle.core.config import ConfigError
 from facemogle.core.io import InputError, read_jsonl, write_json, write_jsonl
@@ -31,6 +22,15 @@ from facemogle.core.labels import (
 )
 from facemogle.data import layout
 from stages import download, parse_masks
+from test_readers import (
+    SIZE,
+    captions_for,
+    face_image,
+    label_map_for,
+    write_celebamaskhq,
+    write_ffhq_text,
+    write_mmcelebahq,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 RES = 64  # the smallest data.resolution

@@ -35,6 +35,7 @@ from facemogle.app.pipeline import FaceMoGLEPipeline
 from facemogle.core import labels
 from facemogle.core.io import InputError
 from facemogle.core.labels import MaskColorError
+from facemogle.data.layout import MASKS, mask_path, split_path
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -93,7 +94,7 @@ def test_examples_are_test_split_masks_in_palette_colours(trained_run):
         color = np.asarray(Image.open(path).convert("RGB"))
         assert color.shape == (512, 512, 3)
         image_id = path.stem.split("-")[1]
-        original = labels.load_label_map(trained_run.raw / "masks" / f"{image_id}.png")
+        original = labels.load_label_map(mask_path(trained_run.raw, image_id))
         np.testing.assert_array_equal(
             labels.resize_label_map(labels.color_to_label_map(color), 64), original)
         assert prompt
@@ -107,12 +108,12 @@ def test_examples_of_parsed_photos_come_from_the_labels_beside(trained_run, tmp_
     from facemogle.app.demo import start_canvas
 
     raw = tmp_path / "offdist" / "raw"
-    (raw / "masks").mkdir(parents=True)
-    (raw / "split.json").write_text('{"train": [], "test": ["000000"]}')
-    parsed = tmp_path / "offdist" / "labels" / "masks"
-    parsed.mkdir(parents=True)
-    label_map = labels.load_label_map(trained_run.raw / "masks" / "000009.png")
-    labels.save_label_map(parsed / "000000.png", label_map)
+    (raw / MASKS).mkdir(parents=True)
+    split_path(raw).write_text('{"train": [], "test": ["000000"]}')
+    parsed = mask_path(tmp_path / "offdist" / "labels", "000000")
+    parsed.parent.mkdir(parents=True)
+    label_map = labels.load_label_map(mask_path(trained_run.raw, "000009"))
+    labels.save_label_map(parsed, label_map)
     examples = load_examples([trained_run.raw, raw], count=1)
     assert [p.stem for p, _ in examples] == ["0-000008", "1-000000"]
     color = np.asarray(Image.open(examples[1][0]).convert("RGB"))
@@ -127,8 +128,7 @@ def test_generate_button_function(trained_run):
     pipe = FaceMoGLEPipeline.from_pretrained(trained_run.model)
     pipe.set_progress_bar_config(disable=True)
     app = DemoApp(pipe)
-    color = labels.label_map_to_color(labels.load_label_map(trained_run.raw / "masks" /
-                                                            "000010.png"))
+    color = labels.label_map_to_color(labels.load_label_map(mask_path(trained_run.raw, "000010")))
     face, gating, status = app.generate({"composite": color}, True, True, "a face", 5, 3)
     assert face.size == (256, 256) and gating is not None
     assert status.startswith("**multimodal**, seed 5, 3 steps") and "shown at 4x" in status
@@ -223,7 +223,7 @@ def test_browser_uploads_a_mask_types_a_prompt_and_gets_a_face(demo_server, trai
         return True
 
     mask = tmp_path / "mask.png"
-    label_map = labels.load_label_map(trained_run.raw / "masks" / "000011.png")
+    label_map = labels.load_label_map(mask_path(trained_run.raw, "000011"))
     Image.fromarray(labels.label_map_to_color(labels.resize_label_map(label_map, 256))).save(mask)
     driver = _chrome(tmp_path / "chromium-profile")
     try:

@@ -1,4 +1,5 @@
-"""The `evaluate` stage on a tiny trained run: deterministic, strict about ids, honest about skips."""
+"""The `evaluate` stage on a tiny trained run: deterministic, strict about ids, honest about
+skips."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import pytest
 import yaml
 
 from facemogle.core.io import InputError
+from facemogle.data.layout import image_path
+from facemogle.sampling.samples_folder import ids_path, sample_path
 from stages import evaluate, sample
 
 EVAL = {"kid_subsets": 5, "kid_subset_size": 2, "detector_folds": 2, "detector_steps": 3,
@@ -94,8 +97,8 @@ def test_metrics_without_a_backend_are_skipped_with_the_reason(evaluated):
 def test_a_missing_generated_image_is_an_error_naming_its_id(trained_run, evaluated, tmp_path):
     samples = tmp_path / "samples"
     shutil.copytree(evaluated / "samples", samples)
-    missing = json.loads((samples / "ids.json").read_text())[1]
-    (samples / "mask2face" / f"{missing}.png").unlink()
+    missing = json.loads(ids_path(samples).read_text())[1]
+    sample_path(samples, "mask2face", missing).unlink()
     with pytest.raises((InputError, ValueError), match=missing):
         _evaluate(trained_run, samples, tmp_path / "out", evaluated)
     assert not (tmp_path / "out" / "mask2face.json").exists()
@@ -109,16 +112,16 @@ def test_another_methods_folder_is_scored_and_reported_beside_face_mogle(trained
 
     from stages import report
 
-    ids = json.loads((evaluated / "samples" / "ids.json").read_text())
+    ids = json.loads(ids_path(evaluated / "samples").read_text())
     folder = tmp_path / "real-photos" / "mask2face"
     folder.mkdir(parents=True)
     for n, i in enumerate(ids):
-        image = Image.open(trained_run.raw / "images" / f"{i}.png").convert("RGB")
+        image = Image.open(image_path(trained_run.raw, i)).convert("RGB")
         image.save(folder / (f"{i}.jpg" if n == 0 else f"{i}.png"), quality=95)
     out = tmp_path / "real-photos-eval"
     assert evaluate.main(["--samples", str(folder.parent), "--data", str(trained_run.raw),
                           "--labels", str(trained_run.labels), "--base", str(trained_run.base),
-                          "--out", str(out), "--ids", str(evaluated / "samples" / "ids.json"),
+                          "--out", str(out), "--ids", str(ids_path(evaluated / "samples")),
                           "--params", str(evaluated / "params.yaml")]) == 0
     scored = json.loads((out / "mask2face.json").read_text())
     ours = json.loads((evaluated / "first" / "mask2face.json").read_text())
@@ -139,11 +142,11 @@ def test_another_methods_folder_is_scored_and_reported_beside_face_mogle(trained
 
 
 def test_an_image_of_another_size_is_refused_naming_it(trained_run, evaluated, tmp_path):
-    ids = json.loads((evaluated / "samples" / "ids.json").read_text())
+    ids = json.loads(ids_path(evaluated / "samples").read_text())
     folder = tmp_path / "small" / "mask2face"
     folder.mkdir(parents=True)
     for i in ids:
-        shutil.copy(evaluated / "samples" / "mask2face" / f"{i}.png", folder / f"{i}.png")
+        shutil.copy(sample_path(evaluated / "samples", "mask2face", i), folder / f"{i}.png")
     from PIL import Image
 
     Image.new("RGB", (16, 16)).save(folder / f"{ids[0]}.png")
@@ -151,6 +154,6 @@ def test_an_image_of_another_size_is_refused_naming_it(trained_run, evaluated, t
         evaluate.main(["--samples", str(folder.parent), "--data", str(trained_run.raw),
                        "--labels", str(trained_run.labels), "--base", str(trained_run.base),
                        "--out", str(tmp_path / "out"), "--ids",
-                       str(evaluated / "samples" / "ids.json"), "--params",
+                       str(ids_path(evaluated / "samples")), "--params",
                        str(evaluated / "params.yaml")])
     assert not (tmp_path / "out").exists()

@@ -54,7 +54,8 @@ def test_a_fixed_batch_is_overfit():
     model = tiny_model()
     g = torch.Generator().manual_seed(3)
     # The same noise and time every step: the model can memorise this one batch.
-    batch = Batch(x0=torch.randn(2, TOKENS, 64, generator=g), text=torch.randn(2, 5, 24, generator=g),
+    batch = Batch(x0=torch.randn(2, TOKENS, 64, generator=g),
+                  text=torch.randn(2, 5, 24, generator=g),
                   pooled=torch.randn(2, 24, generator=g),
                   cond_latents=torch.randn(2, 20, TOKENS, 64, generator=g),
                   sigma=flow.sample_sigmas(2, generator=g), noise=torch.randn(2, TOKENS, 64,

@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from facemogle.core.io import InputError
-from facemogle.core.labels import LABEL_INDEX, NUM_LABELS
+from conftest import params_file
 from facemogle.app.gate_maps import colorize
 from facemogle.app.gate_regions import (
     CELL,
@@ -20,7 +19,8 @@ from facemogle.app.gate_regions import (
     region_picture,
     token_regions,
 )
-from conftest import params_file
+from facemogle.core.io import InputError
+from facemogle.core.labels import LABEL_INDEX, NUM_LABELS
 
 SKIN, HAIR = LABEL_INDEX["skin"], LABEL_INDEX["hair"]
 

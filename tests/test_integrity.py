@@ -12,7 +12,6 @@ import torch
 from safetensors.torch import save_file
 
 from facemogle.app.pipeline import FaceMoGLEPipeline
-from facemogle.base.phase_store import PhaseStore
 from facemogle.base.standin import tiny_transformer
 from facemogle.core.config import LoraConfig, ModelConfig
 from facemogle.core.io import (
@@ -24,6 +23,7 @@ from facemogle.core.io import (
     write_manifest,
 )
 from facemogle.models.facemogle import FaceMoGLE
+from facemogle.pretrain.phase_store import PhaseStore
 from facemogle.training import checkpoint
 from facemogle.training.checkpoint import (
     find_resumable,

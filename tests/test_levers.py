@@ -5,16 +5,16 @@ from __future__ import annotations
 
 import torch
 
+from facemogle.base.standin import tiny_vae
+from facemogle.core.config import TinyTransformerConfig
+from facemogle.core.labels import LABEL_INDEX
 from facemogle.evaluation.base_levers import (
     from_tokens,
     sample_plain_base,
     small_region_share,
     token_layout,
 )
-from facemogle.base.pretrain_transformer import CaptionTable, train_transformer
-from facemogle.base.standin import tiny_vae
-from facemogle.core.config import TinyTransformerConfig
-from facemogle.core.labels import LABEL_INDEX
+from facemogle.pretrain.transformer import CaptionTable, train_transformer
 
 CFG = TinyTransformerConfig(num_layers=1, num_single_layers=1, attention_head_dim=8,
                             num_attention_heads=2, axes_dims_rope=(2, 2, 4), steps=2,

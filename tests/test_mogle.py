@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from facemogle.core.config import ConfigError, Experts, Gating, ModelConfig
-from facemogle.models.mogle import check_flow_time, EXPERTS, GATINGS, MoGLE, NoGate, build_mogle
+from facemogle.models.mogle import EXPERTS, GATINGS, MoGLE, NoGate, build_mogle, check_flow_time
 
 VARIANTS = list(itertools.product(EXPERTS, GATINGS))
 PAPER_COUNT = 101_780

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from facemogle.core.config import ConfigError, MasksConfig
+from facemogle.core.io import InputError
 from facemogle.core.labels import LABEL_INDEX, LABELS, NUM_LABELS
 from facemogle.masks import face_parsers as parsers
 from facemogle.masks.face_parsers import (
@@ -170,11 +171,10 @@ def test_tiny_backend_loads_the_base_stage_parser(tmp_path):
     np.testing.assert_array_equal(lm, model.eval().parse(pixels)[0].numpy())
 
 
-def test_tiny_backend_errors(monkeypatch, tmp_path):
+def test_tiny_backend_errors(tmp_path):
     with pytest.raises(ConfigError, match="--parser-dir"):
         load_parser("tiny", None)
-    monkeypatch.setitem(sys.modules, "facemogle.base.segmenter", None)
-    with pytest.raises(MissingExtraError, match="facemogle.base.segmenter"):
+    with pytest.raises(InputError, match="face parser config not found"):
         load_parser("tiny", str(tmp_path))
 
 

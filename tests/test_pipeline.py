@@ -19,6 +19,7 @@ import pytest
 import yaml
 from dvc.repo import Repo
 
+from conftest import merge
 from facemogle.core.config import set_sections
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,13 +41,6 @@ SMOKE = {
 }
 
 
-def _merge(base: dict, override: dict) -> dict:
-    out = dict(base)
-    for key, value in override.items():
-        out[key] = _merge(base[key], value) if isinstance(value, dict) else value
-    return out
-
-
 def _run(cmd: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
     # Stage commands say `python`: it must be this interpreter, venv activated or not.
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
@@ -55,7 +49,8 @@ def _run(cmd: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedP
                GIT_COMMITTER_NAME="ci", GIT_COMMITTER_EMAIL="ci@example.invalid")
     result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True,
                             timeout=timeout)
-    assert result.returncode == 0, f"{cmd} failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
+    assert result.returncode == 0, (f"{cmd} failed:\n{result.stdout[-3000:]}\n"
+                                    f"{result.stderr[-5000:]}")
     return result
 
 
@@ -63,6 +58,12 @@ def _project_files() -> list[str]:
     listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"],
                             cwd=ROOT, capture_output=True, text=True, check=True).stdout
     return [f for f in listed.splitlines() if (ROOT / f).is_file()]
+
+
+def _stage_module(cmd: str) -> str:
+    """The stage script a dvc.yaml command runs (the last `-m stages.X`: torchrun stages check
+    their params with `stages.check_params` first)."""
+    return re.findall(r"-m (stages\.\w+)", cmd)[-1]
 
 
 def test_every_stage_declares_exactly_the_params_sections_it_reads():
@@ -73,7 +74,7 @@ def test_every_stage_declares_exactly_the_params_sections_it_reads():
     assert {s.addressing for s in stages} >= {"download@test", "download@zeroshot", "train",
                                               "sample@zeroshot", "evaluate@zeroshot", "report"}
     for stage in stages:
-        module = importlib.import_module(re.search(r"-m (stages\.\w+)", stage.cmd).group(1))
+        module = importlib.import_module(_stage_module(stage.cmd))
         eval_set = re.search(r"--set (\w+)", stage.cmd)
         expected = (set_sections(module.PARAMS, eval_set.group(1)) if eval_set
                     else module.PARAMS)
@@ -118,7 +119,7 @@ def test_every_stage_depends_on_the_code_it_imports():
     with Repo(str(ROOT)) as repo:
         stages = list(repo.index.stages)
     for stage in stages:
-        module = re.search(r"-m (stages\.\w+)", stage.cmd).group(1)
+        module = _stage_module(stage.cmd)
         deps = [Path(d.def_path).as_posix().rstrip("/") for d in stage.deps]
         missing = sorted(f for f in _imported_files(module)
                          if not any(f == d or f.startswith(d + "/") for d in deps))
@@ -141,7 +142,7 @@ def smoke_repo(tmp_path_factory, embedded_base) -> Path:
     shutil.rmtree(repo / "metrics", ignore_errors=True)
     shutil.copytree(embedded_base, repo / "pretrained" / "embedded")
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    (repo / "params.yaml").write_text(yaml.safe_dump(_merge(params, SMOKE), sort_keys=False))
+    (repo / "params.yaml").write_text(yaml.safe_dump(merge(params, SMOKE), sort_keys=False))
     _run(["git", "init", "-q"], repo)
     _run(["git", "add", "-A"], repo)
     _run(["git", "commit", "-qm", "smoke"], repo)
@@ -155,7 +156,8 @@ def test_dvc_repro_then_exp_run_changes_params_and_metrics(smoke_repo):
     for mode in ("multimodal", "mask2face", "text2face", "base"):
         metrics = json.loads((repo / "metrics" / "eval" / f"{mode}.json").read_text())
         assert metrics["mask_miou"] is not None
-        assert len(list((repo / "data" / "samples" / mode).glob("*.png"))) == SMOKE["data"]["num_test"]
+        samples = list((repo / "data" / "samples" / mode).glob("*.png"))
+        assert len(samples) == SMOKE["data"]["num_test"]
     assert (repo / "metrics" / "sheets" / "multimodal.png").exists()
     # The zero-shot entry: its own test faces, sampled by the same model, beside in the report.
     zeroshot = repo / "data" / "zeroshot"
@@ -194,7 +196,7 @@ def test_invalid_param_stops_the_stage_at_start_naming_the_key(smoke_repo):
     bad = smoke_repo / "bad-params.yaml"
     for override, key in (({"gating": "foo"}, "gating"), ({"train": {"steps": -1}}, "train.steps"),
                           ({"data": {"resolution": 72}}, "data.resolution")):
-        bad.write_text(yaml.safe_dump(_merge(params, override)))
+        bad.write_text(yaml.safe_dump(merge(params, override)))
         result = subprocess.run([sys.executable, "-m", "stages.train", "--latents", "x", "--base",
                                  "x", "--out", "x", "--metrics-dir", "x", "--params", str(bad)],
                                 cwd=smoke_repo, env=env, capture_output=True, text=True)
@@ -209,7 +211,7 @@ def test_killed_training_resumes_from_its_last_checkpoint(smoke_repo):
         _run(DVC + ["repro", "cache_latents"], repo)
     params = yaml.safe_load((repo / "params.yaml").read_text())
     resume = repo / "resume-params.yaml"
-    resume.write_text(yaml.safe_dump(_merge(params, {"train": {"steps": 400,
+    resume.write_text(yaml.safe_dump(merge(params, {"train": {"steps": 400,
                                                                "checkpoint_every": 2}})))
     out = repo / "resume-model"
     cmd = [sys.executable, "-m", "stages.train", "--latents", "data/latents", "--base",
@@ -229,7 +231,7 @@ def test_killed_training_resumes_from_its_last_checkpoint(smoke_repo):
     assert checkpoints, "no checkpoint was written before the kill"
     killed_at = int(checkpoints[-1].name.split("-")[1])
     assert killed_at < 400
-    resume.write_text(yaml.safe_dump(_merge(params, {"train": {"steps": killed_at + 2,
+    resume.write_text(yaml.safe_dump(merge(params, {"train": {"steps": killed_at + 2,
                                                                "checkpoint_every": 2}})))
     # A different step count is a different config: resuming must refuse it...
     result = _run(cmd, repo)
@@ -265,7 +267,7 @@ def _smoke_training(repo: Path, tmp_path: Path, name: str, launcher: str, procs:
                     batch: int, check: bool = True) -> subprocess.CompletedProcess:
     params = yaml.safe_load((repo / "params.yaml").read_text())
     path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(_merge(params, {"train": {
+    path.write_text(yaml.safe_dump(merge(params, {"train": {
         "steps": 4, "batch_size": batch, "log_every": 1, "num_processes": procs}})))
     cmd = _train_command(launcher, procs) + [
         "stages.train", "--latents", "data/latents", "--base", "data/base", "--out",

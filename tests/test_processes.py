@@ -16,6 +16,7 @@ import yaml
 from PIL import Image
 
 from facemogle.cache.store import load_cache
+from facemogle.sampling.samples_folder import ids_path, mode_dir, sample_path
 
 ROOT = Path(__file__).resolve().parents[1]
 TORCHRUN = str(Path(sys.executable).parent / "torchrun")
@@ -81,12 +82,12 @@ def test_two_processes_sample_the_images_of_one_process(trained_run, tmp_path):
                                         "--params", params])
     assert "process 1/2: 2 of 3 test images (0::2)" in logs[2]
     assert "process 2/2: 1 of 3 test images (1::2)" in logs[2]
-    ids = json.loads((outs[1] / "ids.json").read_text())
-    assert len(ids) == 3 and json.loads((outs[2] / "ids.json").read_text()) == ids
+    ids = json.loads(ids_path(outs[1]).read_text())
+    assert len(ids) == 3 and json.loads(ids_path(outs[2]).read_text()) == ids
     for mode in ("multimodal", "mask2face", "text2face"):
-        assert sorted(p.stem for p in (outs[2] / mode).glob("*.png")) == sorted(ids)
+        assert sorted(p.stem for p in mode_dir(outs[2], mode).glob("*.png")) == sorted(ids)
         for i in ids:
-            one, two = (np.asarray(Image.open(outs[n] / mode / f"{i}.png")) for n in (1, 2))
+            one, two = (np.asarray(Image.open(sample_path(outs[n], mode, i))) for n in (1, 2))
             assert np.array_equal(one, two), (mode, i)
         assert (tmp_path / "sheets2" / f"{mode}.png").read_bytes() == \
             (tmp_path / "sheets1" / f"{mode}.png").read_bytes()

@@ -10,10 +10,10 @@ import pytest
 
 from facemogle.core.config import ConfigError, params_from_dict
 from facemogle.core.labels import LABEL_INDEX
-from facemogle.data import colours, offdist
+from facemogle.data import colours, layout, offdist
 from facemogle.data import synthfaces as sf
-from facemogle.data import synthfaces_stats as stats
-from facemogle.data.synthfaces_layout import BEYOND_KINDS, TARGETS, to_screen, to_surface
+from facemogle.data.synthfaces import stats
+from facemogle.data.synthfaces.layout import BEYOND_KINDS, TARGETS, to_screen, to_surface
 
 N = 240  # faces per layout (64 px)
 
@@ -205,7 +205,7 @@ def test_offdist_photos_are_parsed_by_the_face_mesh_at_128_px(tmp_path):
                 masks=params.offdist.masks_config(params.masks))
     from facemogle.core.labels import load_label_map
 
-    for mask in sorted((tmp_path / "labels" / "masks").glob("*.png")):
+    for mask in sorted((tmp_path / "labels" / layout.MASKS).glob("*.png")):
         label_map = load_label_map(mask)
         for name in ("skin", "nose", "l_eye", "r_eye", "u_lip", "hair"):
             assert (label_map == LABEL_INDEX[name]).any(), (mask.name, name)

@@ -27,7 +27,8 @@ def fake_cache(n: int = 6) -> LatentCache:
     return LatentCache(
         ids=[f"{i:03d}" for i in range(n)], image=torch.randn(n, TOKENS, 64, generator=g),
         slot_latents=torch.randn(n * 20, TOKENS, 64, generator=g), slot_index=slot_index,
-        text_seq=torch.randn(2 * n, T, D, generator=g), text_pooled=torch.randn(2 * n, D, generator=g),
+        text_seq=torch.randn(2 * n, T, D, generator=g),
+        text_pooled=torch.randn(2 * n, D, generator=g),
         caption_offsets=torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)]),
         empty_slot=torch.zeros(TOKENS, 64), empty_text_seq=torch.zeros(T, D),
         empty_text_pooled=torch.zeros(D), latent_size=LATENT)

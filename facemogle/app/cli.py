@@ -26,6 +26,7 @@ from facemogle.core import labels
 from facemogle.core.config import ConfigError
 from facemogle.core.flux import SAMPLE_GUIDANCE
 from facemogle.core.io import InputError, atomic_path, read_rgb
+from facemogle.data.layout import split_path
 from facemogle.masks.face_parsers import (
     PARSERS,
     MissingExtraError,
@@ -78,12 +79,8 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
                         help="weights' precision (default: the base's)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="facemogle", description=__doc__.splitlines()[0])
-    commands = parser.add_subparsers(dest="command", required=True)
-
-    gen = commands.add_parser("generate", help="generate one face")
-    _add_model_args(gen)
+def _add_condition_args(gen: argparse.ArgumentParser) -> None:
+    """`generate`'s prompt and mask: a mask file, or one parsed from a face photo."""
     gen.add_argument("--prompt", default=None, help="text condition (omit for none)")
     source = gen.add_mutually_exclusive_group()
     source.add_argument("--mask", default=None,
@@ -95,6 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
                           "one, else mediapipe)")
     gen.add_argument("--parser-path", default=None, help="parser weights (segformer: hub id or "
                      "folder; tiny: folder)")
+
+
+def _add_sampling_args(gen: argparse.ArgumentParser) -> None:
+    """`generate`'s sampler settings: seed, steps, guidance and block caching."""
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--steps", type=_positive, default=28)
     gen.add_argument("--guidance", type=float, default=SAMPLE_GUIDANCE,
@@ -108,6 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
                        const=FAST_CACHE_THRESHOLD,
                        help=f"--cache-threshold {FAST_CACHE_THRESHOLD:g}, the measured setting "
                             f"that keeps multimodal quality (docs/speed.md)")
+
+
+def _add_output_args(gen: argparse.ArgumentParser) -> None:
+    """`generate`'s image size, mask fitting and output files."""
     gen.add_argument("--size", type=_image_size, default=None,
                      help="pixels (default: the training resolution)")
     gen.add_argument("--resize-mask", action="store_true",
@@ -119,6 +124,16 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--gating-out", default=None,
                      help="also write per-expert gate weight maps over the steps (PNG)")
 
+
+def _add_generate_command(commands: argparse._SubParsersAction) -> None:
+    gen = commands.add_parser("generate", help="generate one face")
+    _add_model_args(gen)
+    _add_condition_args(gen)
+    _add_sampling_args(gen)
+    _add_output_args(gen)
+
+
+def _add_demo_command(commands: argparse._SubParsersAction) -> None:
     demo = commands.add_parser("demo", help="serve the Gradio web demo")
     _add_model_args(demo)
     demo.add_argument("--examples", nargs="+", default=None,
@@ -128,6 +143,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--host", default="127.0.0.1",
                       help="address to serve on (default: this machine only)")
     demo.add_argument("--port", type=int, default=None, help="port (default: Gradio's)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="facemogle", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    _add_generate_command(commands)
+    _add_demo_command(commands)
     return parser
 
 
@@ -219,7 +241,7 @@ def demo(args: argparse.Namespace) -> None:
     if examples is None:  # the DVC layout: data/model, data/raw, data/offdist/raw
         beside = Path(args.checkpoint).parent
         examples = [d for d in (beside / "raw", beside / "offdist" / "raw")
-                    if (d / "split.json").is_file()]
+                    if split_path(d).is_file()]
     launch(load_pipeline(args), examples=examples, host=args.host, port=args.port)
 
 

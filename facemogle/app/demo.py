@@ -28,6 +28,7 @@ from facemogle.app.gate_maps import gating_grid
 from facemogle.app.pipeline import FaceMoGLEPipeline
 from facemogle.core import labels
 from facemogle.core.io import InputError, read_jsonl
+from facemogle.data import layout
 
 # No telemetry and no update checks: the demo must work offline (set before gradio is imported).
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -111,8 +112,8 @@ def editor_label_map(value: dict | None, size: int, snap: bool
 def _mask_file(data_dir: Path, image_id: str) -> Path:
     """The id's mask: the data folder's own, else the parse_masks output beside it (`labels/`
     next to `raw/` in the DVC layout: a parsed photo has no mask of its own)."""
-    own = data_dir / "masks" / f"{image_id}.png"
-    parsed = data_dir.parent / "labels" / "masks" / f"{image_id}.png"
+    own = layout.mask_path(data_dir, image_id)
+    parsed = layout.mask_path(data_dir.parent / "labels", image_id)
     return own if own.is_file() or not parsed.is_file() else parsed
 
 
@@ -125,15 +126,16 @@ def load_examples(data_dirs: str | Path | Sequence[str | Path], count: int = NUM
     out_dir = Path(tempfile.mkdtemp(prefix="facemogle-examples-"))
     examples = []
     for n, data_dir in enumerate(map(Path, dirs)):
-        split_path = data_dir / "split.json"
+        split_path = layout.split_path(data_dir)
         if not split_path.is_file():
-            raise InputError(f"{data_dir}: not a data folder (no split.json); give the download "
-                             f"or parse_masks stage's output to --examples")
+            raise InputError(f"{data_dir}: not a data folder (no {layout.SPLIT}); give the "
+                             f"download or parse_masks stage's output to --examples")
         test = json.loads(split_path.read_text())["test"]
         ids = test[::max(1, len(test) // count)][:count]
         captions = {}
-        if (data_dir / "captions.jsonl").is_file():
-            captions = {r["id"]: r["captions"][0] for r in read_jsonl(data_dir / "captions.jsonl")}
+        if layout.captions_path(data_dir).is_file():
+            captions = {r["id"]: r["captions"][0]
+                        for r in read_jsonl(layout.captions_path(data_dir))}
         for image_id in ids:
             label_map = labels.load_label_map(_mask_file(data_dir, image_id))
             big = labels.resize_label_map(label_map, EDITOR_SIZE)
@@ -193,46 +195,67 @@ def enlarge(image: Image.Image) -> tuple[Image.Image, int]:
     return image.resize((image.width * zoom, image.height * zoom), Image.NEAREST), zoom
 
 
+def _mask_panel(examples: list[tuple[Path, str]] | None
+                ) -> tuple[gr.ImageEditor, gr.Checkbox, gr.Checkbox]:
+    """The mask editor and its two switches beside the palette legend: (editor, use_mask,
+    snap)."""
+    colors = [hex_color(c) for c in labels.PALETTE]
+    with gr.Row():
+        with gr.Column(scale=3):
+            editor = gr.ImageEditor(
+                value=start_canvas(examples), label="mask", type="numpy",
+                image_mode="RGBA",
+                sources=["upload"], canvas_size=(EDITOR_SIZE, EDITOR_SIZE), format="png",
+                brush=gr.Brush(colors=colors, default_color=colors[1], color_mode="fixed"),
+                layers=False, elem_id="mask-editor")
+            use_mask = gr.Checkbox(value=True, label="use mask (off: text2face)")
+            snap = gr.Checkbox(value=True, label="snap brush edges to the nearest palette "
+                                                 "colour (off: off-palette colours are an "
+                                                 "error)")
+        with gr.Column(scale=2):
+            gr.HTML(legend_html())
+    return editor, use_mask, snap
+
+
+def _prompt_and_sampling(examples: list[tuple[Path, str]] | None
+                         ) -> tuple[gr.Textbox, gr.Number, gr.Slider]:
+    """The prompt box, then the seed and step count: (prompt, seed, steps)."""
+    prompt = gr.Textbox(label="prompt", value=examples[0][1] if examples else "",
+                        elem_id="prompt",
+                        placeholder="empty: mask2face (or unconditional without a mask)")
+    with gr.Row():
+        seed = gr.Number(label="seed", value=0, precision=0, elem_id="seed")
+        steps = gr.Slider(1, 50, value=28, step=1, label="steps", elem_id="steps")
+    return prompt, seed, steps
+
+
+def _result_panel() -> tuple[gr.Image, gr.Image]:
+    """The generated face beside its gate weight maps: (result, gating)."""
+    with gr.Row():
+        # Headings instead of component labels: a label badge would cover the grid's header.
+        with gr.Column():
+            gr.Markdown("**result**")
+            result = gr.Image(show_label=False, type="pil", format="png", elem_id="result")
+        with gr.Column():
+            gr.Markdown("**gate weights** of the most used experts (rows) over the denoising "
+                        "steps (columns, s = flow time, 1 = noise)")
+            gating = gr.Image(show_label=False, type="pil", format="png", elem_id="gating")
+    return result, gating
+
+
 def build_demo(pipe: FaceMoGLEPipeline, examples: list[tuple[Path, str]] | None = None
                ) -> gr.Blocks:
     """The demo's page, not yet launched."""
     app = DemoApp(pipe)
-    colors = [hex_color(c) for c in labels.PALETTE]
     with gr.Blocks(title="Face-MoGLE", analytics_enabled=False) as blocks:
         gr.Markdown("# Face-MoGLE\nPaint a semantic mask with the CelebAMask-HQ palette (or "
                     "upload one), type a prompt, and generate. Prompt and mask are each "
                     "optional.")
-        with gr.Row():
-            with gr.Column(scale=3):
-                editor = gr.ImageEditor(
-                    value=start_canvas(examples), label="mask", type="numpy",
-                    image_mode="RGBA",
-                    sources=["upload"], canvas_size=(EDITOR_SIZE, EDITOR_SIZE), format="png",
-                    brush=gr.Brush(colors=colors, default_color=colors[1], color_mode="fixed"),
-                    layers=False, elem_id="mask-editor")
-                use_mask = gr.Checkbox(value=True, label="use mask (off: text2face)")
-                snap = gr.Checkbox(value=True, label="snap brush edges to the nearest palette "
-                                                     "colour (off: off-palette colours are an "
-                                                     "error)")
-            with gr.Column(scale=2):
-                gr.HTML(legend_html())
-        prompt = gr.Textbox(label="prompt", value=examples[0][1] if examples else "",
-                            elem_id="prompt",
-                            placeholder="empty: mask2face (or unconditional without a mask)")
-        with gr.Row():
-            seed = gr.Number(label="seed", value=0, precision=0, elem_id="seed")
-            steps = gr.Slider(1, 50, value=28, step=1, label="steps", elem_id="steps")
+        editor, use_mask, snap = _mask_panel(examples)
+        prompt, seed, steps = _prompt_and_sampling(examples)
         button = gr.Button("Generate", variant="primary", elem_id="generate")
         status = gr.Markdown(elem_id="status")
-        with gr.Row():
-            # Headings instead of component labels: a label badge would cover the grid's header.
-            with gr.Column():
-                gr.Markdown("**result**")
-                result = gr.Image(show_label=False, type="pil", format="png", elem_id="result")
-            with gr.Column():
-                gr.Markdown("**gate weights** of the most used experts (rows) over the denoising "
-                            "steps (columns, s = flow time, 1 = noise)")
-                gating = gr.Image(show_label=False, type="pil", format="png", elem_id="gating")
+        result, gating = _result_panel()
         if examples:
             gr.Examples([[str(p), text] for p, text in examples], inputs=[editor, prompt],
                         label="masks to start from and edit: the test split, then the "

@@ -82,7 +82,7 @@ class GatingRecorder:
         self.weights: list[Tensor] = []
 
     @torch.no_grad()
-    def __call__(self, step: int, sigma: Tensor, z_t: Tensor) -> None:
+    def __call__(self, step: int, sigma: Tensor, z_t: Tensor) -> None:  # noqa: ARG002 (sampler callback signature)
         """Called before Euler step `step` with sigma (B,) and the latents z_t (B, L, C)."""
         weights = self.mogle.gate_weights(self.cond, z_t, sigma)  # (B, L, E)
         self.sigmas.append(sigma[0].float().cpu())

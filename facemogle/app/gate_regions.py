@@ -32,6 +32,7 @@ from facemogle.cache.store import load_cache
 from facemogle.core import flow, labels
 from facemogle.core.config import load_params
 from facemogle.core.io import InputError, atomic_path, write_json
+from facemogle.data.layout import mask_path
 from facemogle.sampling.sampler import generate_latents, mode_conditions, sampling_autocast
 from facemogle.training.checkpoint import load_trained
 
@@ -146,7 +147,7 @@ def measure(model, base, cache, label_dir: Path, cfg, seed: int, max_images: int
                              guidance=cfg.guidance, cfg_scale=cfg.cfg_scale,
                              scheduler_config=base.scheduler_config, callback=recorder)
         trace = recorder.trace()
-        maps = np.stack([labels.load_label_map(label_dir / "masks" / f"{i}.png") for i in ids])
+        maps = np.stack([labels.load_label_map(mask_path(label_dir, i)) for i in ids])
         average.add(trace.weights, token_regions(maps, grid))
         sigmas = trace.sigmas.tolist()
     return average, sigmas, trace.slots

@@ -46,8 +46,8 @@ from facemogle.app.pipeline import MODEL_FILES
 from facemogle.base.loader import parts_dir, read_manifest
 from facemogle.core.config import ConfigError, load_params, to_dict
 from facemogle.core.io import InputError, atomic_path, write_json, write_manifest
-from facemogle.models.condition import load_lora_state_dict, lora_state_dict
 from facemogle.models.facemogle import FaceMoGLE
+from facemogle.models.lora import load_lora_state_dict, lora_state_dict
 from facemogle.models.mogle import MoGLE
 
 LORA_PREFIX = "transformer."

@@ -1,3 +1,4 @@
 """The `base` stage: the pretrained foundation (VAE, text encoder, FLUX transformer, face
-parser), resolved (FLUX.1-dev) or pretrained (the embedded stand-ins), and its loader.
+parser), resolved (FLUX.1-dev) or checked (the embedded base, trained once by
+`facemogle.pretrain`), and its loader.
 """

@@ -1,6 +1,6 @@
-"""The embedded base: trained once by `python -m stages.pretrain` (`facemogle.base.train_embedded`),
-shipped with the repository, checked and resolved by the `base` stage (docs/design.md, "The
-embedded base").
+"""The embedded base: trained once by `python -m stages.pretrain`
+(`facemogle.pretrain.train_embedded`), shipped with the repository, checked and resolved by the
+`base` stage (docs/design.md, "The embedded base").
 
 The folder (`base.tiny_path`, default `pretrained/embedded/`) holds the diffusers folders `vae/`,
 `transformer/`, `scheduler/`, the face parser `parser/`, `text_encoder.json`, and

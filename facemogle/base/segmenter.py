@@ -1,9 +1,10 @@
 """A small face parser: images -> 19-class CelebAMask-HQ label maps (embedded default).
 
 The embedded default has no pretrained face parser offline, so the embedded base carries this one,
-trained on SynthFaces by `stages.pretrain` and fixed afterwards. `parse_masks` uses it to label images without annotations and `evaluate` to measure
-mask fidelity (mIoU of the generated face's parse vs. the input mask); its pooled bottleneck
-features are the offline feature space of the "fd_parser" Frechet distance.
+trained on SynthFaces by `stages.pretrain` and fixed afterwards. `parse_masks` uses it to label
+images without annotations and `evaluate` to measure mask fidelity (mIoU of the generated face's
+parse vs. the input mask); its pooled bottleneck features are the offline feature space of the
+"fd_parser" Frechet distance.
 
 The net is a U-Net: three stride-2 stages down to x8, then bilinear upsampling with skip
 connections back to full resolution. Any H, W work (skips are resized to match).

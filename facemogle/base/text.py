@@ -201,7 +201,8 @@ def _read_manifest(base_dir_or_manifest: str | Path | dict) -> tuple[dict, str]:
     path = Path(base_dir_or_manifest)
     if path.is_dir():
         path = path / TEXT_MANIFEST
-    return read_json(path, missing="text encoder manifest not found (run the base stage)"), str(path)
+    return (read_json(path, missing="text encoder manifest not found (run the base stage)"),
+            str(path))
 
 
 def load_text_encoder(base_dir_or_manifest: str | Path | dict, *,

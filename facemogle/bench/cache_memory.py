@@ -1,7 +1,13 @@
 """Peak host memory of `cache_latents` per process, measured on stand-ins and extrapolated.
 
-    python -m facemogle.bench.cache_memory                        # the current build_cache
-    python -m facemogle.bench.cache_memory --build-module OLD.py  # another build.py (e.g. from git)
+    python -m facemogle.bench.cache_memory [--out FILE]
+
+It measures the `facemogle.cache.build` of the checkout it runs in (the record names that
+file's SHA-256). To measure another version of that file against the same code around it, run
+it from a worktree that differs only there:
+
+    git worktree add ../old HEAD && git -C ../old checkout OLD -- facemogle/cache/build.py
+    cd ../old && python -m facemogle.bench.cache_memory --out old.json
 
 Each point builds one shard of stand-in data (random faces, label maps with all 19 labels, so
 all 20 mask slots are stored) with a stand-in VAE and text encoder that give the real output
@@ -27,7 +33,6 @@ host (on a GPU the stage copies float16 to the host), not the encoders' own work
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import itertools
 import json
 import os
@@ -44,6 +49,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+
+from facemogle.cache import build
+from facemogle.core.io import file_sha256
+from facemogle.data import layout
 
 NUM_SLOTS = 20  # the global colour mask and 19 binary masks (facemogle.core.labels)
 
@@ -139,8 +148,8 @@ def write_standin_data(root: Path, scale: CacheScale) -> tuple[Path, Path]:
     """`download` and `parse_masks` layouts of `scale.images` random faces with label maps in
     which every label occurs, and captions of 3 to 40 words; returns (data_dir, labels_dir)."""
     data_dir, labels_dir = root / "raw", root / "labels"
-    (data_dir / "images").mkdir(parents=True)
-    (labels_dir / "masks").mkdir(parents=True)
+    (data_dir / layout.IMAGES).mkdir(parents=True)
+    (labels_dir / layout.MASKS).mkdir(parents=True)
     rng = np.random.default_rng(0)
     r = scale.resolution
     stripes = (np.arange(r)[:, None] * 19 // r + np.zeros((1, r), dtype=int)).astype(np.uint8)
@@ -148,12 +157,12 @@ def write_standin_data(root: Path, scale: CacheScale) -> tuple[Path, Path]:
     rows = []
     for i in ids:
         face = rng.integers(0, 256, (r, r, 3), dtype=np.uint8)  # (R, R, 3)
-        Image.fromarray(face).save(data_dir / "images" / f"{i}.png")
-        Image.fromarray(stripes, mode="L").save(labels_dir / "masks" / f"{i}.png")
+        Image.fromarray(face).save(layout.image_path(data_dir, i))
+        Image.fromarray(stripes, mode="L").save(layout.mask_path(labels_dir, i))
         rows.append({"id": i, "captions": [" ".join(["word"] * int(rng.integers(3, 41))) + f" {i}"
                                            for _ in range(scale.captions)]})
-    (data_dir / "captions.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
-    (labels_dir / "split.json").write_text(json.dumps({"train": ids, "test": []}))
+    layout.captions_path(data_dir).write_text("".join(json.dumps(row) + "\n" for row in rows))
+    layout.split_path(labels_dir).write_text(json.dumps({"train": ids, "test": []}))
     return data_dir, labels_dir
 
 
@@ -167,19 +176,8 @@ def _rss() -> int:
     return int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1)) * 1024
 
 
-def _load_build(build_module: str | None):
-    if build_module is None:
-        from facemogle.cache import build
-        return build
-    spec = importlib.util.spec_from_file_location("facemogle_cache_build_under_test", build_module)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def measure_in_this_process(scale: CacheScale, root: Path, build_module: str | None) -> int:
+def measure_in_this_process(scale: CacheScale, root: Path) -> int:
     """Peak resident bytes above the start of `build_cache` for one shard of `scale`."""
-    build = _load_build(build_module)
     data_dir, labels_dir = write_standin_data(root, scale)
     base = standin_base(scale)
     Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
@@ -197,15 +195,15 @@ def measure_in_this_process(scale: CacheScale, root: Path, build_module: str | N
 MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536"}
 
 
-def peak_memory(scale: CacheScale, build_module: str | None = None) -> int:
+def peak_memory(scale: CacheScale) -> int:
     """Peak host memory (bytes) of caching one shard of `scale`, measured in a fresh process
     (`MALLOC_ENV`)."""
     with tempfile.TemporaryDirectory() as root:
         code = ("import json, sys; from pathlib import Path; "
                 "from facemogle.bench.cache_memory import CacheScale, measure_in_this_process; "
                 "a = json.loads(sys.argv[1]); print(measure_in_this_process("
-                "CacheScale(**a['scale']), Path(a['root']), a['build']))")
-        arg = json.dumps({"scale": asdict(scale), "root": root, "build": build_module})
+                "CacheScale(**a['scale']), Path(a['root'])))")
+        arg = json.dumps({"scale": asdict(scale), "root": root})
         done = subprocess.run([sys.executable, "-c", code, arg], capture_output=True, text=True,
                               check=True, env={**os.environ, **MALLOC_ENV})
         return int(done.stdout.strip().splitlines()[-1])
@@ -246,11 +244,12 @@ def fit(scales: list[CacheScale], peaks: list[int]) -> np.ndarray:
     return best
 
 
-def report(build_module: str | None = None, grid: tuple[CacheScale, ...] = GRID) -> dict:
+def report(grid: tuple[CacheScale, ...] = GRID) -> dict:
     """Measure the grid, fit, and extrapolate to MM-CelebA-HQ; a JSON-ready record."""
-    peaks = [peak_memory(s, build_module) for s in grid]
+    peaks = [peak_memory(s) for s in grid]
     coefficients = fit(list(grid), peaks)
-    return {"build_module": build_module or "facemogle/cache/build.py",
+    return {"build_module": "facemogle/cache/build.py",
+            "build_sha256": file_sha256(Path(build.__file__)),
             "points": [{**asdict(s), "peak_bytes": p, "fit_bytes": predict(coefficients, s),
                         "stored_bytes": s.stored_bytes()} for s, p in zip(grid, peaks)],
             "coefficients": dict(zip(COEFFICIENTS, coefficients.tolist())),
@@ -261,10 +260,9 @@ def report(build_module: str | None = None, grid: tuple[CacheScale, ...] = GRID)
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--build-module", help="a build.py to measure instead of the package's")
     parser.add_argument("--out", help="write the JSON record here")
     args = parser.parse_args(argv)
-    record = report(args.build_module)
+    record = report()
     text = json.dumps(record, indent=2)
     if args.out:
         Path(args.out).write_text(text + "\n")

@@ -29,9 +29,11 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from facemogle.cache.store import INDEX
 from facemogle.core import labels, latents
 from facemogle.core.io import write_json
 from facemogle.core.machine import machine
+from facemogle.data import layout
 
 # name -> changes of the `cache` section; the first is the reference for the byte check.
 SETTINGS: dict[str, dict[str, Any]] = {
@@ -45,12 +47,12 @@ SETTINGS: dict[str, dict[str, Any]] = {
 
 def subset_labels(labels_dir: Path, count: int, work: Path) -> Path:
     """A labels folder whose split holds the first `count` ids (masks linked, not copied)."""
-    split = json.loads((labels_dir / "split.json").read_text())
+    split = json.loads(layout.split_path(labels_dir).read_text())
     ids = (list(split["train"]) + list(split["test"]))[:count]
     out = work / "labels"
     out.mkdir()
-    (out / "masks").symlink_to((labels_dir / "masks").resolve())
-    (out / "split.json").write_text(json.dumps({"train": ids, "test": []}))
+    (out / layout.MASKS).symlink_to((labels_dir / layout.MASKS).resolve())
+    layout.split_path(out).write_text(json.dumps({"train": ids, "test": []}))
     return out
 
 
@@ -72,7 +74,7 @@ def run_stage(setting: dict[str, Any], params: Path, data: Path, labels_dir: Pat
 
 def per_image(out: Path) -> dict[str, dict[str, torch.Tensor]]:
     """Every image's stored tensors by id, whatever the shard layout."""
-    index = json.loads((out / "index.json").read_text())
+    index = json.loads((out / INDEX).read_text())
     rows: dict[str, dict[str, torch.Tensor]] = {}
     for shard in index["shards"]:
         t = load_file(out / shard["file"])
@@ -99,12 +101,12 @@ def compare(a: dict, b: dict) -> dict[str, Any]:
             "max_abs_difference": worst}
 
 
-def lever_batch(data: Path, labels_dir: Path, count: int) -> torch.Tensor:
+def lever_batch(labels_dir: Path, count: int) -> torch.Tensor:
     """The stored slot images of the first `count` images: (S, 3, H, W)."""
-    split = json.loads((labels_dir / "split.json").read_text())
+    split = json.loads(layout.split_path(labels_dir).read_text())
     slots = []
     for i in split["train"][:count]:
-        label_map = labels.load_label_map(labels_dir / "masks" / f"{i}.png")
+        label_map = labels.load_label_map(layout.mask_path(labels_dir, i))
         slots.append(labels.decouple(label_map)[torch.from_numpy(labels.slot_presence(label_map))])
     return torch.cat(slots)
 
@@ -120,11 +122,11 @@ def _rate(vae, x: torch.Tensor, batch: int, **autocast) -> tuple[float, torch.Te
     return len(x) / seconds, z
 
 
-def measure_levers(base: Path, data: Path, labels_dir: Path) -> dict[str, Any]:
+def measure_levers(base: Path, labels_dir: Path) -> dict[str, Any]:
     from facemogle.base.loader import load_base
 
     vae = load_base(base, load_text_encoder=False).vae
-    x = lever_batch(data, labels_dir, 24)  # (S, 3, H, W)
+    x = lever_batch(labels_dir, 24)  # (S, 3, H, W)
     rate32, ref = _rate(vae, x, 32, enabled=False)
     rate4, _ = _rate(vae, x, 4, enabled=False)
     bf16_rate, bf16 = _rate(vae, x, 4, dtype=torch.bfloat16)
@@ -175,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         before = next(iter(result["settings"].values()))["seconds"]
         for entry in result["settings"].values():
             entry["speedup"] = before / entry["seconds"]
-        result["levers"] = measure_levers(args.base, args.data, args.labels)
+        result["levers"] = measure_levers(args.base, args.labels)
     write_json(args.out, result)
     print(json.dumps(result, indent=1))
     return 0

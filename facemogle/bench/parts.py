@@ -60,6 +60,7 @@ from facemogle.core import labels
 from facemogle.core.config import load_params
 from facemogle.core.io import read_json, read_jsonl, write_json, write_text
 from facemogle.core.machine import cpu_name
+from facemogle.data import layout
 from facemogle.models import condition
 from facemogle.models.facemogle import FaceMoGLE
 from facemogle.sampling.sampler import mode_conditions, sampling_autocast, velocity_fn
@@ -69,9 +70,11 @@ from facemogle.training.step import draw_batch, make_optimizer, train_step
 log = logging.getLogger(__name__)
 aten = torch.ops.aten
 CPU_SDPA = {aten._scaled_dot_product_flash_attention_for_cpu:
-            lambda q, k, v, *_, out_shape=None, **__: sdpa_flop_count(q, k, v),
+            lambda q, k, v, *_, out_shape=None, **__:  # noqa: ARG005 (FlopCounterMode formula signature)
+            sdpa_flop_count(q, k, v),
             aten._scaled_dot_product_flash_attention_for_cpu_backward:
-            lambda g, q, k, v, *_, out_shape=None, **__: sdpa_backward_flop_count(g, q, k, v)}
+            lambda g, q, k, v, *_, out_shape=None, **__:  # noqa: ARG005 (FlopCounterMode formula signature)
+            sdpa_backward_flop_count(g, q, k, v)}
 FORWARD_PARTS = ("mogle_experts", "mogle_gate", "attention", "mlp", "linear")
 PROJ_OUT_SPLIT = {"mlp": 0.8, "linear": 0.2}
 SINGLE_PROJ_OUT = re.compile(r"single_transformer_blocks\.\d+\.proj_out\b")
@@ -122,27 +125,31 @@ def cache_parts(base, params, data: Path, label_dir: Path, repeats: int,
                 peak: float) -> dict[str, Any]:
     """The `cache_latents` parts on the first batch of the first shard (module docstring)."""
     c = params.cache
-    split = read_json(label_dir / "split.json")
+    split = read_json(layout.split_path(label_dir))
     ids = (list(split["train"]) + list(split["test"]))[:c.shard_size]
-    rows = read_jsonl(data / "captions.jsonl")
+    rows = read_jsonl(layout.captions_path(data))
     captions = {r["id"]: r["captions"][:c.max_captions] for r in rows}
     inputs = build._Inputs(data, label_dir, captions, params.data.resolution, c.batch_size)
     presence = np.stack([labels.slot_presence(labels.load_label_map(
-        label_dir / "masks" / f"{i}.png")) for i in ids])  # (N, 20)
+        layout.mask_path(label_dir, i))) for i in ids])  # (N, 20)
     per_image = {"host_faces": 1.0, "host_masks": 1.0, "vae_faces": 1.0,
                  "vae_slots": presence.sum() / len(ids),
                  "text": np.mean([len(captions[i]) for i in ids])}
     batch, text_batch = ids[:c.batch_size], getattr(c, "text_batch_size", c.batch_size)
     texts = [t for i in ids for t in captions[i]][:text_batch]
-    shard = build._Shard(batch, presence[:len(batch)], texts, np.zeros(1, np.int64), None)
+
+    def masks():  # the label maps of `batch`, read one by one as the stage reads them
+        return (labels.load_label_map(layout.mask_path(label_dir, i)) for i in batch)
+
     faces = next(build._face_batches(inputs, batch))  # (b, 3, H, W)
-    slots = next(build._slot_batches(inputs, shard))  # (b, 3, H, W)
+    slots = next(build._slot_image_batches(masks(), c.batch_size))  # (b, 3, H, W)
 
     def encode(images: torch.Tensor) -> list[torch.Tensor]:
         return list(build._encode_batches(base.vae, [images]))
 
     calls = {"host_faces": (lambda: next(build._face_batches(inputs, batch)), len(batch)),
-             "host_masks": (lambda: list(build._slot_batches(inputs, shard)), len(batch)),
+             "host_masks": (lambda: list(build._slot_image_batches(masks(), c.batch_size)),
+                            len(batch)),
              "vae_faces": (lambda: encode(faces), len(faces)),
              "vae_slots": (lambda: encode(slots), len(slots)),
              "text": (lambda: list(build._text_batches(base.text_encoder, texts, text_batch)),

@@ -113,6 +113,29 @@ def _counts(model: FaceMoGLE) -> dict[str, int]:
             "trainable": sum(p.numel() for p in model.trainable_parameters())}
 
 
+def _measure_parts(opt: Options, size: BenchSize, run: TrainRun, generator: torch.Generator,
+                   dims: tuple[int, int]) -> dict[str, Any]:
+    """The measurements of `opt.parts` and the profile, in that order: the result's "train",
+    "sample", "cache" and "profile" entries. `dims`: (text, pooled) embedding widths."""
+    measured: dict[str, Any] = {}
+    if "train" in opt.parts:
+        measured["train"] = train_sweep(run, opt.batch_sizes, opt.steps, opt.warmup, opt.seed)
+    vae = None
+    if {"sample", "cache"} & set(opt.parts):
+        vae = build_frozen(size.vae, opt.device, opt.dtype, opt.seed + 1)
+    if "sample" in opt.parts:
+        measured["sample"] = sample_sweep(run, vae, opt.sample_batch_sizes, opt.sample_steps)
+    if "cache" in opt.parts:
+        measured["cache"] = {**measure_caching(vae, size, opt.cache_images,
+                                               opt.cache_batch_size, opt.device, generator),
+                             "shard": shard_bytes(size, *dims)}
+    if opt.profile is not None:
+        ok = [r["batch_size"] for r in measured.get("train", []) if r["status"] == "ok"]
+        measured["profile"] = {"dir": str(opt.profile), **profile_run(
+            run, (ok or opt.batch_sizes)[0], opt.profile, opt.seed, opt.profile_steps)}
+    return measured
+
+
 def run_benchmark(opt: Options) -> dict[str, Any]:
     """Build the models of `opt.size` on `opt.device` and measure `opt.parts`; the result dict
     that `main` writes."""
@@ -141,21 +164,7 @@ def run_benchmark(opt: Options) -> dict[str, Any]:
                              "train_step_hardware": flops.hardware(opt.checkpointing)},
         "peak_flops": peak, "peak_flops_source": peak_source,
     }
-    if "train" in opt.parts:
-        result["train"] = train_sweep(run, opt.batch_sizes, opt.steps, opt.warmup, opt.seed)
-    vae = None
-    if {"sample", "cache"} & set(opt.parts):
-        vae = build_frozen(size.vae, opt.device, opt.dtype, opt.seed + 1)
-    if "sample" in opt.parts:
-        result["sample"] = sample_sweep(run, vae, opt.sample_batch_sizes, opt.sample_steps)
-    if "cache" in opt.parts:
-        result["cache"] = {**measure_caching(vae, size, opt.cache_images, opt.cache_batch_size,
-                                             opt.device, generator),
-                           "shard": shard_bytes(size, text_dim, pooled_dim)}
-    if opt.profile is not None:
-        ok = [r["batch_size"] for r in result.get("train", []) if r["status"] == "ok"]
-        result["profile"] = {"dir": str(opt.profile), **profile_run(
-            run, (ok or opt.batch_sizes)[0], opt.profile, opt.seed, opt.profile_steps)}
+    result.update(_measure_parts(opt, size, run, generator, (text_dim, pooled_dim)))
     return result
 
 
@@ -210,8 +219,7 @@ def _parts(text: str) -> tuple[str, ...]:
     return parts
 
 
-def parse_args(argv: list[str] | None = None) -> Options:
-    """Command line -> `Options`; per-size defaults from `DEFAULTS`."""
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m facemogle.bench",
                                  description=__doc__.splitlines()[0])
     ap.add_argument("--size", choices=list(DEFAULTS), required=True)
@@ -236,9 +244,11 @@ def parse_args(argv: list[str] | None = None) -> Options:
     ap.add_argument("--params", type=Path, default=Path("params.yaml"),
                     help="params file whose small sizes --size tiny uses")
     ap.add_argument("--seed", type=int, default=0)
-    a = ap.parse_args(argv)
-    d = DEFAULTS[a.size]
-    device = torch.device(a.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    return ap
+
+
+def _check(ap: argparse.ArgumentParser, a: argparse.Namespace, device: torch.device) -> None:
+    """Refuse (`ap.error`) a flux run off CUDA and counts out of range."""
     if a.size == "flux" and device.type != "cuda":
         ap.error("--size flux needs a CUDA device (11.9 B parameters); use --size tiny on a CPU")
     for name in ("steps", "sample_steps", "cache_images", "cache_batch_size", "profile_steps"):
@@ -247,6 +257,15 @@ def parse_args(argv: list[str] | None = None) -> Options:
             ap.error(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
     if a.warmup is not None and a.warmup < 0:
         ap.error(f"--warmup must be >= 0, got {a.warmup}")
+
+
+def parse_args(argv: list[str] | None = None) -> Options:
+    """Command line -> `Options`; per-size defaults from `DEFAULTS`."""
+    ap = _parser()
+    a = ap.parse_args(argv)
+    d = DEFAULTS[a.size]
+    device = torch.device(a.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    _check(ap, a, device)
     pick = lambda name: d[name] if getattr(a, name) is None else getattr(a, name)  # noqa: E731
     return Options(a.size, a.out, device, getattr(torch, pick("dtype")), pick("batch_sizes"),
                    pick("steps"), pick("warmup"), a.sample_batch_sizes, a.sample_steps,

@@ -36,9 +36,9 @@ from facemogle.core import flow, labels
 from facemogle.core.config import load_params
 from facemogle.core.io import read_jsonl, read_rgb, write_json
 from facemogle.core.machine import machine
+from facemogle.data import layout
 from facemogle.evaluation.evaluate import parser_metrics
 from facemogle.models import condition
-from facemogle.models.condition import ResidualCache
 from facemogle.sampling import sampler
 from facemogle.sampling.sheets import to_uint8
 from facemogle.training.checkpoint import load_trained
@@ -54,7 +54,7 @@ def sample_set(model, base, cache, rows: list[int], mode: str, cfg, *, seed: int
         batch = torch.tensor(rows[start:start + cfg.batch_size])
         cond = sampler.mode_conditions(cache, batch, mode, torch.device("cpu"))
         seeds = [flow.seed_for(cache.ids[int(r)], seed) for r in batch]
-        residual = ResidualCache(threshold) if threshold else None
+        residual = sampler.residual_cache(threshold)
         begin = time.perf_counter()
         with torch.no_grad():
             noise = sampler.generate_latents(
@@ -76,9 +76,9 @@ def sample_set(model, base, cache, rows: list[int], mode: str, cfg, *, seed: int
 def score(images: list[np.ndarray], ids: list[str], data: Path, labels_dir: Path, parser,
           params) -> dict[str, float]:
     """mIoU, attribute accuracy and fd_parser of `images` (the evaluate stage's metrics)."""
-    reference = [read_rgb(data / "images" / f"{i}.png") for i in ids]
-    masks = [labels.load_label_map(labels_dir / "masks" / f"{i}.png") for i in ids]
-    table = {r["id"]: r["attributes"] for r in read_jsonl(data / "attributes.jsonl")}
+    reference = [read_rgb(layout.image_path(data, i)) for i in ids]
+    masks = [labels.load_label_map(layout.mask_path(labels_dir, i)) for i in ids]
+    table = {r["id"]: r["attributes"] for r in read_jsonl(layout.attributes_path(data))}
     values, _ = parser_metrics(parser, images, reference, masks, [table[i] for i in ids],
                                params.evaluate, seed=params.seed, backend="parser")
     return {v.name: v.value for v in values if v.name in QUALITY}

@@ -45,9 +45,17 @@ from safetensors.torch import save_file
 from torch import Tensor
 from tqdm import tqdm
 
-from facemogle.cache.store import CACHE_FORMAT, STORE_DTYPE, TRIMMED_CACHE_FORMAT
+from facemogle.cache.store import (
+    CACHE_FORMAT,
+    EMPTY,
+    INDEX,
+    STORE_DTYPE,
+    TRIMMED_CACHE_FORMAT,
+    shard_name,
+)
 from facemogle.core import labels, latents
 from facemogle.core.io import atomic_path, open_image, read_jsonl, write_json
+from facemogle.data import layout
 
 log = logging.getLogger(__name__)
 
@@ -220,7 +228,7 @@ def token_counts(encoder, texts: list[str]) -> list[int]:
 
 
 def _plan_shard(base, ids: list[str], inputs: _Inputs, options: CacheOptions) -> _Shard:
-    maps = (labels.load_label_map(inputs.labels_dir / "masks" / f"{i}.png") for i in ids)
+    maps = (labels.load_label_map(layout.mask_path(inputs.labels_dir, i)) for i in ids)
     presence = np.stack([labels.slot_presence(m) for m in maps])  # (N, 20), maps read one by one
     kept = [inputs.captions[i][:options.max_captions] for i in ids]
     texts = [c for image_captions in kept for c in image_captions]
@@ -261,24 +269,8 @@ def _load_image01(path: Path) -> Tensor:
 
 def _face_batches(inputs: _Inputs, ids: list[str]) -> Iterator[Tensor]:
     for start in range(0, len(ids), inputs.batch_size):
-        yield torch.stack([_load_image01(inputs.data_dir / "images" / f"{i}.png")
+        yield torch.stack([_load_image01(layout.image_path(inputs.data_dir, i))
                            for i in ids[start:start + inputs.batch_size]])  # (b, 3, H, W)
-
-
-def _slot_batches(inputs: _Inputs, shard: _Shard) -> Iterator[Tensor]:
-    """The stored slot images, image by image, in batches of `batch_size` (a batch may span
-    images): one image's 20 slot images and one batch are in memory at a time."""
-    pending: list[Tensor] = []
-    for i, present in zip(shard.ids, shard.presence):
-        label_map = labels.load_label_map(inputs.labels_dir / "masks" / f"{i}.png")
-        pending += labels.decouple(label_map)[torch.from_numpy(present)].unbind(0)  # s x (3, H, W)
-        while len(pending) >= inputs.batch_size:
-            batch = torch.stack(pending[:inputs.batch_size])  # (b, 3, H, W)
-            del pending[:inputs.batch_size]
-            yield batch
-            del batch
-    if pending:
-        yield torch.stack(pending)  # (b, 3, H, W)
 
 
 # The batch loops below `del` each batch once it is written, so that it is not held while the
@@ -286,25 +278,81 @@ def _slot_batches(inputs: _Inputs, shard: _Shard) -> Iterator[Tensor]:
 # per call: as a decorator it would hold the last batch yielded while the next is made.)
 
 
-def _encode_batches(vae, batches: Iterable[Tensor], precision: str = "float32"
-                    ) -> Iterator[Tensor]:
+def encode_images(vae, images01: Tensor, precision: str = "float32") -> Tensor:
+    """(b, 3, H, W) images in [0, 1] -> (b, L, C) packed VAE posterior means in the stored dtype,
+    on the CPU: how the cache encodes faces and mask slots. One call is one VAE batch (on CPU
+    the VAE's rounding depends on the batch it runs in); `precision` "bfloat16" encodes under
+    bfloat16 autocast."""
     autocast = {"device_type": vae.device.type, "dtype": torch.bfloat16,
                 "enabled": precision == "bfloat16"}
+    with torch.no_grad(), torch.autocast(**autocast):
+        z = latents.encode(vae, images01.to(vae.device, vae.dtype))  # (b, C, h, w)
+    return latents.pack(z).to(STORE_DTYPE).cpu()  # (b, L, 4C), elementwise as whole shard
+
+
+def _encode_batches(vae, batches: Iterable[Tensor], precision: str = "float32"
+                    ) -> Iterator[Tensor]:
     for batch in batches:  # (b, 3, H, W) in [0, 1]
-        with torch.no_grad(), torch.autocast(**autocast):
-            z = latents.encode(vae, batch.to(vae.device, vae.dtype))  # (b, C, h, w)
+        tokens = encode_images(vae, batch, precision)  # (b, L, C)
         del batch
-        tokens = latents.pack(z).to(STORE_DTYPE).cpu()  # (b, L, 4C), elementwise as whole shard
-        del z
         yield tokens
         del tokens
 
 
+def _slot_image_batches(label_maps: Iterable[np.ndarray], batch_size: int) -> Iterator[Tensor]:
+    """The slot images of the labels that occur, mask by mask, in batches of `batch_size` (a
+    batch may span masks): one mask's 20 slot images and one batch are in memory at a time."""
+    pending: list[Tensor] = []
+    for label_map in label_maps:
+        present = torch.from_numpy(labels.slot_presence(label_map))  # (20,)
+        pending += labels.decouple(label_map)[present].unbind(0)  # s x (3, H, W)
+        while len(pending) >= batch_size:
+            batch = torch.stack(pending[:batch_size])  # (b, 3, H, W)
+            del pending[:batch_size]
+            yield batch
+            del batch
+    if pending:
+        yield torch.stack(pending)  # (b, 3, H, W)
+
+
+def encode_slots(vae, label_maps: Iterable[np.ndarray], *, batch_size: int = 1,
+                 precision: str = "float32") -> Iterator[Tensor]:
+    """The stored latents of the mask slots of `label_maps` whose label occurs (the others take
+    the empty-slot latent, `empty_slot_latent`), mask by mask in slot order, as (b, L, C)
+    blocks of `batch_size` VAE-encoded slot images (`encode_images`). The `cache_latents` stage
+    and `FaceMoGLEPipeline` (one mask, batch size 1: `mask_latents`) both encode here."""
+    return _encode_batches(vae, _slot_image_batches(label_maps, batch_size), precision)
+
+
+def empty_slot_latent(vae, size: tuple[int, int]) -> Tensor:
+    """(L, C) stored latent of the all-black slot image of `size` (H, W): a label that does not
+    occur."""
+    return encode_images(vae, torch.zeros(1, 3, *size))[0]  # (L, C)
+
+
+def mask_latents(vae, label_map: np.ndarray, empty_slot: Tensor) -> Tensor:
+    """(H, W) label map -> (20, L, C) slot latents with the values the cache holds: each slot
+    image whose label occurs encoded on its own (so a mask's latents depend on that mask alone,
+    and equal a cache built with batch size 1), `empty_slot` (L, C; `empty_slot_latent`) for
+    the others. The result has `empty_slot`'s device and dtype."""
+    present = torch.from_numpy(labels.slot_presence(label_map))  # (20,)
+    out = empty_slot.expand(labels.NUM_SLOTS, *empty_slot.shape).clone()  # (20, L, C)
+    encoded = torch.cat(list(encode_slots(vae, [label_map])))  # (S, L, C)
+    out[present.to(out.device)] = encoded.to(out.device, out.dtype)
+    return out
+
+
+def encode_texts(encoder, texts: list[str]) -> tuple[Tensor, Tensor]:
+    """(b, T, D) sequence and (b, P) pooled embeddings of `texts`, in the stored dtype on the CPU:
+    how the cache encodes captions. One call is one text-encoder batch."""
+    with torch.no_grad():
+        seq, pooled = encoder.encode(texts)  # (b, T, D), (b, P)
+    return seq.to(STORE_DTYPE).cpu(), pooled.to(STORE_DTYPE).cpu()  # float32 freed
+
+
 def _text_batches(encoder, texts: list[str], batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
     for start in range(0, len(texts), batch_size):
-        with torch.no_grad():
-            seq, pooled = encoder.encode(texts[start:start + batch_size])  # (b, T, D), (b, P)
-        seq, pooled = seq.to(STORE_DTYPE).cpu(), pooled.to(STORE_DTYPE).cpu()  # float32 freed
+        seq, pooled = encode_texts(encoder, texts[start:start + batch_size])
         yield seq, pooled
         del seq, pooled
 
@@ -337,18 +385,19 @@ def _write_shard(base, path: Path, shard: _Shard, inputs: _Inputs, stamp: str) -
             for block in _encode_batches(base.vae, faces, inputs.precision):
                 out.write("image", block)  # (b, L, C)
                 del block
-            for block in _encode_batches(base.vae, _slot_batches(inputs, shard),
-                                         inputs.precision):
+            masks = (labels.load_label_map(layout.mask_path(inputs.labels_dir, i))
+                     for i in shard.ids)  # read one by one
+            for block in encode_slots(base.vae, masks, batch_size=inputs.batch_size,
+                                      precision=inputs.precision):
                 out.write("slot_latents", block)  # (b, L, C)
                 del block
             _write_text(out, base.text_encoder, shard, inputs.text_batch_size)
 
 
 def _empty_entries(base, resolution: int) -> dict[str, Tensor]:
-    black = torch.zeros(1, 3, resolution, resolution)  # (1, 3, H, W)
     seq, pooled = next(_text_batches(base.text_encoder, [""], 1))  # (1, T, D), (1, P)
     return {
-        "slot": next(_encode_batches(base.vae, [black]))[0],  # (L, C)
+        "slot": empty_slot_latent(base.vae, (resolution, resolution)),  # (L, C)
         "text_seq": seq[0],  # (T, D)
         "text_pooled": pooled[0],  # (P,)
     }
@@ -373,11 +422,11 @@ def _clear_stale(base, out_dir: Path, stamp: str, resolution: int) -> None:
     """Main process: drop the index and every shard of another configuration; write the empty
     entries."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "index.json").unlink(missing_ok=True)  # rewritten when every shard is there
+    (out_dir / INDEX).unlink(missing_ok=True)  # rewritten when every shard is there
     for old in out_dir.glob("*.safetensors"):
         if _stamp_of(old) != stamp:
             old.unlink()  # made under another configuration, or unreadable
-    empty_path = out_dir / "empty.safetensors"
+    empty_path = out_dir / EMPTY
     if not empty_path.exists():
         _save(empty_path, _empty_entries(base, resolution), stamp)
 
@@ -407,9 +456,9 @@ def build_cache(base, data_dir: str | Path, labels_dir: str | Path, out_dir: str
     """
     processes = processes or SingleProcess()
     out_dir, labels_dir = Path(out_dir), Path(labels_dir)
-    split = json.loads((labels_dir / "split.json").read_text())  # ids that have a label map
+    split = json.loads(layout.split_path(labels_dir).read_text())  # ids that have a label map
     ids = list(split["train"]) + list(split["test"])
-    captions = {row["id"]: row["captions"] for row in read_jsonl(Path(data_dir) / "captions.jsonl")}
+    captions = {row["id"]: row["captions"] for row in read_jsonl(layout.captions_path(data_dir))}
     inputs = _Inputs(Path(data_dir), labels_dir, captions, resolution, batch_size,
                      text_batch_size, precision)
     precision_stamp = {} if precision == "float32" else {"precision": precision}
@@ -425,15 +474,15 @@ def build_cache(base, data_dir: str | Path, labels_dir: str | Path, out_dir: str
              processes.num_processes, len(mine), len(shards), mine.start, mine.step)
     for number in tqdm(mine, desc="cache_latents", unit="shard",
                        disable=not processes.is_main_process):
-        path = out_dir / f"shard-{number:05d}.safetensors"
+        path = out_dir / shard_name(number)
         if not path.exists():  # else finished before an interruption
             _write_shard(base, path, _plan_shard(base, shards[number], inputs, options), inputs,
                          stamp)
     processes.wait_for_everyone()
     if processes.is_main_process:
-        write_json(out_dir / "index.json", {
+        write_json(out_dir / INDEX, {
             "fingerprint": stamp,
-            "shards": [{"file": f"shard-{n:05d}.safetensors", "ids": s}
+            "shards": [{"file": shard_name(n), "ids": s}
                        for n, s in enumerate(shards)],
             "train": split["train"], "test": split["test"],
             "resolution": resolution, "latent_size": resolution // 8,

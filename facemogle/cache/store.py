@@ -33,6 +33,16 @@ STORE_DTYPE = torch.float16  # latents and embeddings are stored in half precisi
 CACHE_FORMAT = 2  # bumped when the shard layout changes, so older shards are re-made
 TRIMMED_CACHE_FORMAT = 3  # cache.trim_text_padding: text_tokens + text_lengths, not text_seq
 
+# The cache folder's files (the layout in `facemogle.cache.build`'s docstring): every module that
+# writes or reads a cache names them through these.
+INDEX = "index.json"  # ids per shard, token grid, dims, config fingerprint; written last
+EMPTY = "empty.safetensors"  # the empty mask slot latent and the "" prompt's embeddings
+
+
+def shard_name(number: int) -> str:
+    """The file name of shard `number`: `shard-00000.safetensors`, ..."""
+    return f"shard-{number:05d}.safetensors"
+
 
 class MappedRows:
     """Rows of one tensor spread over cache shards, read from the memory-mapped files when
@@ -183,10 +193,10 @@ def load_cache(cache_dir: str | Path, split: str | None = None, *,
     Text of a cache built with `cache.trim_text_padding` comes back at full length (`PaddedText`).
     """
     cache_dir = Path(cache_dir)
-    index = json.loads((cache_dir / "index.json").read_text())
+    index = json.loads((cache_dir / INDEX).read_text())
     wanted = None if split is None else set(index[split])
     rows = _select_rows(cache_dir, index["shards"], wanted)
-    empty = load_file(str(cache_dir / "empty.safetensors"))
+    empty = load_file(str(cache_dir / EMPTY))
     tables = _large_tables(rows, empty["text_seq"], dtype, in_memory)
     counts_t = torch.cat(rows.counts)
     return LatentCache(

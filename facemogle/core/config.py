@@ -1,13 +1,14 @@
-"""Typed, validated view of `params.yaml`.
+"""Typed, validated view of `params.yaml`: one frozen dataclass per section.
 
-Every section of `params.yaml` is mirrored by a frozen dataclass. `load_params` rejects unknown
-keys, wrong types and invalid choices with a `ConfigError` that names the key (dotted path) and
-what would be valid, so a bad `dvc exp run -S key=value` stops the stage before any work is done.
+Every section of `params.yaml` is mirrored by a frozen dataclass below, with the reason for each
+default beside it. `load_params` rejects unknown keys, wrong types and invalid choices with a
+`ConfigError` that names the key (dotted path) and what would be valid, so a bad
+`dvc exp run -S key=value` stops the stage before any work is done.
 
-The schema is declarative: a field's type gives its choices (`Literal`) and its YAML type, and
-`spec(...)` beside the field gives its bounds and any other rule on its value alone. A section's
-dotted key (`train`, `pretrain.vae`) comes from where it nests in `Params`, so a rule is never spelt
-with its key; the few rules between two fields are each section's `_check_across_fields`.
+A field's type gives its choices (`Literal`) and its YAML type, and `spec(...)` beside the field
+gives its bounds and any other rule on its value alone; the few rules between two fields are each
+section's `_check_across_fields`. The engine that reads those declarations (strict conversion,
+dotted keys, error messages) is `facemogle/core/schema.py`; its public names are re-exported here.
 
 Defaults are the paper's values where the paper has one; `params.yaml` holds the embedded
 (offline, CPU) profile.
@@ -16,17 +17,23 @@ Defaults are the paper's values where the paper has one; `params.yaml` holds the
 from __future__ import annotations
 
 import dataclasses
-import functools
-import types
-import typing
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, NamedTuple, Union, get_args, get_origin
-
-import yaml
+from typing import Any, Literal, get_args
 
 from facemogle.core.flux import FLUX_RESOLUTION, FLUX_TEXT_TOKENS, SAMPLE_GUIDANCE
+from facemogle.core.schema import (  # its public names are re-exported: callers import from here
+    Bounds,  # noqa: F401
+    ConfigError,
+    Rule,
+    Section,
+    check,
+    dotted_key,
+    from_dict,
+    read_yaml_mapping,
+    spec,
+    to_dict,  # noqa: F401
+)
 
 Gating = Literal["matrix", "scalar", "static", "none"]
 Experts = Literal["global_local", "global", "local", "none"]
@@ -38,125 +45,15 @@ DType = Literal["float32", "bfloat16", "float16"]
 
 MODES: tuple[str, ...] = get_args(Mode)
 
-
-class ConfigError(ValueError):
-    """A parameter is unknown, of the wrong type, or outside its valid values."""
-
-
-def check(condition: bool, key: str, expected: str, value: Any) -> None:
-    """Raise a `ConfigError` naming `key` unless `condition` holds."""
-    if not condition:
-        _fail(key, expected, value)
-
-
-def _fail(key: str, expected: str, value: Any) -> typing.NoReturn:
-    raise ConfigError(f"params: '{key}' must be {expected}, got {value!r}")
-
-
-# ----------------------------------------------------------------------------------------------
-# Declaring the schema
-# ----------------------------------------------------------------------------------------------
-
-
-class Rule(NamedTuple):
-    """A rule on one field's value: `test(value)` holds, or the value must be `expected`."""
-
-    test: Callable[[Any], bool]
-    expected: str
-
-
-@dataclass(frozen=True)
-class Bounds:
-    """Numeric bounds of a field; called on a value, says whether the value is within them."""
-
-    ge: float | None = None
-    gt: float | None = None
-    le: float | None = None
-    lt: float | None = None
-    multiple_of: int | None = None
-
-    def __call__(self, value: Any) -> bool:
-        return ((self.ge is None or value >= self.ge) and (self.gt is None or value > self.gt)
-                and (self.le is None or value <= self.le) and (self.lt is None or value < self.lt)
-                and (self.multiple_of is None or value % self.multiple_of == 0))
-
-    def describe(self, integer: bool) -> str:
-        """What a valid value is, in words ("a positive integer", "in [0, 1)")."""
-        if self.multiple_of is not None:  # with ge and le
-            return f"a multiple of {self.multiple_of} between {self.ge} and {self.le}"
-        kind = "integer" if integer else "number"
-        low = ("[", self.ge) if self.ge is not None else ("(", self.gt)
-        high = (self.le, "]") if self.le is not None else (self.lt, ")")
-        if high[0] is None:
-            if low == ("[", 0):
-                return f"a non-negative {kind}"
-            if low == ("(", 0) or (integer and low == ("[", 1)):
-                return f"a positive {kind}"
-            article = "an integer" if integer else "a number"
-            return f"{article} {'>=' if low[0] == '[' else '>'} {low[1]}"
-        interval = f"{low[0]}{low[1]}, {high[0]}{high[1]}"
-        return f"an integer in {interval}" if integer else f"in {interval}"
-
-
-class _Spec(NamedTuple):
-    bounds: Bounds | None
-    expected: str | None  # words for `bounds`, where `Bounds.describe` would not do
-    rules: tuple[Rule, ...]
-
-
-_SPEC = "facemogle.spec"  # the `field` metadata key of a `_Spec`
-
-
-def spec(default: Any, *rules: Rule, ge: float | None = None, gt: float | None = None,
-         le: float | None = None, lt: float | None = None, multiple_of: int | None = None,
-         expected: str | None = None) -> Any:
-    """A dataclass field with `default` whose value must be within the bounds and pass `rules`.
-
-    A value out of bounds is reported as "must be `expected`", by default the bounds in words
-    (see `Bounds.describe`; "null or ..." where the field may be null, and null always passes).
-    """
-    given = {"ge": ge, "gt": gt, "le": le, "lt": lt, "multiple_of": multiple_of}
-    bounds = Bounds(**given) if any(v is not None for v in given.values()) else None
-    return field(default=default, metadata={_SPEC: _Spec(bounds, expected, rules)})
-
-
 # Dropping a conditioning input while training (the train.*_drop fields).
 _PROBABILITY: dict[str, Any] = {"ge": 0, "lt": 1, "expected": "a probability in [0, 1)"}
-
-
-class _Section:
-    """Base of the config dataclasses: each field's `spec` is checked when one is made (loaded,
-    built in code, or `dataclasses.replace`d), then the rules between its fields."""
-
-    def __post_init__(self) -> None:
-        _check_fields(self)
-        self._check_across_fields()
-
-    def _check_across_fields(self) -> None:
-        """Rules that relate two fields of the section; none unless the section has some."""
-
-
-def _check_fields(section: Any) -> None:
-    """Raise a `ConfigError` naming the dotted key of the first field of `section` that breaks
-    its `spec`."""
-    for name, key, nullable, rules in _field_rules(type(section)):
-        value = getattr(section, name)
-        if value is None and nullable:
-            continue
-        for rule in rules:
-            check(rule.test(value), key, rule.expected, value)
-
-
-def _key(section: Any, name: str) -> str:
-    """The dotted key of field `name` of `section` (`train.lr`, `pretrain.vae.steps`)."""
-    return _prefixes()[type(section)] + name
 
 
 def _check_parser_path(section: MasksConfig | ZeroShotConfig | OffDistConfig) -> None:
     """The segformer parser is loaded from `parser_path`: it must be set."""
     check(section.parser != "segformer" or section.parser_path is not None,
-          _key(section, "parser_path"),
-          f"a hub id or directory when {_key(section, 'parser')} is 'segformer'",
+          dotted_key(section, "parser_path"),
+          f"a hub id or directory when {dotted_key(section, 'parser')} is 'segformer'",
           section.parser_path)
 
 
@@ -166,7 +63,7 @@ def _check_parser_path(section: MasksConfig | ZeroShotConfig | OffDistConfig) ->
 
 
 @dataclass(frozen=True)
-class DataConfig(_Section):
+class DataConfig(Section):
     """Where the faces, masks and captions come from (`download` stage)."""
 
     source: Literal["synthfaces", "mmcelebahq", "celebamaskhq", "ffhq_text"] = "mmcelebahq"
@@ -191,7 +88,7 @@ EVAL_SETS: tuple[str, ...] = ("test", "zeroshot", "offdist")  # entries of the p
 
 
 @dataclass(frozen=True)
-class ZeroShotConfig(_Section):
+class ZeroShotConfig(Section):
     """The zero-shot test set (paper Table 2: MM-FFHQ-Female): faces from a distribution the
     model was not trained on, sampled and evaluated like the test split of `data`.
 
@@ -224,7 +121,7 @@ class ZeroShotConfig(_Section):
 
 
 @dataclass(frozen=True)
-class OffDistConfig(_Section):
+class OffDistConfig(Section):
     """The off-distribution set: masks unlike the training set's (`facemogle.data.offdist`),
     sampled and evaluated like the test split of `data`, whatever `data.source` is.
 
@@ -239,7 +136,8 @@ class OffDistConfig(_Section):
 
     def _check_across_fields(self) -> None:
         _check_parser_path(self)
-        check(self.num_beyond + self.num_drawn > 0 or self.photos, _key(self, "num_beyond"),
+        check(self.num_beyond + self.num_drawn > 0 or self.photos,
+              dotted_key(self, "num_beyond"),
               "at least one item in the set (num_beyond, num_drawn or photos)", self.num_beyond)
 
     def masks_config(self, masks: MasksConfig) -> MasksConfig:
@@ -256,7 +154,7 @@ def set_sections(sections: tuple[str, ...], eval_set: str) -> tuple[str, ...]:
 
 
 @dataclass(frozen=True)
-class MasksConfig(_Section):
+class MasksConfig(Section):
     """How every image gets its label map (`parse_masks` stage)."""
 
     parser: Literal["none", "mediapipe", "segformer", "tiny"] = "none"
@@ -269,7 +167,7 @@ class MasksConfig(_Section):
 
 
 @dataclass(frozen=True)
-class TinyVAEConfig(_Section):
+class TinyVAEConfig(Section):
     """The small AutoencoderKL of the embedded base (16 latent channels, x8 down)."""
 
     # Four blocks give three downsamplings: x8, like the FLUX VAE.
@@ -294,7 +192,7 @@ class TinyVAEConfig(_Section):
 
 
 @dataclass(frozen=True)
-class TinyTransformerConfig(_Section):
+class TinyTransformerConfig(Section):
     """The small text-to-image FluxTransformer2DModel of the embedded base."""
 
     num_layers: int = spec(2, ge=1)
@@ -313,13 +211,14 @@ class TinyTransformerConfig(_Section):
     captions_per_image: int = spec(2, ge=1)
 
     def _check_across_fields(self) -> None:
-        check(sum(self.axes_dims_rope) == self.attention_head_dim, _key(self, "axes_dims_rope"),
+        check(sum(self.axes_dims_rope) == self.attention_head_dim,
+              dotted_key(self, "axes_dims_rope"),
               f"three sizes summing to attention_head_dim={self.attention_head_dim}",
               self.axes_dims_rope)
 
 
 @dataclass(frozen=True)
-class TinyParserConfig(_Section):
+class TinyParserConfig(Section):
     """The small face parser (19-class segmentation net) of the embedded base: it labels images
     without masks and is the instrument of every mask metric."""
 
@@ -334,7 +233,7 @@ class TinyParserConfig(_Section):
 
 
 @dataclass(frozen=True)
-class BaseConfig(_Section):
+class BaseConfig(Section):
     """The pretrained foundation: the embedded base shipped with the repository (`tiny`) or
     FLUX.1-dev (`flux`); the `base` stage resolves and checks it, it never trains it."""
 
@@ -348,7 +247,7 @@ class BaseConfig(_Section):
 
 
 @dataclass(frozen=True)
-class PretrainConfig(_Section):
+class PretrainConfig(Section):
     """Training the embedded base once (`python -m stages.pretrain`, not part of `dvc repro`)."""
 
     vae: TinyVAEConfig = field(default_factory=TinyVAEConfig)
@@ -359,7 +258,7 @@ class PretrainConfig(_Section):
 
 
 @dataclass(frozen=True)
-class CacheConfig(_Section):
+class CacheConfig(Section):
     """Encoding the latent cache (`cache_latents` stage)."""
 
     batch_size: int = spec(32, ge=1)  # images per VAE call (faces and mask slots)
@@ -379,7 +278,7 @@ class CacheConfig(_Section):
 
 
 @dataclass(frozen=True)
-class ModelConfig(_Section):
+class ModelConfig(Section):
     """MoGLE sizes and how condition tokens are modulated (paper section 3.2)."""
 
     expert_hidden: int = spec(32, ge=1)  # paper: 64 -> 32 -> 64 experts
@@ -402,7 +301,7 @@ PAPER_LORA_TARGETS: tuple[str, ...] = (
 
 
 @dataclass(frozen=True)
-class LoraConfig(_Section):
+class LoraConfig(Section):
     """LoRA on the condition stream (paper: r=4, alpha=4, gaussian init)."""
 
     rank: int = spec(4, ge=1)
@@ -415,7 +314,7 @@ class LoraConfig(_Section):
 
 
 @dataclass(frozen=True)
-class TrainConfig(_Section):
+class TrainConfig(Section):
     """LoRA + MoGLE training (paper section 4.1)."""
 
     steps: int = spec(4000, ge=1)
@@ -441,11 +340,12 @@ class TrainConfig(_Section):
 
 
 @dataclass(frozen=True)
-class SampleConfig(_Section):
+class SampleConfig(Section):
     """Sampling the test split in the three modes (docs/design.md, "The three modes")."""
 
     steps: int = spec(28, ge=1)
-    guidance: float = SAMPLE_GUIDANCE  # guidance embedding, used when the transformer has one (FLUX.1-dev)
+    # guidance embedding, used when the transformer has one (FLUX.1-dev)
+    guidance: float = SAMPLE_GUIDANCE
     # true classifier-free guidance; 1.0 is off
     cfg_scale: float = spec(1.0, ge=1, expected="a number >= 1.0 (1.0 = off)")
     batch_size: int = spec(8, ge=1)
@@ -461,7 +361,7 @@ class SampleConfig(_Section):
 
 
 @dataclass(frozen=True)
-class EvaluateConfig(_Section):
+class EvaluateConfig(Section):
     """Which metric backends run, and where their weights are (paper section 4.3)."""
 
     batch_size: int = spec(16, ge=1)
@@ -486,7 +386,7 @@ class EvaluateConfig(_Section):
 
 
 @dataclass(frozen=True)
-class Params(_Section):
+class Params(Section, root=True):
     """All of `params.yaml`."""
 
     seed: int = 42
@@ -509,144 +409,9 @@ class Params(_Section):
 SECTIONS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Params))
 
 
-def _nested_sections(cls: type, prefix: str = "") -> Iterator[tuple[type, str]]:
-    """`cls` and every config dataclass nested in it, each with its dotted-key prefix."""
-    yield cls, prefix
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        if dataclasses.is_dataclass(hints[f.name]):
-            yield from _nested_sections(hints[f.name], f"{prefix}{f.name}.")
-
-
-@functools.cache
-def _prefixes() -> dict[type, str]:
-    """The dotted-key prefix of each section class, from where it nests in `Params`
-    (`TinyVAEConfig`: "pretrain.vae."); each class nests at one place only."""
-    prefixes: dict[type, str] = {}
-    for cls, prefix in _nested_sections(Params):
-        if prefixes.setdefault(cls, prefix) != prefix:
-            raise TypeError(f"{cls.__name__} nests at both '{prefixes[cls]}' and '{prefix}'")
-    return prefixes
-
-
-def _non_null(tp: Any) -> tuple[Any, bool]:
-    """`tp` without its `None` option, and whether it had one (`int | None` -> int, True)."""
-    options = get_args(tp) if get_origin(tp) in (Union, types.UnionType) else (tp,)
-    rest = [option for option in options if option is not type(None)]
-    return (rest[0] if len(rest) == 1 else tp), len(rest) < len(options)
-
-
-@functools.cache
-def _field_rules(cls: type) -> tuple[tuple[str, str, bool, tuple[Rule, ...]], ...]:
-    """(name, dotted key, whether null passes, rules) of each field of `cls` that has a `spec`."""
-    hints = typing.get_type_hints(cls)
-    found = []
-    for f in dataclasses.fields(cls):
-        if _SPEC not in f.metadata:
-            continue
-        bounds, expected, rules = f.metadata[_SPEC]
-        tp, nullable = _non_null(hints[f.name])
-        if bounds is not None:
-            words = expected or bounds.describe(integer=tp is int)
-            rules = (Rule(bounds, "null or " + words if nullable else words),) + rules
-        found.append((f.name, _prefixes()[cls] + f.name, nullable, rules))
-    return tuple(found)
-
-
-# ----------------------------------------------------------------------------------------------
-# Strict conversion from plain YAML values
-# ----------------------------------------------------------------------------------------------
-
-
-def _type_name(tp: Any) -> str:
-    origin = get_origin(tp)
-    if origin is Literal:
-        return "one of " + ", ".join(repr(a) for a in get_args(tp))
-    if origin in (Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in get_args(tp))
-    if origin in (tuple, list):
-        return "a list of " + _type_name(get_args(tp)[0])
-    if tp is type(None):
-        return "null"
-    return getattr(tp, "__name__", str(tp))
-
-
-def _not_bool(*types_: type) -> Callable[[Any], bool]:
-    return lambda value: isinstance(value, types_) and not isinstance(value, bool)
-
-
-# The YAML scalars a field type accepts, and its name in the error message.
-_SCALARS: dict[type, tuple[Callable[[Any], bool], str]] = {
-    bool: (lambda value: isinstance(value, bool), "true or false"),
-    int: (_not_bool(int), "an integer"),
-    float: (_not_bool(int, float), "a number"),
-    str: (lambda value: isinstance(value, str), "a string"),
-}
-
-
-def _convert(value: Any, tp: Any, key: str) -> Any:
-    """`value` (plain YAML) as field type `tp`, or a `ConfigError` naming `key`."""
-    origin = get_origin(tp)
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            _fail(key, f"a mapping of {tp.__name__} fields", value)
-        return _from_dict(tp, value, key + ".")
-    if origin is Literal:
-        if value not in get_args(tp):
-            _fail(key, f"one of {list(get_args(tp))}", value)
-        return value
-    if origin in (Union, types.UnionType):
-        return _convert_union(value, tp, key)
-    if origin is tuple:
-        return _convert_tuple(value, get_args(tp), key)
-    if tp in _SCALARS:
-        accepts, name = _SCALARS[tp]
-        if not accepts(value):
-            _fail(key, name, value)
-        return float(value) if tp is float else value
-    raise TypeError(f"unsupported config type {tp!r} for '{key}'")
-
-
-def _convert_union(value: Any, tp: Any, key: str) -> Any:
-    """`value` as the first option of `tp` that takes it."""
-    options = get_args(tp)
-    if value is None and type(None) in options:
-        return None
-    for option in options:
-        if option is not type(None):
-            try:
-                return _convert(value, option, key)
-            except ConfigError:
-                pass
-    _fail(key, _type_name(tp), value)
-
-
-def _convert_tuple(value: Any, args: tuple[Any, ...], key: str) -> tuple:
-    """`value` as `tuple[args]`: `tuple[T, ...]` any length, else exactly `len(args)` items."""
-    if not isinstance(value, (list, tuple)):
-        _fail(key, "a list", value)
-    if len(args) == 2 and args[1] is Ellipsis:
-        args = (args[0],) * len(value)
-    elif len(value) != len(args):
-        _fail(key, f"a list of {len(args)} values", value)
-    return tuple(_convert(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
-
-
-def _from_dict(cls: type, data: dict, prefix: str = "") -> Any:
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(data) - set(names))
-    if unknown:
-        raise ConfigError(f"params: unknown key '{prefix}{unknown[0]}'; valid keys under "
-                          f"'{prefix.rstrip('.') or 'the top level'}': {names}")
-    kwargs = {name: _convert(data[name], hints[name], prefix + name) for name in names
-              if name in data}
-    return cls(**kwargs)
-
-
 def params_from_dict(data: dict | None) -> Params:
     """Build and validate `Params` from a parsed `params.yaml` mapping."""
-    return _from_dict(Params, data or {})
+    return from_dict(Params, data or {})
 
 
 class SectionView:
@@ -681,23 +446,5 @@ class SectionView:
 def load_params(path: str | Path = "params.yaml", sections: tuple[str, ...] | None = None
                 ) -> Params | SectionView:
     """Read and validate `params.yaml`; with `sections`, return a view of only those sections."""
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"params file not found: {path}") from None
-    except yaml.YAMLError as err:
-        raise ConfigError(f"params file {path} is not valid YAML: {err}") from None
-    if data is not None and not isinstance(data, dict):
-        raise ConfigError(f"params file {path} must hold a mapping, got {type(data).__name__}")
-    params = params_from_dict(data)
+    params = params_from_dict(read_yaml_mapping(path))
     return params if sections is None else SectionView(params, sections)
-
-
-def to_dict(obj: Any) -> Any:
-    """Plain (YAML/JSON-ready) form of a config dataclass."""
-    if dataclasses.is_dataclass(obj):
-        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-    if isinstance(obj, tuple):
-        return [to_dict(v) for v in obj]
-    return obj

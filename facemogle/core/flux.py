@@ -8,7 +8,8 @@ from __future__ import annotations
 from typing import Any
 
 LATENT_CHANNELS = 16  # FLUX's VAE: 16 latent channels, x8 down; 2x2 packing -> 64-d tokens
-VAE_SHIFT, VAE_SCALE = 0.1159, 0.3611  # FLUX's VAE latent normalisation (shift_factor, scaling_factor)
+# FLUX's VAE latent normalisation (shift_factor, scaling_factor)
+VAE_SHIFT, VAE_SCALE = 0.1159, 0.3611
 
 # FLUX.1-dev's `transformer/config.json` and `vae/config.json` (diffusers layout).
 FLUX_DEV_TRANSFORMER: dict[str, Any] = {
@@ -22,7 +23,8 @@ FLUX_DEV_VAE: dict[str, Any] = {
     "in_channels": 3, "out_channels": 3, "latent_channels": LATENT_CHANNELS,
     "down_block_types": ("DownEncoderBlock2D",) * 4, "up_block_types": ("UpDecoderBlock2D",) * 4,
     "block_out_channels": (128, 256, 512, 512), "layers_per_block": 2, "act_fn": "silu",
-    "norm_num_groups": 32, "sample_size": 1024, "scaling_factor": VAE_SCALE, "shift_factor": VAE_SHIFT,
+    "norm_num_groups": 32, "sample_size": 1024, "scaling_factor": VAE_SCALE,
+    "shift_factor": VAE_SHIFT,
     "use_quant_conv": False, "use_post_quant_conv": False, "force_upcast": True,
     "mid_block_add_attention": True,
 }

@@ -178,18 +178,19 @@ def verify_manifest(folder: str | Path, *, required: bool = True) -> bool:
     sizes = manifest.get("bytes", {}) if isinstance(manifest, dict) else None
     if not isinstance(hashes, dict) or not isinstance(sizes, dict):
         raise InputError(f"{path}: not a manifest (expected {{'sha256': {{file: hex digest}}}})")
+    remedy = "restore it from a copy, or write the folder again (retrain)"
     for name, expected in hashes.items():
         file = folder / name
         if not file.is_file():
-            raise InputError(f"{file}: missing (listed in {path})")
+            raise InputError(f"{file}: missing (listed in {path}); {remedy}")
         size = file.stat().st_size
         if name in sizes and size != sizes[name]:
             raise InputError(f"{file}: unexpected size, {size} bytes where {path} records "
-                             f"{sizes[name]} (truncated or replaced)")
+                             f"{sizes[name]}; the file is truncated or replaced: {remedy}")
         found = file_sha256(file)
         if found != expected:
-            raise InputError(f"{file}: sha256 {found}, expected {expected} (from {path}); the "
-                             f"file is corrupt or was changed after it was written")
+            raise InputError(f"{file}: sha256 {found}, expected {expected} (recorded in {path}); "
+                             f"the file is damaged or was changed after it was written: {remedy}")
     return True
 
 

@@ -88,9 +88,24 @@ def mask_path(root: str | Path, id_: str) -> Path:
     return Path(root) / MASKS / f"{id_}.png"
 
 
+def split_path(root: str | Path) -> Path:
+    """`root/split.json`."""
+    return Path(root) / SPLIT
+
+
+def captions_path(root: str | Path) -> Path:
+    """`root/captions.jsonl`."""
+    return Path(root) / CAPTIONS
+
+
+def attributes_path(root: str | Path) -> Path:
+    """`root/attributes.jsonl` (SynthFaces only)."""
+    return Path(root) / ATTRIBUTES
+
+
 def read_split(root: str | Path) -> dict[str, list[str]]:
     """Read `root/split.json`: {"train": [ids], "test": [ids]}, ids unique strings."""
-    path = Path(root) / SPLIT
+    path = split_path(root)
     split = read_json(path, missing="not found (run the download stage first)")
     if not isinstance(split, dict) or set(split) != set(SPLITS):
         raise InputError(f"{path}: expected an object with keys {list(SPLITS)}")
@@ -104,7 +119,7 @@ def read_split(root: str | Path) -> dict[str, list[str]]:
 
 def read_captions(root: str | Path) -> dict[str, list[str]]:
     """Read `root/captions.jsonl` as {id: [captions]}."""
-    path = Path(root) / CAPTIONS
+    path = captions_path(root)
     if not path.is_file():
         raise InputError(f"{path}: not found (run the download stage first)")
     return {row["id"]: list(row["captions"]) for row in read_jsonl(path)}

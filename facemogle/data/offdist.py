@@ -2,7 +2,7 @@
 
 Three kinds, in this order of ids (docs/synthfaces.md, "The off-distribution set"):
 
-- `beyond`: SynthFaces pushed outside the `varied` training ranges (`synthfaces_layout.beyond`:
+- `beyond`: SynthFaces pushed outside the `varied` training ranges (`synthfaces.layout.beyond`:
   larger, smaller, more tilted, further off-centre, every accessory at once), exact label maps;
 - `drawn`: masks painted by `draw_mask` as a person paints them in an editor: polygons and
   ellipses in flat colours, a code path that shares nothing with the renderer, and an image of
@@ -17,14 +17,17 @@ Ids are zero-padded positions; `attributes["offdist_kind"]` names the kind.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 from PIL import Image, ImageDraw
 
 from facemogle.core.labels import LABEL_INDEX, label_map_image
-from facemogle.data import synthfaces
 from facemogle.data.colours import COLORS, PUPIL
 from facemogle.data.layout import Entry, Sample
-from facemogle.data.synthfaces_text import make_captions
+from facemogle.data.synthfaces.face import render
+from facemogle.data.synthfaces.sample import sample_attributes
+from facemogle.data.synthfaces.text import make_captions
 
 KINDS: tuple[str, ...] = ("beyond", "drawn", "photo")
 INDEX_OFFSET = 1_000_000  # SynthFaces indices of `beyond` faces: far from every train/test index
@@ -61,7 +64,8 @@ def _crop(image: np.ndarray, face: tuple[float, float, float], framing: float,
     cx = np.clip(x, side / 2, w - side / 2)
     cy = np.clip(y + 0.1 * side, side / 2, h - side / 2)
     box = tuple(int(round(v)) for v in (cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2))
-    crop = Image.fromarray(image).crop(box).resize((resolution, resolution), Image.Resampling.LANCZOS)
+    crop = Image.fromarray(image).crop(box).resize((resolution, resolution),
+                                                   Image.Resampling.LANCZOS)
     return np.asarray(crop)
 
 
@@ -75,9 +79,16 @@ def _oval(cp: float, cq: float, rp: float, rq: float, n: int = 28) -> list[tuple
     return list(zip(cp + rp * np.cos(t), cq + rq * np.sin(t)))
 
 
-def _shapes(rng: np.random.Generator, attrs: dict) -> list[tuple[str, list]]:
-    """(label, polygon in face units) in painting order: later shapes cover earlier ones."""
-    j = lambda s=0.06: float(rng.uniform(-s, s))  # noqa: E731 - a hand is not exact
+Jitter = Callable[..., float]
+
+
+def _hand(rng: np.random.Generator) -> Jitter:
+    """j(s=0.06): a uniform draw in [-s, s] from `rng`, the error of a painting hand."""
+    return lambda s=0.06: float(rng.uniform(-s, s))
+
+
+def _behind_face(j: Jitter, attrs: dict) -> list[tuple[str, list]]:
+    """Clothes, neck, the hair behind the head, necklace and ears: the shapes under the skin."""
     long_hair = attrs["hair_style"] in ("long", "wavy", "bangs", "bob", "curly")
     out = [("cloth", [(-2.5 + j(), 3.4), (-2.2 + j(), 1.95 + j()), (-0.6, 1.5 + j()),
                       (0.6, 1.5 + j()), (2.2 + j(), 1.95 + j()), (2.5 + j(), 3.4)]),
@@ -92,7 +103,12 @@ def _shapes(rng: np.random.Generator, attrs: dict) -> list[tuple[str, list]]:
     if attrs["ears_visible"]:
         out += [(name, _oval(s * 1.02, 0.05 + j(), 0.16 + j(0.03), 0.28 + j(0.04)))
                 for s, name in ((1, "l_ear"), (-1, "r_ear"))]
-    out.append(("skin", _oval(j(), 0.05 + j(), 1.0 + j(), 1.3 + j())))
+    return out
+
+
+def _face(j: Jitter, attrs: dict) -> list[tuple[str, list]]:
+    """The skin, then earrings, nose, glasses, eyes and brows, and the mouth on it."""
+    out = [("skin", _oval(j(), 0.05 + j(), 1.0 + j(), 1.3 + j()))]
     if attrs["earrings"]:
         out += [("ear_r", _oval(s * 1.02, 0.42 + j(0.03), 0.07, 0.08)) for s in (1, -1)]
     out.append(("nose", [(j(0.03), -0.05), (-0.16 + j(0.03), 0.42), (0.16 + j(0.03), 0.42)]))
@@ -110,6 +126,12 @@ def _shapes(rng: np.random.Generator, attrs: dict) -> list[tuple[str, list]]:
     out.append(("l_lip", _oval(0, mouth_y + gap + 0.06, 0.3 + j(0.04), 0.07)))
     if gap:
         out.append(("mouth", _oval(0, mouth_y, 0.27, gap)))
+    return out
+
+
+def _over_face(j: Jitter, attrs: dict) -> list[tuple[str, list]]:
+    """The fringe over the forehead and the hat: the shapes painted last."""
+    out = []
     if attrs["hair_color"] is not None:  # fringe over the forehead
         out.append(("hair", [(-1.05, -0.45), (-0.8 + j(), -0.85 + j()), (0, -0.95 + j()),
                              (0.8 + j(), -0.85 + j()), (1.05, -0.45), (1.15, -0.95),
@@ -118,6 +140,16 @@ def _shapes(rng: np.random.Generator, attrs: dict) -> list[tuple[str, list]]:
         out.append(("hat", [(-0.85, -0.8), (-0.75 + j(), -1.75 + j()), (0.75 + j(), -1.75 + j()),
                             (0.85, -0.8)]))
         out.append(("hat", _oval(0, -0.85 + j(), 1.5 + j(0.2), 0.18)))
+    return out
+
+
+def _shapes(rng: np.random.Generator, attrs: dict) -> list[tuple[str, list]]:
+    """(label, polygon in face units) in painting order: later shapes cover earlier ones. The
+    hand's jitter draws from `rng` in this order too: behind, on, then over the face."""
+    j = _hand(rng)  # a hand is not exact
+    out = _behind_face(j, attrs)
+    out += _face(j, attrs)
+    out += _over_face(j, attrs)
     return out
 
 
@@ -190,14 +222,14 @@ class OffDistributionReader:
                       attributes=dict(attrs, offdist_kind=kind))
 
     def _beyond(self, k: int):
-        face = synthfaces.render(INDEX_OFFSET + k, seed=self.seed, resolution=self.resolution,
-                                 layout="beyond", num_captions=self.num_captions)
+        face = render(INDEX_OFFSET + k, seed=self.seed, resolution=self.resolution,
+                      layout="beyond", num_captions=self.num_captions)
         return face.image, face.label_map, face.captions, face.attributes
 
     def _drawn(self, k: int):
         shape_rng, text_rng = (np.random.Generator(np.random.PCG64([self.seed, k, 7, n]))
                                for n in range(2))
-        attrs = synthfaces.sample_attributes(shape_rng, "standard")
+        attrs = sample_attributes(shape_rng, "standard")
         label_map = draw_mask(shape_rng, attrs, self.resolution)
         return (paint(label_map, attrs), label_map,
                 make_captions(attrs, text_rng, self.num_captions), attrs)

@@ -35,22 +35,24 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from facemogle.base.phase_store import PhaseStore
-from facemogle.base.pretrain import FaceSet, load_faces, phase_generator
-from facemogle.base.pretrain_parser import parser_miou, train_parser
-from facemogle.base.pretrain_transformer import caption_table, train_transformer
-from facemogle.base.pretrain_vae import decode_faces, encode_faces, train_vae, vae_psnr
+from facemogle.base.loader import Base
+from facemogle.base.segmenter import FaceParser
 from facemogle.base.text import MiniLMTextEncoder
-from facemogle.base.train_embedded import faces_for, load_folder
 from facemogle.core import flow, latents
 from facemogle.core.config import load_params
 from facemogle.core.io import read_jsonl, read_rgb, write_json
 from facemogle.core.labels import LABEL_INDEX, load_label_map
 from facemogle.core.machine import machine
 from facemogle.data import colours
-from facemogle.data.layout import ATTRIBUTES, image_path, read_split
+from facemogle.data.layout import ATTRIBUTES, image_path, mask_path, read_split
 from facemogle.evaluation.evaluate import ACCESSORY_LABELS
 from facemogle.evaluation.metrics.attributes import attribute_accuracy
+from facemogle.pretrain.common import FaceSet, load_faces, phase_generator
+from facemogle.pretrain.parser import parser_miou, train_parser
+from facemogle.pretrain.phase_store import PhaseStore
+from facemogle.pretrain.train_embedded import faces_for, load_folder
+from facemogle.pretrain.transformer import caption_table, train_transformer
+from facemogle.pretrain.vae import decode_faces, encode_faces, train_vae, vae_psnr
 
 SHIPPED = Path("pretrained/embedded")
 OFFDIST = Path("data/offdist")  # the off-distribution set as `dvc repro` writes it
@@ -196,12 +198,30 @@ def offdist_faces() -> tuple[Tensor, Tensor]:
     """The off-distribution set's images (N, 3, H, W) in [0, 1] and label maps (N, H, W)."""
     ids = read_split(OFFDIST / "labels")["test"]
     images = np.stack([read_rgb(image_path(OFFDIST / "raw", i)) for i in ids])
-    maps = np.stack([load_label_map(OFFDIST / "labels" / "masks" / f"{i}.png") for i in ids])
+    maps = np.stack([load_label_map(mask_path(OFFDIST / "labels", i)) for i in ids])
     return (torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255,
             torch.from_numpy(maps))
 
 
-def run_lever(name: str, lever: Lever, params, raw: Path, work: Path) -> dict[str, Any]:
+@dataclass(frozen=True)
+class LeverRun:
+    """What the phases of one lever's run share: its configuration, the faces, the shipped base
+    and parser, and the checkpoint store."""
+
+    name: str
+    lever: Lever
+    cfg: Any  # the phase's section of params-pretrain.yaml with the lever's overrides
+    text_tokens: int
+    raw: Path
+    train: FaceSet
+    test: FaceSet
+    base: Base
+    parser: FaceParser
+    store: PhaseStore
+
+
+def prepare_lever(name: str, lever: Lever, params, raw: Path, work: Path) -> LeverRun:
+    """Load the faces and the shipped weights, and open the lever's checkpoint store."""
     train, test = load_faces(raw, "train"), load_faces(raw, "test")
     base, parser = load_folder(SHIPPED)
     section = getattr(params.pretrain, lever.phase)
@@ -211,45 +231,71 @@ def run_lever(name: str, lever: Lever, params, raw: Path, work: Path) -> dict[st
     store = PhaseStore(work / name, params.pretrain.checkpoint_every,
                        {"lever": name, "seed": lever.seed, "cfg": dataclasses.asdict(cfg),
                         "text_tokens": text_tokens})
-    torch.manual_seed(lever.seed)
-    model = None
+    return LeverRun(name, lever, cfg, text_tokens, raw, train, test, base, parser, store)
+
+
+def train_lever(run: LeverRun, encoder: MiniLMTextEncoder | None) -> torch.nn.Module | None:
+    """The lever's phase trained on its schedule; None when it measures the shipped weights."""
+    lever, cfg, train, vae = run.lever, run.cfg, run.train, run.base.vae
+    if not lever.steps:
+        return None
     if lever.phase == "transformer":
-        encoder = MiniLMTextEncoder(text_tokens)
-        if lever.steps:
-            model = train_transformer_lever(lever, cfg, train, base.vae, encoder, store)
-    elif lever.phase == "parser" and lever.steps:
-        decoded = (decode_faces(base.vae, train) * 255).round().byte()
-        model = train_parser(cfg, train, decoded, generator=phase_generator(lever.seed, 3),
-                             store=store)
-    elif lever.phase == "vae" and lever.steps:
-        model = train_vae(cfg, train, generator=phase_generator(lever.seed, 1), store=store)
-    train_s = store.elapsed if lever.steps else 0.0
-    shipped = {"transformer": base.transformer, "parser": parser, "vae": base.vae}
-    model = model or shipped[lever.phase]
-    start = time.monotonic()
-    if lever.phase == "transformer":
-        by_id = {r["id"]: r["attributes"] for r in read_jsonl(raw / ATTRIBUTES)}
+        return train_transformer_lever(lever, cfg, train, vae, encoder, run.store)
+    if lever.phase == "parser":
+        decoded = (decode_faces(vae, train) * 255).round().byte()
+        return train_parser(cfg, train, decoded, generator=phase_generator(lever.seed, 3),
+                            store=run.store)
+    if lever.phase == "vae":
+        return train_vae(cfg, train, generator=phase_generator(lever.seed, 1), store=run.store)
+    return None
+
+
+def evaluate_lever(run: LeverRun, model: torch.nn.Module, encoder: MiniLMTextEncoder | None
+                   ) -> dict[str, Any]:
+    """The metrics of the lever's phase: attribute accuracy of text-to-image samples, parser
+    mIoU, or VAE PSNR."""
+    base, test = run.base, run.test
+    if run.lever.phase == "transformer":
+        by_id = {r["id"]: r["attributes"] for r in read_jsonl(run.raw / ATTRIBUTES)}
         images = sample_plain_base(model, base.vae, encoder, [c[0] for c in test.captions],
-                                   test.ids, test.resolution, lever.patch1)
-        metrics = text_following(images, test, parser, [by_id[i] for i in test.ids])
-    elif lever.phase == "parser":
+                                   test.ids, test.resolution, run.lever.patch1)
+        return text_following(images, test, run.parser, [by_id[i] for i in test.ids])
+    if run.lever.phase == "parser":
         off_images, off_maps = offdist_faces()
         off = FaceSet([""] * len(off_maps), (off_images * 255).round().byte(), off_maps, [])
         recon = decode_faces(base.vae, off)
-        metrics = {"parser_miou": parser_miou(model, test.images01(slice(None)),
-                                              test.label_maps),
-                   "parser_miou_decoded": parser_miou(model, decode_faces(base.vae, test),
-                                                      test.label_maps),
-                   "parser_miou_offdist_decoded": parser_miou(model, recon, off_maps)}
-    else:
-        metrics = vae_psnr(model, test)
-    return {"lever": name, "phase": lever.phase, "what": lever.what, "seed": lever.seed,
-            "config": {**dataclasses.asdict(cfg), **{k: getattr(lever, k) for k in (
+        return {"parser_miou": parser_miou(model, test.images01(slice(None)), test.label_maps),
+                "parser_miou_decoded": parser_miou(model, decode_faces(base.vae, test),
+                                                   test.label_maps),
+                "parser_miou_offdist_decoded": parser_miou(model, recon, off_maps)}
+    return vae_psnr(model, test)
+
+
+def lever_record(run: LeverRun, model: torch.nn.Module, train_s: float, eval_start: float,
+                 metrics: dict[str, Any]) -> dict[str, Any]:
+    """The `<out>/<name>.json` record; evaluation seconds are counted from `eval_start`."""
+    lever = run.lever
+    return {"lever": run.name, "phase": lever.phase, "what": lever.what, "seed": lever.seed,
+            "config": {**dataclasses.asdict(run.cfg), **{k: getattr(lever, k) for k in (
                 "complete_captions", "small_region_weight", "patch1")},
-                "text_tokens": text_tokens},
+                "text_tokens": run.text_tokens},
             "parameters": sum(p.numel() for p in model.parameters()),
-            "train_s": round(train_s, 1), "eval_s": round(time.monotonic() - start, 1),
+            "train_s": round(train_s, 1), "eval_s": round(time.monotonic() - eval_start, 1),
             "machine": machine(), "metrics": metrics}
+
+
+def run_lever(name: str, lever: Lever, params, raw: Path, work: Path) -> dict[str, Any]:
+    """Train (unless `lever.steps` is 0) and measure one lever: its record."""
+    run = prepare_lever(name, lever, params, raw, work)
+    torch.manual_seed(lever.seed)
+    encoder = MiniLMTextEncoder(run.text_tokens) if lever.phase == "transformer" else None
+    model = train_lever(run, encoder)
+    train_s = run.store.elapsed if lever.steps else 0.0
+    shipped = {"transformer": run.base.transformer, "parser": run.parser, "vae": run.base.vae}
+    model = model or shipped[lever.phase]
+    start = time.monotonic()
+    metrics = evaluate_lever(run, model, encoder)
+    return lever_record(run, model, train_s, start, metrics)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -9,8 +9,8 @@ distance / KID in the parser's bottleneck feature space, named `fd_parser` / `ki
 file carries the parser's ceilings: its own mIoU (and IoU per class) on the real test images and
 on their VAE reconstructions against the same masks, the score a generator that reproduced the
 test faces exactly would be measured at. The paper's model-backed metrics run when their
-weights are configured (`facemogle.evaluation.metrics.suite`), and are reported skipped with the reason
-otherwise.
+weights are configured (`facemogle.evaluation.metrics.suite`), and are reported skipped with the
+reason otherwise.
 
 Every mode gets every metric (the paper's Tables 1 and 2 fill every cell): it is scored against
 the first caption, the mask and the real photo of its image id, whichever conditions it saw.
@@ -32,7 +32,7 @@ import torch
 from facemogle.core import labels, latents
 from facemogle.core.config import EvaluateConfig
 from facemogle.core.io import InputError, read_json, read_jsonl, read_rgb, write_json
-from facemogle.data import colours
+from facemogle.data import colours, layout
 from facemogle.evaluation.metrics.attributes import (
     attribute_accuracy,
     attribute_metric_values,
@@ -51,6 +51,7 @@ from facemogle.evaluation.metrics.segmentation import (
     overlap,
 )
 from facemogle.evaluation.metrics.suite import ModelSuite, small_detector_metrics
+from facemogle.sampling import samples_folder
 
 log = logging.getLogger(__name__)
 
@@ -163,9 +164,9 @@ def evaluate_mode(mode: str, samples_dir: Path, data_dir: Path, labels_dir: Path
     `expected_ids` are the test ids the sample stage generated; a generated file missing for one
     of them, or an extra file, is an error listing the ids (never pairing by sorted names).
     """
-    generated = {p.stem: p for p in (samples_dir / mode).iterdir()
+    generated = {p.stem: p for p in samples_folder.mode_dir(samples_dir, mode).iterdir()
                  if p.suffix.lower() in IMAGE_SUFFIXES}
-    reference = {i: data_dir / "images" / f"{i}.png" for i in expected_ids}
+    reference = {i: layout.image_path(data_dir, i) for i in expected_ids}
     ids = pair_by_id(generated, reference)
     gen_images = [read_rgb(generated[i]) for i in ids]
     ref_images = [read_rgb(reference[i]) for i in ids]
@@ -173,9 +174,9 @@ def evaluate_mode(mode: str, samples_dir: Path, data_dir: Path, labels_dir: Path
         if gen.shape != ref.shape:
             raise InputError(f"{generated[i]}: {gen.shape[1]}x{gen.shape[0]} px, expected the "
                              f"test image's {ref.shape[1]}x{ref.shape[0]} (data.resolution)")
-    masks = [labels.load_label_map(labels_dir / "masks" / f"{i}.png") for i in ids]
-    captions = {r["id"]: r["captions"][0] for r in read_jsonl(data_dir / "captions.jsonl")}
-    attributes_path = data_dir / "attributes.jsonl"
+    masks = [labels.load_label_map(layout.mask_path(labels_dir, i)) for i in ids]
+    captions = {r["id"]: r["captions"][0] for r in read_jsonl(layout.captions_path(data_dir))}
+    attributes_path = layout.attributes_path(data_dir)
     attributes = None
     if attributes_path.exists():
         table = {r["id"]: r["attributes"] for r in read_jsonl(attributes_path)}
@@ -201,8 +202,8 @@ def expected_test_ids(samples_dir: Path, labels_dir: Path, ids_file: Path | None
     """The ids a folder of generated images must hold: `ids_file` if given (another folder's
     `ids.json`, to score a baseline on the sample stage's ids), else the folder's own `ids.json`
     (the sample stage writes one), else the whole test split."""
-    test_ids = read_json(labels_dir / "split.json")["test"]
-    path = ids_file or samples_dir / "ids.json"
+    test_ids = read_json(layout.split_path(labels_dir))["test"]
+    path = ids_file or samples_folder.ids_path(samples_dir)
     if ids_file is None and not path.exists():
         return list(test_ids)
     expected = read_json(path)
@@ -231,8 +232,8 @@ def evaluate(samples_dir: str | Path, data_dir: str | Path, labels_dir: str | Pa
                                      None if ids_file is None else Path(ids_file))
     suite = ModelSuite(cfg, device=device)
     ceilings = [] if parser is None else parser_ceilings(
-        parser, vae, [read_rgb(data_dir / "images" / f"{i}.png") for i in expected_ids],
-        [labels.load_label_map(labels_dir / "masks" / f"{i}.png") for i in expected_ids],
+        parser, vae, [read_rgb(layout.image_path(data_dir, i)) for i in expected_ids],
+        [labels.load_label_map(layout.mask_path(labels_dir, i)) for i in expected_ids],
         cfg.batch_size, parser_name)
     results = {}
     for mode in modes:

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from facemogle.base import segmenter
 from facemogle.core.config import ConfigError
 from facemogle.core.io import InputError
 from facemogle.core.labels import LABEL_INDEX, LABELS, NUM_LABELS, check_label_map
@@ -178,7 +179,9 @@ class MediapipeParser:
         self._selfie.close()
 
 
-def load_mediapipe(path: str | None = None, device: torch.device | None = None) -> MediapipeParser:
+def load_mediapipe(path: str | None = None,  # noqa: ARG001 (ParserLoader registry signature)
+                   device: torch.device | None = None,  # noqa: ARG001 (ParserLoader registry signature)
+                   ) -> MediapipeParser:
     """The mediapipe backend (its models ship in the wheel; `path` and `device` are unused)."""
     try:
         mp = importlib.import_module("mediapipe")
@@ -298,13 +301,8 @@ def load_tiny(path: str | None, device: torch.device | None = None) -> TinyParse
     if path is None:
         raise ConfigError("masks.parser 'tiny' needs the trained parser's folder: pass "
                           "--parser-dir (the base stage's parser output) to parse_masks")
-    try:
-        module = importlib.import_module("facemogle.base.segmenter")
-    except ImportError as err:
-        raise MissingExtraError(f"masks.parser 'tiny' needs facemogle.base.segmenter, which "
-                                f"cannot be imported ({err})") from None
     device = device or default_device()
-    return TinyParser(module.load_parser(path, device=device), device)
+    return TinyParser(segmenter.load_parser(path, device=device), device)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -15,26 +15,27 @@ tokens. How the official code does it, and what this module reproduces:
   no mask among streams (a dropped mask is the empty mask, not hidden tokens).
 - Optionally (`condition_attention="aligned"`, not in the paper), image token p attends only to
   the condition token at p. FLUX.1-dev's image queries find the same-position condition token by
-  themselves; the embedded tiny base's do not (16 image tokens: measured, image queries spread their
-  condition attention nearly uniformly), so for it the alignment is given as an attention mask.
+  themselves; the embedded tiny base's do not (measured when it ran at 64 px, 16 image tokens:
+  image queries spread their condition attention nearly uniformly), so for it the alignment is
+  given as an attention mask.
 
 Why a forward written over the blocks: `FluxTransformer2DModel.forward` and its blocks know two
 streams; a third stream needs its own modulation, norms, feed-forward and residual in every block,
 which an attention processor cannot add. The official code therefore rewrites the FLUX forward
 (pinned to diffusers 0.31, OminiControl #58) and zero-scales LoRA around every image-stream call,
 which still computes the LoRA branches. Here the forward is written over the stock modules of the
-installed diffusers, reusing their weights, with LoRA applied per branch through the layers'
-`base_layer` calls: each frozen projection runs once over the joined
-streams and only the LoRA delta of the condition slice is added (`_project`). With no condition
-tokens the forward is the stock forward.
+installed diffusers (0.40 to 0.42.1), reusing their weights, with LoRA applied per branch through
+the layers' `base_layer` calls: each frozen projection runs once over the joined streams and only
+the LoRA delta of the condition slice is added (`_project`). With no condition tokens the forward
+is the stock forward. The adapter itself is attached, counted, saved and loaded in
+`facemogle/models/lora.py`.
+
+Read top-down as DiT: small helpers (`_project`, `modulate`, attention), the two blocks
+(`_double_block`, `_single_block`), then `condition_forward`, the model forward.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Iterator
-
-import peft
 import torch
 import torch.nn.functional as F
 from diffusers import FluxTransformer2DModel
@@ -44,107 +45,8 @@ from diffusers.models.transformers.transformer_flux import (
     FluxTransformerBlock,
 )
 from peft.tuners.lora import LoraLayer
-from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
-
-from facemogle.core.config import ConfigError, LoraConfig
-
-# Layers the condition stream passes through (docs/design.md, "Condition stream and LoRA"); LoRA
-# anywhere else would act on text or image tokens, or on nothing.
-DOUBLE_BLOCK_CONDITION_LAYERS: tuple[str, ...] = (
-    "norm1.linear", "attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0", "ff.net.0.proj",
-    "ff.net.2")
-SINGLE_BLOCK_CONDITION_LAYERS: tuple[str, ...] = (
-    "norm.linear", "proj_mlp", "proj_out", "attn.to_q", "attn.to_k", "attn.to_v")
-
-
-# ----------------------------------------------------------------------------------------------
-# LoRA: attach, count, save, load
-# ----------------------------------------------------------------------------------------------
-
-
-def condition_layer_names(transformer: FluxTransformer2DModel) -> set[str]:
-    """Names of the Linear layers that the condition stream passes through."""
-    names = {"x_embedder"}
-    for i in range(len(transformer.transformer_blocks)):
-        names.update(f"transformer_blocks.{i}.{s}" for s in DOUBLE_BLOCK_CONDITION_LAYERS)
-    for i in range(len(transformer.single_transformer_blocks)):
-        names.update(f"single_transformer_blocks.{i}.{s}" for s in SINGLE_BLOCK_CONDITION_LAYERS)
-    return names
-
-
-def _target_pattern(target_modules: tuple[str, ...]) -> str:
-    """One regex for peft's string form of `target_modules` (matched in full against names)."""
-    return "|".join(f"(?:{p})" for p in target_modules)
-
-
-def _check_targets(transformer: FluxTransformer2DModel, pattern: str) -> None:
-    matched = [name for name, _ in transformer.named_modules() if re.fullmatch(pattern, name)]
-    if not matched:
-        raise ConfigError(f"params: 'lora.target_modules' matched no layer of the transformer "
-                          f"(pattern {pattern!r})")
-    outside = sorted(set(matched) - condition_layer_names(transformer))
-    if outside:
-        raise ConfigError(
-            f"params: 'lora.target_modules' must match only layers of the condition stream "
-            f"(x_embedder; double blocks: {list(DOUBLE_BLOCK_CONDITION_LAYERS)}; single blocks: "
-            f"{list(SINGLE_BLOCK_CONDITION_LAYERS)}), but it also matches {outside[:5]}")
-
-
-def lora_parameters(transformer: nn.Module, adapter_name: str = "condition"
-                    ) -> Iterator[nn.Parameter]:
-    """The parameters of the LoRA adapter `adapter_name`."""
-    for module in transformer.modules():
-        if isinstance(module, LoraLayer) and adapter_name in module.lora_A:
-            yield from module.lora_A[adapter_name].parameters()
-            yield from module.lora_B[adapter_name].parameters()
-
-
-def attach_lora(transformer: FluxTransformer2DModel, cfg: LoraConfig,
-                adapter_name: str = "condition") -> int:
-    """Freeze `transformer` and add a peft LoRA adapter for the condition stream.
-
-    `cfg.target_modules` are regexes, joined with `|` and matched in full against module names
-    (peft's string form); they may only match layers that the condition stream uses. Returns the
-    number of LoRA parameters; afterwards only those require grad.
-    """
-    pattern = _target_pattern(cfg.target_modules)
-    _check_targets(transformer, pattern)
-    transformer.requires_grad_(False)
-    config = peft.LoraConfig(
-        r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=pattern,
-        init_lora_weights="gaussian" if cfg.init == "gaussian" else True)
-    transformer.add_adapter(config, adapter_name=adapter_name)
-    params = list(lora_parameters(transformer, adapter_name))
-    for p in params:
-        p.requires_grad_(True)
-    return sum(p.numel() for p in params)
-
-
-def lora_state_dict(transformer: nn.Module, adapter_name: str = "condition") -> dict[str, Tensor]:
-    """The adapter's weights, keyed without the adapter name (peft's saved form)."""
-    return get_peft_model_state_dict(transformer, adapter_name=adapter_name)
-
-
-def load_lora_state_dict(transformer: nn.Module, state: dict[str, Tensor],
-                         adapter_name: str = "condition") -> None:
-    """Load adapter weights saved by `lora_state_dict`; missing, unexpected or misshapen keys
-    raise a ValueError naming them."""
-    expected = lora_state_dict(transformer, adapter_name)
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    if missing or unexpected:
-        raise ValueError(f"LoRA state for adapter '{adapter_name}' does not fit the transformer: "
-                         f"missing keys {missing[:5]} ({len(missing)}), unexpected keys "
-                         f"{unexpected[:5]} ({len(unexpected)})")
-    wrong = [k for k in expected if tuple(state[k].shape) != tuple(expected[k].shape)]
-    if wrong:
-        k = wrong[0]
-        raise ValueError(f"LoRA state for adapter '{adapter_name}': '{k}' has shape "
-                         f"{tuple(state[k].shape)}, expected {tuple(expected[k].shape)}")
-    set_peft_model_state_dict(transformer, state, adapter_name=adapter_name)
-
 
 # ----------------------------------------------------------------------------------------------
 # Small helpers
@@ -216,6 +118,12 @@ def _modulation(linear: nn.Module, silu: nn.Module, temb: Tensor, chunks: int, n
     return [_per_token(m, n_main, n_cond) for m in emb.chunk(chunks, dim=1)]
 
 
+def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
+    """adaLN modulation of normalised tokens x: `x * (1 + scale) + shift`."""
+    # The stock FLUX blocks' expression and operation order, so the result is bitwise theirs.
+    return x * (1 + scale) + shift
+
+
 def _heads(attn: nn.Module, x: Tensor) -> Tensor:
     """(B, S, H * Dh) -> (B, S, H, Dh), as the stock `FluxAttnProcessor` splits heads."""
     return x.unflatten(-1, (-1, attn.head_dim))
@@ -237,16 +145,20 @@ def _attention(q: Tensor, k: Tensor, v: Tensor, rope: tuple[Tensor, Tensor],
 CONDITION_ATTENTION: tuple[str, ...] = ("full", "aligned")
 
 
-def _attention_mask(n_text: int, n_img: int, n_cond: int, aligned: bool,
+def _attention_mask(cond_attention: str, n_text: int, n_img: int, n_cond: int,
                     device: torch.device) -> Tensor | None:
     """Boolean attention mask over [text; image; condition] tokens (True = may attend), or None
     when nothing is masked (the stock attention, flash kernels on GPU).
 
-    `aligned`: image query p sees condition key p only (image and condition share positions);
-    text and condition queries are not restricted. Returns (1, 1, S, S), S = n_text + n_img +
-    n_cond, or None without condition tokens or with full attention.
+    `cond_attention` is one of CONDITION_ATTENTION: "full" masks nothing; "aligned" lets image
+    query p see condition key p only (image and condition share positions), text and condition
+    queries unrestricted. Returns (1, 1, S, S), S = n_text + n_img + n_cond, or None without
+    condition tokens or with full attention.
     """
-    if n_cond == 0 or not aligned:
+    if cond_attention not in CONDITION_ATTENTION:
+        raise ValueError(f"condition_forward: cond_attention must be one of "
+                         f"{list(CONDITION_ATTENTION)}, got {cond_attention!r}")
+    if n_cond == 0 or cond_attention != "aligned":
         return None
     if n_cond != n_img:
         raise ValueError(f"condition_forward: aligned condition attention needs one condition "
@@ -254,7 +166,7 @@ def _attention_mask(n_text: int, n_img: int, n_cond: int, aligned: bool,
     size = n_text + n_img + n_cond
     pairs = torch.ones(size, size, dtype=torch.bool, device=device)  # (S, S)
     pairs[n_text:n_text + n_img, n_text + n_img:] = torch.eye(n_img, dtype=torch.bool,
-                                                              device=device)
+                                                              device=device)  # (L, Lc)
     return pairs[None, None]  # (1, 1, S, S)
 
 
@@ -297,6 +209,9 @@ def _feed_forward(ff: nn.Module, h: Tensor, n_img: int) -> Tensor:
     return h  # (B, L + Lc, D)
 
 
+# Mirrors `FluxTransformerBlock.forward` of diffusers 0.40 to 0.42.1 (pyproject.toml's lower bound
+# to constraints.txt's pin) step for step, in its operation order, so that without condition
+# tokens the result is the stock block's; a diffusers upgrade must be checked against it.
 def _double_block(block: FluxTransformerBlock, context: Tensor, x: Tensor, temb: Tensor,
                   rope: tuple[Tensor, Tensor], attn_mask: Tensor | None, n_img: int
                   ) -> tuple[Tensor, Tensor]:
@@ -309,22 +224,27 @@ def _double_block(block: FluxTransformerBlock, context: Tensor, x: Tensor, temb:
     norm1 = block.norm1
     shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = _modulation(
         norm1.linear, norm1.silu, temb, 6, n_img, n_cond)  # each (B, 1 or L + Lc, D)
-    h = norm1.norm(x) * (1 + scale_msa) + shift_msa  # (B, L + Lc, D)
+    h = modulate(norm1.norm(x), shift_msa, scale_msa)  # (B, L + Lc, D)
     main_temb = temb[:context.shape[0]]  # (B, D)
     h_text, c_gate_msa, c_shift_mlp, c_scale_mlp, c_gate_mlp = block.norm1_context(
-        context, emb=main_temb)
-    attn_x, attn_text = _double_attention(block.attn, h, h_text, rope, attn_mask, n_img)
+        context, emb=main_temb)  # (B, T, D), then (B, D) each
+    attn_x, attn_text = _double_attention(block.attn, h, h_text, rope, attn_mask,
+                                          n_img)  # (B, L + Lc, D), (B, T, D)
 
-    x = x + gate_msa * attn_x
-    h = block.norm2(x) * (1 + scale_mlp) + shift_mlp  # (B, L + Lc, D)
-    x = x + gate_mlp * _feed_forward(block.ff, h, n_img)
+    x = x + gate_msa * attn_x  # (B, L + Lc, D)
+    h = modulate(block.norm2(x), shift_mlp, scale_mlp)  # (B, L + Lc, D)
+    x = x + gate_mlp * _feed_forward(block.ff, h, n_img)  # (B, L + Lc, D)
 
     context = context + c_gate_msa.unsqueeze(1) * attn_text  # (B, T, D)
-    h_text = block.norm2_context(context) * (1 + c_scale_mlp[:, None]) + c_shift_mlp[:, None]
-    context = context + c_gate_mlp.unsqueeze(1) * block.ff_context(h_text)
+    h_text = modulate(block.norm2_context(context), c_shift_mlp[:, None],
+                      c_scale_mlp[:, None])  # (B, T, D)
+    context = context + c_gate_mlp.unsqueeze(1) * block.ff_context(h_text)  # (B, T, D)
     return _clip_fp16(context), x
 
 
+# Mirrors `FluxSingleTransformerBlock.forward` of diffusers 0.40 to 0.42.1 (pyproject.toml's lower
+# bound to constraints.txt's pin), as `_double_block` does its block, but keeps the joined
+# [text; image; condition] sequence instead of splitting it after every block.
 def _single_block(block: FluxSingleTransformerBlock, x: Tensor, temb: Tensor,
                   rope: tuple[Tensor, Tensor], attn_mask: Tensor | None, n_main: int) -> Tensor:
     """`FluxSingleTransformerBlock.forward` with the condition tokens as a third stream.
@@ -334,13 +254,13 @@ def _single_block(block: FluxSingleTransformerBlock, x: Tensor, temb: Tensor,
     """
     n_cond = x.shape[1] - n_main
     shift, scale, gate = _modulation(block.norm.linear, block.norm.silu, temb, 3, n_main, n_cond)
-    h = block.norm.norm(x) * (1 + scale) + shift  # (B, S, D)
+    h = modulate(block.norm.norm(x), shift, scale)  # (B, S, D)
     mlp = block.act_mlp(_project(block.proj_mlp, h, n_main))  # (B, S, 4D)
     attn = block.attn
     q, k, v = (_heads(attn, _project(p, h, n_main)) for p in (attn.to_q, attn.to_k, attn.to_v))
     out = _attention(attn.norm_q(q), attn.norm_k(k), v, rope, attn_mask)  # (B, S, D)
     out = gate * _project(block.proj_out, torch.cat([out, mlp], dim=2), n_main)  # (B, S, D)
-    return _clip_fp16(x + out)
+    return _clip_fp16(x + out)  # (B, S, D)
 
 
 # The block functions `condition_forward` calls; `enable_compile` swaps in compiled versions.
@@ -357,9 +277,11 @@ def enable_compile(**options) -> None:
     _BLOCK_FNS["single"] = torch.compile(_single_block, **options)
 
 
-def _run(fn, checkpointing: bool, *args):
-    """Call a block function, under non-reentrant activation checkpointing if asked (and grad is
-    on, as the stock model does); the numerics are the same."""
+def _run(kind: str, checkpointing: bool, *args):
+    """Call the "double" or "single" block function of `_BLOCK_FNS`, under non-reentrant
+    activation checkpointing if asked (and grad is on, as the stock model does); the numerics
+    are the same."""
+    fn = _BLOCK_FNS[kind]
     if checkpointing and torch.is_grad_enabled():
         return checkpoint(fn, *args, use_reentrant=False)
     return fn(*args)
@@ -368,6 +290,45 @@ def _run(fn, checkpointing: bool, *args):
 # ----------------------------------------------------------------------------------------------
 # The model forward
 # ----------------------------------------------------------------------------------------------
+
+
+class ResidualCache:
+    """First-block residual caching across the steps of one denoising loop (the idea of
+    ParaAttention's First-Block Cache, applied to `condition_forward`).
+
+    Every step runs the first double block. When its change of the image tokens differs from
+    the one of the last fully computed step by less than `threshold` (mean absolute difference
+    over mean absolute value), the other blocks are skipped and their change of the image tokens
+    at that step is added instead. `threshold` 0 computes every step, and so does a transformer
+    without double blocks (no first block to probe; nothing is counted). One instance serves one
+    batch's loop (`FaceMoGLE.forward(residual_cache=...)`), in order.
+    """
+
+    def __init__(self, threshold: float):
+        if not threshold >= 0:
+            raise ValueError(f"ResidualCache: threshold must be >= 0, got {threshold!r}")
+        self.threshold = threshold
+        self.first: Tensor | None = None  # (B, L, D) first block's change, last full step
+        self.rest: Tensor | None = None  # (B, L, D) the other blocks' change, last full step
+        self.computed = self.skipped = 0
+
+    def reusable(self, first: Tensor) -> bool:
+        """Whether the step whose first-block change is `first` may reuse `rest`."""
+        if self.threshold == 0 or self.first is None or self.first.shape != first.shape:
+            return False
+        change = (first - self.first).abs().mean() / self.first.abs().mean().clamp_min(1e-12)
+        return bool(change < self.threshold)
+
+    def reuse(self, after_first: Tensor) -> Tensor:
+        """The image tokens (B, L, D) of a skipped step: `after_first` plus the stored `rest`."""
+        self.skipped += 1
+        return after_first + self.rest  # (B, L, D)
+
+    def store(self, first: Tensor, rest: Tensor) -> None:
+        """Keep the changes of the image tokens at a fully computed step: by the first block
+        (`first`) and by the other blocks (`rest`), each (B, L, D)."""
+        self.computed += 1
+        self.first, self.rest = first, rest
 
 
 def _expect(t: Tensor | None, shape: tuple[int | None, ...], name: str) -> None:
@@ -383,7 +344,10 @@ def _expect(t: Tensor | None, shape: tuple[int | None, ...], name: str) -> None:
 def _check_inputs(transformer: FluxTransformer2DModel, hidden_states: Tensor,
                   encoder_hidden_states: Tensor, pooled_projections: Tensor, timestep: Tensor,
                   img_ids: Tensor, txt_ids: Tensor, guidance: Tensor | None,
-                  cond_tokens: Tensor | None, cond_ids: Tensor | None) -> None:
+                  cond_tokens: Tensor | None, cond_ids: Tensor | None
+                  ) -> tuple[int, int, int, int]:
+    """Raise a ValueError naming the argument unless the inputs of `condition_forward` fit the
+    transformer and each other; return their sizes B, T, L, Lc (Lc = 0 without condition)."""
     cfg = transformer.config
     _expect(hidden_states, (None, None, cfg.in_channels), "hidden_states")
     batch, length = hidden_states.shape[:2]
@@ -402,7 +366,7 @@ def _check_inputs(transformer: FluxTransformer2DModel, hidden_states: Tensor,
     if guidance is not None:
         _expect(guidance, (batch,), "guidance")
     if cond_tokens is None:
-        return
+        return batch, encoder_hidden_states.shape[1], length, 0
     _expect(cond_tokens, (batch, None, cfg.in_channels), "cond_tokens")
     if cond_tokens.shape[1] == 0:
         raise ValueError("condition_forward: 'cond_tokens' needs at least one token (pass None "
@@ -411,6 +375,7 @@ def _check_inputs(transformer: FluxTransformer2DModel, hidden_states: Tensor,
         raise ValueError("condition_forward: 'cond_ids' is required when the condition has a "
                          "different number of tokens than the image")
     _expect(img_ids if cond_ids is None else cond_ids, (cond_tokens.shape[1], n_axes), "cond_ids")
+    return batch, encoder_hidden_states.shape[1], length, cond_tokens.shape[1]
 
 
 def _embed_time(transformer: FluxTransformer2DModel, dtype: torch.dtype, timestep: Tensor,
@@ -431,9 +396,10 @@ def _embed_time(transformer: FluxTransformer2DModel, dtype: torch.dtype, timeste
     return transformer.time_text_embed(t, g, pooled)
 
 
-# Mirrors `diffusers.FluxTransformer2DModel.forward` (diffusers 0.36 to 0.42: embedders, double
-# blocks, single blocks, `norm_out`, `proj_out`) with a third token stream; with no condition
-# tokens it equals the stock forward (tests/test_condition.py holds it equal).
+# Mirrors `FluxTransformer2DModel.forward` of diffusers 0.40 to 0.42.1 (pyproject.toml's lower
+# bound to constraints.txt's pin): embedders, double blocks, single blocks, `norm_out`,
+# `proj_out`, with a third token stream. With no condition tokens it equals the stock forward
+# (tests/test_condition.py::test_without_condition_equals_stock_forward).
 def condition_forward(transformer: FluxTransformer2DModel, *, hidden_states: Tensor,
                       encoder_hidden_states: Tensor, pooled_projections: Tensor, timestep: Tensor,
                       img_ids: Tensor, txt_ids: Tensor, guidance: Tensor | None = None,
@@ -465,112 +431,44 @@ def condition_forward(transformer: FluxTransformer2DModel, *, hidden_states: Ten
     Returns:
         (B, L, Cout) velocity for the image tokens.
     """
-    _check_inputs(transformer, hidden_states, encoder_hidden_states, pooled_projections,
-                  timestep, img_ids, txt_ids, guidance, cond_tokens, cond_ids)
-    batch, n_img = hidden_states.shape[:2]
-    n_text = encoder_hidden_states.shape[1]
-    x, ids = _join_condition(hidden_states, img_ids, txt_ids, cond_tokens, cond_ids)
-    n_cond = x.shape[1] - n_img
+    batch, n_text, n_img, n_cond = _check_inputs(  # B, T, L, Lc (Lc = 0: no condition tokens)
+        transformer, hidden_states, encoder_hidden_states, pooled_projections, timestep, img_ids,
+        txt_ids, guidance, cond_tokens, cond_ids)
 
-    x, temb, context, rope = _embed_streams(
-        transformer, x, n_img, timestep, guidance, pooled_projections, encoder_hidden_states,
-        ids, cond_guidance if n_cond else None)
-    attn_mask = _stream_attention_mask(cond_attention, n_text, n_img, n_cond,
-                                       x.device)  # (1, 1, S, S) or None
-    image = _run_blocks(transformer, context, x, temb, rope, attn_mask, n_img, checkpointing,
-                        residual_cache)  # (B, L, D)
-    image = transformer.norm_out(image, temb[:batch])  # (B, L, D)
-    return transformer.proj_out(image)  # (B, L, Cout)
-
-
-def _join_condition(hidden_states: Tensor, img_ids: Tensor, txt_ids: Tensor,
-                    cond_tokens: Tensor | None, cond_ids: Tensor | None
-                    ) -> tuple[Tensor, list[Tensor]]:
-    """The image tokens with the condition tokens (if any) appended, and the position ids of
-    [text; image; condition] as a list to concatenate."""
-    ids = [txt_ids, img_ids]
-    x = hidden_states
+    # Embedders. The condition tokens follow the image tokens through `x_embedder` (LoRA on them
+    # only) and take the image positions unless given their own (spatially aligned masks).
+    x, ids = hidden_states, [txt_ids, img_ids]  # (B, L, Cin); (T, 3), (L, 3)
     if cond_tokens is not None:
-        ids.append(img_ids if cond_ids is None else cond_ids)
+        ids.append(img_ids if cond_ids is None else cond_ids)  # (Lc, 3)
         x = torch.cat([hidden_states, cond_tokens.to(hidden_states.dtype)], dim=1)  # (B, L+Lc, Cin)
-    return x, ids
-
-
-def _embed_streams(transformer: FluxTransformer2DModel, x: Tensor, n_img: int, timestep: Tensor,
-                   guidance: Tensor | None, pooled_projections: Tensor,
-                   encoder_hidden_states: Tensor, ids: list[Tensor], cond_guidance: float | None
-                   ) -> tuple[Tensor, Tensor, Tensor, tuple[Tensor, Tensor]]:
-    """The stock forward's input embeddings, with the condition stream's LoRA and modulation:
-    tokens x, `temb`, text context and RoPE, in that order."""
     x = _project(transformer.x_embedder, x, n_img)  # (B, L + Lc, D)
     temb = _embed_time(transformer, x.dtype, timestep, guidance, pooled_projections,
-                       cond_guidance)  # (B or 2B, D)
+                       cond_guidance if n_cond else None)  # (B, D), or (2B, D) = [main; cond]
     context = transformer.context_embedder(encoder_hidden_states)  # (B, T, D)
     rope = transformer.pos_embed(torch.cat(ids, dim=0))  # 2 x (T + L + Lc, Dh)
-    return x, temb, context, rope
+    attn_mask = _attention_mask(cond_attention, n_text, n_img, n_cond,
+                                x.device)  # (1, 1, T + L + Lc, T + L + Lc) or None
 
-
-def _stream_attention_mask(cond_attention: str, n_text: int, n_img: int, n_cond: int,
-                           device: torch.device) -> Tensor | None:
-    """`_attention_mask` for the `cond_attention` mode, which must be in CONDITION_ATTENTION."""
-    if cond_attention not in CONDITION_ATTENTION:
-        raise ValueError(f"condition_forward: cond_attention must be one of "
-                         f"{list(CONDITION_ATTENTION)}, got {cond_attention!r}")
-    return _attention_mask(n_text, n_img, n_cond, cond_attention == "aligned",
-                           device)  # (1, 1, S, S) or None
-
-
-class ResidualCache:
-    """First-block residual caching across the steps of one denoising loop (the idea of
-    ParaAttention's First-Block Cache, applied to `condition_forward`).
-
-    Every step runs the first double block. When its change of the image tokens differs from
-    the one of the last fully computed step by less than `threshold` (mean absolute difference
-    over mean absolute value), the other blocks are skipped and their change of the image tokens
-    at that step is added instead. `threshold` 0 computes every step. One instance serves one
-    batch's loop (`FaceMoGLE.forward(residual_cache=...)`), in order.
-    """
-
-    def __init__(self, threshold: float):
-        if not threshold >= 0:
-            raise ValueError(f"ResidualCache: threshold must be >= 0, got {threshold!r}")
-        self.threshold = threshold
-        self.first: Tensor | None = None  # (B, L, D) first block's change, last full step
-        self.rest: Tensor | None = None  # (B, L, D) the other blocks' change, last full step
-        self.computed = self.skipped = 0
-
-    def reusable(self, first: Tensor) -> bool:
-        """Whether the step whose first-block change is `first` may reuse `rest`."""
-        if self.threshold == 0 or self.first is None or self.first.shape != first.shape:
-            return False
-        change = (first - self.first).abs().mean() / self.first.abs().mean().clamp_min(1e-12)
-        return bool(change < self.threshold)
-
-
-def _run_blocks(transformer: FluxTransformer2DModel, context: Tensor, x: Tensor, temb: Tensor,
-                rope: tuple[Tensor, Tensor], attn_mask: Tensor | None, n_img: int,
-                checkpointing: bool, cache: ResidualCache | None = None) -> Tensor:
-    """The double blocks over text (B, T, D) and image + condition tokens (B, L + Lc, D), then
-    the single blocks over them joined. Returns the image tokens (B, L, D); with `cache`, the
-    blocks after the first may be skipped (`ResidualCache`)."""
-    n_text = context.shape[1]
-    double = list(transformer.transformer_blocks)
+    # Double blocks: text and image + condition tokens apart, meeting in attention. The first one
+    # is the residual cache's probe: its change of the image tokens decides whether the others
+    # run at this step. Without double blocks there is no probe, so nothing is cached.
+    cache = residual_cache if len(transformer.transformer_blocks) else None
     start = x[:, :n_img]  # (B, L, D)
-    context, x = _run(_BLOCK_FNS["double"], checkpointing, double[0], context, x, temb, rope,
-                      attn_mask, n_img)
+    for block in transformer.transformer_blocks[:1]:  # context (B, T, D), x (B, L + Lc, D)
+        context, x = _run("double", checkpointing, block, context, x, temb, rope, attn_mask, n_img)
     after_first = x[:, :n_img]  # (B, L, D)
     if cache is not None and cache.reusable(after_first - start):
-        cache.skipped += 1
-        return after_first + cache.rest  # (B, L, D)
-    for block in double[1:]:
-        context, x = _run(_BLOCK_FNS["double"], checkpointing, block, context, x, temb, rope,
-                          attn_mask, n_img)
-    x = torch.cat([context, x], dim=1)  # (B, T + L + Lc, D)
-    for block in transformer.single_transformer_blocks:
-        x = _run(_BLOCK_FNS["single"], checkpointing, block, x, temb, rope, attn_mask,
-                 n_text + n_img)
-    image = x[:, n_text:n_text + n_img]  # (B, L, D)
-    if cache is not None:
-        cache.computed += 1
-        cache.first, cache.rest = after_first - start, image - after_first
-    return image
+        image = cache.reuse(after_first)  # (B, L, D)
+    else:
+        for block in transformer.transformer_blocks[1:]:  # context (B, T, D), x (B, L + Lc, D)
+            context, x = _run("double", checkpointing, block, context, x, temb, rope, attn_mask,
+                              n_img)
+        # Single blocks: the three streams as one sequence [text; image; condition].
+        x = torch.cat([context, x], dim=1)  # (B, T + L + Lc, D)
+        for block in transformer.single_transformer_blocks:  # x (B, T + L + Lc, D)
+            x = _run("single", checkpointing, block, x, temb, rope, attn_mask, n_text + n_img)
+        image = x[:, n_text:n_text + n_img]  # (B, L, D)
+        if cache is not None:
+            cache.store(after_first - start, image - after_first)  # (B, L, D) each
+    image = transformer.norm_out(image, temb[:batch])  # (B, L, D)
+    return transformer.proj_out(image)  # (B, L, Cout)

@@ -1,8 +1,25 @@
 """Face-MoGLE: MoGLE condition tokens on a frozen FLUX transformer with condition-only LoRA.
 
+The data path of one denoising step, with the shapes of the paper's setting (FLUX.1-dev at
+512 x 512 px, params-flux.yaml: L = 1024 image tokens of C = 64, T = 512 text tokens, width
+D = 3072). The embedded default (128 px, params.yaml) has L = 64, T <= 64 and D = 128.
+
+    mask          (B, 512, 512) label map, 19 labels with background (facemogle/core/labels.py)
+    -> 20 slots   slot 0 the colour mask, slots 1..19 one binary mask per label; each slot image
+                  VAE-encoded to (16, 64, 64) and packed 2x2 by the cache stage
+                  (facemogle/cache/build.py): cond_latents (B, 20, 1024, 64)
+    -> MoGLE      one expert per slot, mixed per token by a gate that reads the colour-mask slot,
+                  z_t and sigma (facemogle/models/mogle.py): cond_tokens (B, 1024, 64)
+    -> FLUX       x_embedder on [z_t; cond_tokens] (B, 2048, 64) -> (B, 2048, 3072) (LoRA on the
+                  condition half only), context_embedder on the T5 text (B, 512, 4096) ->
+                  (B, 512, 3072); each block attends over [text; image; condition]
+                  (B, 2560, 3072) (facemogle/models/condition.py)
+    -> velocity   norm_out and proj_out on the image tokens only: (B, 1024, 64) = noise - data
+
 `FaceMoGLE` holds the trainable parts (the MoGLE mask encoder and the LoRA adapter, which lives
-inside the transformer) next to the frozen transformer, and predicts the flow velocity for one
-denoising step. The three modes (docs/design.md, "The three modes") differ only in the inputs:
+inside the transformer: facemogle/models/lora.py) next to the frozen transformer, and predicts
+the flow velocity for one denoising step. The three modes (docs/design.md, "The three modes")
+differ only in the inputs:
 
 - multimodal: prompt embeddings + mask slot latents;
 - mask2face: embeddings of the empty prompt + mask slot latents;
@@ -17,7 +34,8 @@ import torch
 from torch import Tensor, nn
 
 from facemogle.core.config import LoraConfig, ModelConfig
-from facemogle.models.condition import ResidualCache, attach_lora, condition_forward
+from facemogle.models.condition import ResidualCache, condition_forward
+from facemogle.models.lora import attach_lora
 from facemogle.models.mogle import MoGLE, build_mogle
 
 

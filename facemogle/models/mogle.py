@@ -132,11 +132,11 @@ class ExpertBank(nn.Module):
 class NoGate(nn.Module):
     """No gating: every expert output has weight 1 (a plain sum; no parameters)."""
 
-    def __init__(self, *, token_dim: int, hidden: int, num_experts: int):
+    def __init__(self, *, token_dim: int, hidden: int, num_experts: int):  # noqa: ARG002 (same signature as the other gates)
         super().__init__()
         self.num_experts = num_experts
 
-    def forward(self, mask_tokens: Tensor, z_t: Tensor, sigma: Tensor) -> Tensor:
+    def forward(self, mask_tokens: Tensor, z_t: Tensor, sigma: Tensor) -> Tensor:  # noqa: ARG002 (same signature as the other gates)
         """-> (B, L, E) ones."""
         batch, length, _ = mask_tokens.shape
         return mask_tokens.new_ones(batch, length, self.num_experts)  # (B, L, E)
@@ -157,7 +157,7 @@ class StaticGate(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU(),
                                  nn.Linear(hidden, num_experts))
 
-    def gate_input(self, mask_tokens: Tensor, z_t: Tensor, sigma: Tensor) -> Tensor:
+    def gate_input(self, mask_tokens: Tensor, z_t: Tensor, sigma: Tensor) -> Tensor:  # noqa: ARG002 (MatrixGate overrides, same signature)
         """-> (B, L, hidden) input of the gate MLP."""
         return self.mask_proj(mask_tokens)  # (B, L, H)
 

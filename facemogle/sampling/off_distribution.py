@@ -16,13 +16,7 @@ from torch import Tensor
 from facemogle.core import flow, labels, latents
 from facemogle.core.labels import LABEL_INDEX
 from facemogle.models.facemogle import FaceMoGLE
-from facemogle.sampling.sampler import (
-    Conditions,
-    decode_images,
-    generate_latents,
-    residual_cache,
-    sampling_autocast,
-)
+from facemogle.sampling.sampler import Conditions, generate_images, residual_cache
 from facemogle.sampling.sheets import to_uint8
 
 
@@ -111,11 +105,10 @@ def sample_layouts(model: FaceMoGLE, base, cache, row: int, label_map: np.ndarra
                       cond_latents.to(device), cache.empty_text_seq.to(device),
                       cache.empty_text_pooled.to(device), cache.empty_slot.to(device))
     seeds = [flow.seed_for(cache.ids[row], seed)] * n
-    with sampling_autocast(base.transformer.dtype, device):
-        packed = generate_latents(model, cond, seeds, latent_size=cache.latent_size,
-                                  steps=cfg.steps, guidance=cfg.guidance, cfg_scale=cfg.cfg_scale,
-                                  scheduler_config=base.scheduler_config,
-                                  residual_cache=residual_cache(cfg))
-        images = to_uint8(decode_images(base.vae, packed.float(), cache.latent_size))
+    images = to_uint8(generate_images(
+        model, base.vae, cond, seeds, latent_size=cache.latent_size,
+        base_dtype=base.transformer.dtype, steps=cfg.steps, guidance=cfg.guidance,
+        cfg_scale=cfg.cfg_scale, scheduler_config=base.scheduler_config,
+        residual_cache=residual_cache(cfg.cache_threshold)))
     return [{"id": name, "mask": m, "image": image, "prompt": caption}
             for (name, m), image in zip(pairs, images)]

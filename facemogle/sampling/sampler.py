@@ -1,12 +1,15 @@
 """Generating faces in the three modes (docs/design.md, "The three modes"; `sample` stage).
 
 `generate_latents` is the whole sampler: per-sample seeded noise, the Euler flow-matching loop
-of `facemogle.core.flow`, optional true classifier-free guidance. Modes are expressed only through the
-inputs (see `facemogle.models.facemogle`).
+of `facemogle.core.flow`, optional true classifier-free guidance. Modes are expressed only
+through the inputs (see `facemogle.models.facemogle`). `generate_images` adds the decoding under
+the sampling precision policy; the `sample` stage and `facemogle.app.pipeline.FaceMoGLEPipeline`
+both sample through it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -16,9 +19,10 @@ from facemogle.core import flow, latents
 from facemogle.models.condition import ResidualCache
 from facemogle.models.facemogle import FaceMoGLE
 
-
 # `sample.cache_threshold` of the CLI's --fast: the fastest measured threshold whose mIoU,
-# attribute accuracy and fd_parser stay within the sampling-seed spread (docs/speed.md).
+# attribute accuracy and fd_parser stay within the sampling-seed spread in the multimodal mode;
+# in mask2face and text2face it keeps mIoU but fd_parser rises 5-10% past that spread
+# (docs/speed.md).
 FAST_CACHE_THRESHOLD = 0.3
 
 
@@ -76,21 +80,24 @@ def velocity_fn(model: FaceMoGLE, cond: Conditions, *, latent_size: int, guidanc
 
 
 @torch.no_grad()
-def generate_latents(model: FaceMoGLE, cond: Conditions, seeds: list[int], *, latent_size: int,
-                     steps: int = 28, guidance: float = 3.5, cfg_scale: float = 1.0,
-                     scheduler_config: dict | None = None, progress: bool = False,
-                     callback=None, residual_cache: ResidualCache | None = None,
+def generate_latents(model: FaceMoGLE, cond: Conditions, seeds: Sequence[int | torch.Generator], *,
+                     latent_size: int, steps: int = 28, guidance: float = 3.5,
+                     cfg_scale: float = 1.0, scheduler_config: dict | None = None,
+                     progress: bool = False, callback=None,
+                     residual_cache: ResidualCache | None = None,
                      experts_once: bool = True) -> Tensor:
-    """Sample packed latents (B, L, C), one seed per sample.
+    """Sample packed latents (B, L, C), one seed (or CPU generator) per sample.
 
     Each sample's initial noise comes from its own generator, so an image depends on its seed
     only, not on the batch it was generated in (with a `residual_cache`, which decides per
-    batch which steps to skip, it also depends on the batch).
+    batch which steps to skip, it also depends on the batch). A generator given more than once
+    is drawn from in turn.
     """
     device = cond.text.device
     channels = model.transformer.config.in_channels
     num_tokens = (latent_size // 2) ** 2
-    generators = [torch.Generator().manual_seed(s) for s in seeds]
+    generators = [s if isinstance(s, torch.Generator) else torch.Generator().manual_seed(s)
+                  for s in seeds]
     noise = flow.initial_noise((num_tokens, channels), generators, device=device,
                                dtype=cond.text.dtype)  # (B, L, C)
     velocity = velocity_fn(model, cond, latent_size=latent_size, guidance=guidance,
@@ -128,9 +135,10 @@ def mode_conditions(cache, rows: Tensor, mode: str, device: torch.device) -> Con
                       cache.empty_slot.to(device))
 
 
-def residual_cache(cfg) -> ResidualCache | None:
-    """A fresh `ResidualCache` for one batch's loop when `cfg.cache_threshold` > 0."""
-    return ResidualCache(cfg.cache_threshold) if cfg.cache_threshold > 0 else None
+def residual_cache(threshold: float) -> ResidualCache | None:
+    """A fresh `ResidualCache` for one batch's loop when `threshold` (`sample.cache_threshold`)
+    is > 0; None (every block at every step) otherwise."""
+    return ResidualCache(threshold) if threshold > 0 else None
 
 
 def sampling_autocast(base_dtype: torch.dtype, device: torch.device):
@@ -140,15 +148,24 @@ def sampling_autocast(base_dtype: torch.dtype, device: torch.device):
     return torch.autocast(device.type, dtype=base_dtype, enabled=base_dtype != torch.float32)
 
 
+def generate_images(model: FaceMoGLE, vae, cond: Conditions,
+                    seeds: Sequence[int | torch.Generator], *, latent_size: int,
+                    base_dtype: torch.dtype, **sampling) -> Tensor:
+    """Images (B, 3, H, W) in [0, 1]: `generate_latents` (`sampling`: its keyword arguments)
+    and `decode_images`, under `sampling_autocast(base_dtype)`."""
+    with sampling_autocast(base_dtype, cond.text.device):
+        packed = generate_latents(model, cond, seeds, latent_size=latent_size, **sampling)
+        return decode_images(vae, packed.float(), latent_size)
+
+
 def sample_rows(model: FaceMoGLE, base, cache, rows: Tensor, mode: str, cfg, *, seed: int,
                 progress: bool = False) -> Tensor:
     """Images (B, 3, H, W) in [0, 1] for cached rows in one mode; seeds depend on ids only."""
     device = next(model.parameters()).device
     seeds = [flow.seed_for(cache.ids[int(r)], seed) for r in rows]
     cond = mode_conditions(cache, rows, mode, device)
-    with sampling_autocast(base.transformer.dtype, device):
-        packed = generate_latents(model, cond, seeds, latent_size=cache.latent_size,
-                                  steps=cfg.steps, guidance=cfg.guidance, cfg_scale=cfg.cfg_scale,
-                                  scheduler_config=base.scheduler_config, progress=progress,
-                                  residual_cache=residual_cache(cfg))
-        return decode_images(base.vae, packed.float(), cache.latent_size)
+    return generate_images(model, base.vae, cond, seeds, latent_size=cache.latent_size,
+                           base_dtype=base.transformer.dtype, steps=cfg.steps,
+                           guidance=cfg.guidance, cfg_scale=cfg.cfg_scale,
+                           scheduler_config=base.scheduler_config, progress=progress,
+                           residual_cache=residual_cache(cfg.cache_threshold))

@@ -10,10 +10,15 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from facemogle.core import labels
-from facemogle.core.io import save_png
+from facemogle.core.io import atomic_path, read_rgb, save_png
+from facemogle.data.layout import mask_path
+from facemogle.sampling.samples_folder import sample_path
 
 CELL = 128  # pixels per image cell on sheets (small images are upscaled, nearest)
 TEXT_WIDTH = 260
+SHEET_ROWS = 12  # test images per contact sheet of the sample stage, spread evenly over its ids
+# The plain base is no Face-MoGLE mode: its sheet says so.
+SHEET_TITLES = {"base": "Plain base, no condition tokens (reference)"}
 
 
 def _cell(image: np.ndarray | None) -> Image.Image:
@@ -55,3 +60,28 @@ def to_uint8(images01: torch.Tensor) -> list[np.ndarray]:
 
 def save_sheet(path: str | Path, image: Image.Image) -> None:
     save_png(path, image)
+
+
+def sheet_ids(ids: list[str]) -> list[str]:
+    """The `SHEET_ROWS` ids of the sample stage's sheets, spread evenly over the sampled `ids`."""
+    return ids[::max(1, len(ids) // SHEET_ROWS)][:SHEET_ROWS]
+
+
+def write_sheets(samples: str | Path, sheets_dir: str | Path, labels_dir: str | Path,
+                 prompts: dict[str, str], modes: tuple[str, ...], ids: list[str],
+                 off_distribution: list[dict]) -> None:
+    """The sample stage's sheets: one per mode (prompt, mask, result) of the images `ids` in
+    `samples/<mode>/`, and the off-distribution sheet of `off_distribution` rows, written
+    together into `sheets_dir` (replaced atomically); `prompts`: id -> its first caption."""
+    masks = {i: labels.load_label_map(mask_path(labels_dir, i)) for i in ids}
+    with atomic_path(sheets_dir) as sheets:
+        sheets.mkdir()
+        for mode in modes:
+            rows = [{"id": i,
+                     "image": read_rgb(sample_path(samples, mode, i)),
+                     "mask": masks[i] if mode in ("multimodal", "mask2face") else None,
+                     "prompt": "" if mode == "mask2face" else prompts[i]} for i in ids]
+            save_sheet(sheets / f"{mode}.png",
+                       contact_sheet(rows, SHEET_TITLES.get(mode, f"Face-MoGLE: {mode}")))
+        save_sheet(sheets / "off_distribution.png", contact_sheet(
+            off_distribution, "Face-MoGLE multimodal: masks unlike any in training"))

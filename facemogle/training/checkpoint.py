@@ -10,10 +10,12 @@ A training checkpoint (`checkpoints/step-NNNNNN/`) adds `optimizer.safetensors` 
 tensors), `trainer.json` (step, loss history, the optimizer's scalar state and param groups) and
 `rng.safetensors` (the batch/noise generator), which is everything a resume needs.
 
-Both carry `manifest.json`, the SHA-256 and size of each of their files (`write_manifest` in
-`facemogle.core.io`). Loading checks it first, so a truncated, corrupt or byte-flipped file stops
-with an error naming the file; a resume skips a checkpoint that fails the check and takes the
-newest one that passes.
+A checkpoint is a resumable state of `facemogle.core.resume`, the one the pretraining phases
+keep too. Both folders carry `manifest.json`, the SHA-256 and size of each of their files, written
+last (`write_manifest` in `facemogle.core.io`). Loading checks it first (`check_folder`), so a
+truncated, corrupt or byte-flipped file stops with an `InputError` naming the file; a resume skips
+a checkpoint that fails the check, with a warning naming it and the fault, and takes the newest
+one that passes. A folder without a manifest is refused like a damaged one.
 """
 
 from __future__ import annotations
@@ -27,19 +29,19 @@ import torch
 from safetensors.torch import save_file
 
 from facemogle.core.io import (
+    MANIFEST_FILE,
     InputError,
-    atomic_path,
     load_safetensors,
     read_json,
-    verify_manifest,
     write_json,
     write_manifest,
 )
-from facemogle.core.optim_state import load_optimizer, save_optimizer
-from facemogle.models.condition import load_lora_state_dict, lora_state_dict
+from facemogle.core.resume import check_folder, load_state, save_state
 from facemogle.models.facemogle import FaceMoGLE
+from facemogle.models.lora import load_lora_state_dict, lora_state_dict
 
 STEP_PREFIX = "step-"
+TRAINER_FILE = "trainer.json"
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +58,8 @@ def write_weights(folder: Path, model, config: dict) -> None:
 def save_model(out_dir: str | Path, model, config: dict) -> None:
     """Write the trained weights, resolved config and their manifest into `out_dir`, beside what
     it already holds (the run's `checkpoints/`). They are written in a temporary sibling folder
-    and then moved in, each file atomically, so a failed write leaves `out_dir` as it was."""
+    and then moved in, each file atomically and the manifest last, so a failed write leaves
+    `out_dir` as it was and a write cut short between moves fails the manifest check."""
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
@@ -64,22 +67,26 @@ def save_model(out_dir: str | Path, model, config: dict) -> None:
         write_weights(staging, model, config)
         write_manifest(staging)
         out_dir.mkdir(exist_ok=True)
-        for f in staging.iterdir():
+        for f in sorted(staging.iterdir(), key=lambda f: f.name == MANIFEST_FILE):
             f.replace(out_dir / f.name)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
 
 def load_model_weights(folder: str | Path, model, *, verify: bool = True) -> dict:
-    """Load LoRA and MoGLE weights from a model folder into `model`; returns its config. The
-    folder's files are checked against its manifest first, unless `verify` is False (the caller
-    has just checked them)."""
+    """Load LoRA and MoGLE weights from a model folder into `model`; returns its config.
+
+    With `verify` (the default) the folder's files are first checked against its manifest
+    (`facemogle.core.resume.check_folder`): a truncated, corrupt or changed file is an
+    `InputError` naming it and what the manifest records. A folder written before model folders
+    carried a manifest loads without that check (a warning says so). `verify=False`: the caller
+    has just checked the folder."""
     folder = Path(folder)
     for name in ("lora.safetensors", "mogle.safetensors", "config.json"):
         if not (folder / name).exists():
             raise FileNotFoundError(f"{folder}: not a Face-MoGLE model folder (missing {name})")
     if verify:
-        verify_manifest(folder)
+        check_folder(folder)
     load_lora_state_dict(model.transformer, load_safetensors(folder / "lora.safetensors"))
     model.mogle.load_state_dict(load_safetensors(folder / "mogle.safetensors"), strict=True)
     return read_json(folder / "config.json")
@@ -90,14 +97,9 @@ def save_training_state(ckpt_root: str | Path, step: int, model, optimizer,
                         keep: int = 2) -> Path:
     """Write checkpoint `step-NNNNNN` atomically and keep only the newest `keep` checkpoints."""
     ckpt_root = Path(ckpt_root)
-    target = ckpt_root / f"{STEP_PREFIX}{step:06d}"
-    with atomic_path(target) as tmp:
-        tmp.mkdir()
-        write_weights(tmp, model, config)
-        meta = save_optimizer(tmp / "optimizer.safetensors", optimizer)
-        save_file({"state": generator.get_state()}, str(tmp / "rng.safetensors"))
-        write_json(tmp / "trainer.json", {"step": step, "history": history, "optimizer": meta})
-        write_manifest(tmp)
+    target = save_state(ckpt_root / f"{STEP_PREFIX}{step:06d}", step, optimizer, generator,
+                        write_model=lambda tmp: write_weights(tmp, model, config),
+                        record_file=TRAINER_FILE, record={"history": history})
     for old in sorted(ckpt_root.glob(f"{STEP_PREFIX}*"))[:-keep]:
         shutil.rmtree(old)
     return target
@@ -105,12 +107,14 @@ def save_training_state(ckpt_root: str | Path, step: int, model, optimizer,
 
 def find_resumable(ckpt_root: str | Path, config: dict) -> Path | None:
     """The newest checkpoint written under the same resolved config whose files pass its
-    manifest, or None; a damaged checkpoint is skipped with a warning naming it and the fault."""
+    manifest, or None. A damaged checkpoint is skipped with a warning naming it and the fault
+    (checked before its config is compared, so a damaged config.json is not taken for another
+    run's); one without a manifest is skipped the same way (`check_folder`)."""
     for folder in sorted(Path(ckpt_root).glob(f"{STEP_PREFIX}*"), reverse=True):
         try:
+            check_folder(folder)
             if read_json(folder / "config.json") != config:
                 continue
-            verify_manifest(folder)
         except InputError as err:
             log.warning("skipping checkpoint %s: %s", folder, err)
             continue
@@ -124,10 +128,10 @@ def load_training_state(folder: str | Path, model, optimizer,
     (which checked its manifest); returns (step, history)."""
     folder = Path(folder)
     load_model_weights(folder, model, verify=False)
-    trainer = read_json(folder / "trainer.json")
-    load_optimizer(folder / "optimizer.safetensors", trainer["optimizer"], optimizer)
-    generator.set_state(load_safetensors(folder / "rng.safetensors")["state"])
-    return trainer["step"], [tuple(h) for h in trainer["history"]]
+    trainer = read_json(folder / TRAINER_FILE, missing="not found (a training checkpoint "
+                        "records its step, loss history and optimizer state there)")
+    step = load_state(folder, optimizer, generator, trainer)
+    return step, [tuple(h) for h in trainer["history"]]
 
 
 def load_trained(transformer, model_dir: str | Path, params, *, verify: bool = True):

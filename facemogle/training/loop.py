@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -73,6 +74,66 @@ def _mean_loss(losses: list[torch.Tensor], accelerator, step: int) -> float:
     return value
 
 
+def _check_accumulation(cfg: TrainConfig, accelerator: Accelerator) -> None:
+    if accelerator.gradient_accumulation_steps != cfg.grad_accum:
+        raise ValueError(f"train.grad_accum is {cfg.grad_accum} but the accelerator accumulates "
+                         f"{accelerator.gradient_accumulation_steps} batches: create it with "
+                         "gradient_accumulation_steps=train.grad_accum")
+
+
+@dataclass(frozen=True)
+class _Run:
+    """What every optimizer step of one training run uses."""
+
+    model: torch.nn.Module  # as `accelerator.prepare` returned it
+    inner: FaceMoGLE  # the unwrapped model: what is checkpointed and saved
+    optimizer: torch.optim.Optimizer
+    trainable: list[torch.nn.Parameter]
+    generator: torch.Generator  # batch draws; shared by every process
+    cache: LatentCache
+    cfg: TrainConfig
+    accelerator: Accelerator
+    world: int
+    rank: int
+
+    def step(self) -> list[torch.Tensor]:
+        """One optimizer step over `cfg.grad_accum` batches: their losses, unsynchronised."""
+        cfg, accelerator, losses = self.cfg, self.accelerator, []
+        for _ in range(cfg.grad_accum):
+            with accelerator.accumulate(self.model):
+                batch = draw_batch(self.cache, cfg.batch_size, cfg, self.generator,
+                                   accelerator.device, rank=self.rank, world=self.world)
+                loss = train_step(self.model, batch, self.optimizer, self.trainable, cfg,
+                                  accelerator, latent_size=self.cache.latent_size)
+            losses.append(loss)
+        return losses
+
+
+def _prepare(model: FaceMoGLE, cache: LatentCache, params: Params,
+             accelerator: Accelerator) -> _Run:
+    """fp32 trainable weights, the optimizer, compilation if asked, `accelerator.prepare` and
+    the seeded batch generator, in that order."""
+    cfg = params.train
+    trainable = model.float32_trainables()  # fp32 master weights; autocast computes in bf16
+    optimizer = make_optimizer(trainable, cfg)
+    if cfg.compile:
+        enable_compile()
+    model, optimizer = accelerator.prepare(model, optimizer)
+    inner = accelerator.unwrap_model(model)
+    generator = torch.Generator().manual_seed(params.seed)  # shared by every process
+    world, rank = accelerator.num_processes, accelerator.process_index
+    return _Run(model, inner, optimizer, trainable, generator, cache, cfg, accelerator, world,
+                rank)
+
+
+def _show_loss(bar: tqdm, live, done: int, value: float) -> None:
+    """Show an interval's mean loss on the progress bar and log it to DVCLive, if any."""
+    bar.set_postfix(loss=f"{value:.4f}")
+    if live is not None:
+        live.step = done
+        live.log_metric("loss", value)
+
+
 def train(model: FaceMoGLE, cache: LatentCache, params: Params, out_dir: str | Path, *,
           accelerator, resolved: dict, live=None) -> list[tuple[int, float]]:
     """Train LoRA + MoGLE for `params.train.steps`, resuming from the last checkpoint.
@@ -82,43 +143,25 @@ def train(model: FaceMoGLE, cache: LatentCache, params: Params, out_dir: str | P
     (step, loss) history, which is also kept in every checkpoint so loss curves survive a resume.
     """
     cfg = params.train
-    if accelerator.gradient_accumulation_steps != cfg.grad_accum:
-        raise ValueError(f"train.grad_accum is {cfg.grad_accum} but the accelerator accumulates "
-                         f"{accelerator.gradient_accumulation_steps} batches: create it with "
-                         "gradient_accumulation_steps=train.grad_accum")
+    _check_accumulation(cfg, accelerator)
     out_dir = Path(out_dir)
-    trainable = model.float32_trainables()  # fp32 master weights; autocast computes in bf16
-    optimizer = make_optimizer(trainable, cfg)
-    if cfg.compile:
-        enable_compile()
-    model, optimizer = accelerator.prepare(model, optimizer)
-    inner = accelerator.unwrap_model(model)
-    generator = torch.Generator().manual_seed(params.seed)  # shared by every process
-    world, rank = accelerator.num_processes, accelerator.process_index
-    start, history = _resume(out_dir / "checkpoints", resolved, inner, optimizer, generator, live)
+    run = _prepare(model, cache, params, accelerator)
+    start, history = _resume(out_dir / "checkpoints", resolved, run.inner, run.optimizer,
+                             run.generator, live)
     bar = tqdm(range(start, cfg.steps), desc="train", unit="step", initial=start, total=cfg.steps,
                disable=not accelerator.is_main_process)
     running = []
     for step in bar:
-        for _ in range(cfg.grad_accum):
-            with accelerator.accumulate(model):
-                batch = draw_batch(cache, cfg.batch_size, cfg, generator, accelerator.device,
-                                   rank=rank, world=world)
-                loss = train_step(model, batch, optimizer, trainable, cfg, accelerator,
-                                  latent_size=cache.latent_size)
-            running.append(loss)
+        running += run.step()
         done = step + 1
         if done % cfg.log_every == 0 or done == cfg.steps:
             history.append((done, _mean_loss(running, accelerator, done)))
             running = []
-            bar.set_postfix(loss=f"{history[-1][1]:.4f}")
-            if live is not None:
-                live.step = done
-                live.log_metric("loss", history[-1][1])
+            _show_loss(bar, live, done, history[-1][1])
         if accelerator.is_main_process and (done % cfg.checkpoint_every == 0 or done == cfg.steps):
-            save_training_state(out_dir / "checkpoints", done, inner, optimizer, generator,
-                                history, resolved, keep=cfg.keep_checkpoints)
+            save_training_state(out_dir / "checkpoints", done, run.inner, run.optimizer,
+                                run.generator, history, resolved, keep=cfg.keep_checkpoints)
         accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        save_model(out_dir, inner, resolved)
+        save_model(out_dir, run.inner, resolved)
     return history

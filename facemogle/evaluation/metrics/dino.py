@@ -115,7 +115,7 @@ class DinoStructure(PretrainedFeatures):
         pixels = self._pixels(images, protocol)  # (B, 3, S, S)
         captured: list[torch.Tensor] = []
         hook = last_key_projection(self.model).register_forward_hook(
-            lambda module, args, output: captured.append(output))
+            lambda module, args, output: captured.append(output))  # noqa: ARG005 (torch forward hook signature)
         try:
             self.model(pixel_values=pixels.to(self.device, self.model.dtype),
                        interpolate_pos_encoding=protocol == "paper")

@@ -7,8 +7,9 @@ beyond them: scale, position, roll, yaw up to near-profile, open and smiling mou
 reshaped hats, glasses, earrings and hair, an occluding lock of hair, and a smooth per-face warp
 of the whole head frame so that no two region outlines are one template.
 
-`vary` only changes the attributes and geometry that `synthfaces` sampled for `template`, from
-its own random stream, so a `template` face keeps its bytes.
+`vary` only changes the attributes and geometry that `sample.py` drew for `template`, from its
+own random stream, so a `template` face keeps its bytes. `warp`, `to_surface` and `to_screen`
+map a `varied` face's frame coordinates for `canvas.py`.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import numpy as np
 
 LAYOUTS: tuple[str, ...] = ("template", "varied", "beyond")  # beyond: the off-distribution set
 
-# What a rendered set is measured against (`synthfaces_stats`): ranges that hold most real
+# What a rendered set is measured against (`stats.py`): ranges that hold most real
 # aligned portraits (CelebA-HQ / CelebAMask-HQ crops), as measured on label maps. Image units span
 # [-1, 1] (y down), angles are degrees, shares are of all faces. Sources: docs/synthfaces.md.
 TARGETS: dict[str, tuple[float, float]] = {
@@ -43,17 +44,17 @@ _RANGES: dict[str, tuple[float, float]] = {"size": (0.45, 0.65), "cx": (-0.06, 0
 # Fractions of `varied` faces drawn beyond the target ranges (margins).
 _BEYOND = {"size": 0.2, "position": 0.15, "roll": 0.15, "three_quarter": 0.2, "profile": 0.08}
 
-
-def _beyond(rng: np.random.Generator, lo: float, hi: float, margin: float) -> float:
-    """A value up to `margin` outside [lo, hi], on a random side."""
-    return float(rng.uniform(hi, hi + margin) if rng.random() < 0.5 else rng.uniform(lo - margin, lo))
+# The off-distribution set's kinds of `beyond` faces: past every margin of `varied`.
+BEYOND_KINDS: tuple[str, ...] = ("larger", "smaller", "tilted", "off-centre", "every accessory")
 
 
-def _in_or_beyond(rng: np.random.Generator, key: str, p_beyond: float, margin: float) -> float:
-    lo, hi = _RANGES[key]
-    if rng.random() < p_beyond:
-        return _beyond(rng, lo, hi, margin)
-    return float(rng.uniform(lo, hi))
+def vary(rng: np.random.Generator, attrs: dict, g: dict, variant: str) -> tuple[dict, dict]:
+    """`varied` attributes and geometry from the `template` ones (new dicts)."""
+    g = dict(g, **_pose(rng, g, variant))
+    expression, geo = _expression(rng, g)
+    g.update(geo)
+    g.update(_shapes(rng, attrs))
+    return dict(attrs, **expression), g
 
 
 def _pose(rng: np.random.Generator, g: dict, variant: str) -> dict:
@@ -66,6 +67,15 @@ def _pose(rng: np.random.Generator, g: dict, variant: str) -> dict:
         roll = (_beyond(rng, -10, 10, 20) if rng.random() < _BEYOND["roll"]
                 else float(np.clip(rng.normal(0, 4), -10, 10)))
         out["tilt"] = float(np.deg2rad(roll))
+    out["yaw"] = _yaw(rng)
+    size = out.get("size", g["size"])
+    # The shoulders' top stays inside the picture: the cloth colour must be visible.
+    out["cy"] = min(out.get("cy", g["cy"]), 0.92 - g["shoulder_y"] * size)
+    return out
+
+
+def _yaw(rng: np.random.Generator) -> float:
+    """Mostly frontal, a share three-quarter and a share near-profile; radians, either side."""
     u = rng.random()
     if u < _BEYOND["profile"]:
         yaw = rng.uniform(60, 78)
@@ -73,14 +83,10 @@ def _pose(rng: np.random.Generator, g: dict, variant: str) -> dict:
         yaw = rng.uniform(35, 60)
     else:
         yaw = min(abs(rng.normal(0, 15)), 35)
-    out["yaw"] = float(np.deg2rad(yaw) * rng.choice([-1, 1]))
-    size = out.get("size", g["size"])
-    # The shoulders' top stays inside the picture: the cloth colour must be visible.
-    out["cy"] = min(out.get("cy", g["cy"]), 0.92 - g["shoulder_y"] * size)
-    return out
+    return float(np.deg2rad(yaw) * rng.choice([-1, 1]))
 
 
-def _expression(rng: np.random.Generator, attrs: dict, g: dict) -> tuple[dict, dict]:
+def _expression(rng: np.random.Generator, g: dict) -> tuple[dict, dict]:
     smiling = bool(rng.random() < 0.48)
     mouth_open = bool(rng.random() < 0.48)
     closed = bool(rng.random() < 0.07)
@@ -110,17 +116,17 @@ def _shapes(rng: np.random.Generator, attrs: dict) -> dict:
     }
 
 
-def vary(rng: np.random.Generator, attrs: dict, g: dict, variant: str) -> tuple[dict, dict]:
-    """`varied` attributes and geometry from the `template` ones (new dicts)."""
-    g = dict(g, **_pose(rng, g, variant))
-    expression, geo = _expression(rng, attrs, g)
-    g.update(geo)
-    g.update(_shapes(rng, attrs))
-    return dict(attrs, **expression), g
+def _in_or_beyond(rng: np.random.Generator, key: str, p_beyond: float, margin: float) -> float:
+    lo, hi = _RANGES[key]
+    if rng.random() < p_beyond:
+        return _beyond(rng, lo, hi, margin)
+    return float(rng.uniform(lo, hi))
 
 
-# The off-distribution set's kinds of `beyond` faces: past every margin of `varied`.
-BEYOND_KINDS: tuple[str, ...] = ("larger", "smaller", "tilted", "off-centre", "every accessory")
+def _beyond(rng: np.random.Generator, lo: float, hi: float, margin: float) -> float:
+    """A value up to `margin` outside [lo, hi], on a random side."""
+    return float(rng.uniform(hi, hi + margin) if rng.random() < 0.5
+                 else rng.uniform(lo - margin, lo))
 
 
 def beyond(rng: np.random.Generator, attrs: dict, g: dict, kind: str,

@@ -1,6 +1,6 @@
 """How a rendered SynthFaces set is laid out, measured on its label maps, against `TARGETS`.
 
-    python -m facemogle.data.synthfaces_stats --n 512 --out metrics/synthfaces/variety.json \
+    python -m facemogle.data.synthfaces.stats --n 512 --out metrics/synthfaces/variety.json \
         --plot metrics/synthfaces/variety.png
 
 Per face: the eye-centre distance over the image side, the eye level, the face's horizontal
@@ -19,22 +19,47 @@ import numpy as np
 
 from facemogle.core.io import atomic_path, write_json
 from facemogle.core.labels import LABEL_INDEX, LABELS
-from facemogle.data import synthfaces
-from facemogle.data.synthfaces_layout import TARGETS
+from facemogle.data.synthfaces.face import render
+from facemogle.data.synthfaces.layout import TARGETS
 
 MEASURES: tuple[str, ...] = ("interocular", "eye_level_y", "face_x", "roll_deg", "yaw_deg")
 SHARES: dict[str, str] = {"share_mouth_open": "mouth_open", "share_smiling": "smiling",
                           "share_eyeglasses": "eyeglasses", "share_hat": "hat",
                           "share_earrings": "earrings", "share_necklace": "necklace"}
+_LAYOUT_COLOURS = {"template": "tab:gray", "varied": "tab:blue", "beyond": "tab:red"}  # plot
 
 
-def _centroid(label_map: np.ndarray, name: str) -> np.ndarray | None:
-    """(x, y) centroid of a class in image units ([-1, 1]), None when absent."""
-    ys, xs = np.nonzero(label_map == LABEL_INDEX[name])
-    if len(xs) == 0:
-        return None
-    side = label_map.shape[0]
-    return np.array([(xs.mean() + 0.5) * 2 / side - 1, (ys.mean() + 0.5) * 2 / side - 1])
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m facemogle.data.synthfaces.stats")
+    parser.add_argument("--n", type=int, default=512)
+    parser.add_argument("--resolution", type=int, default=128)
+    parser.add_argument("--out", required=True, help="JSON summary")
+    parser.add_argument("--plot", default=None, help="PNG figure")
+    args = parser.parse_args(argv)
+    sets = [collect(args.n, layout, resolution=args.resolution)
+            for layout in ("template", "varied")]
+    write_json(args.out, {"resolution": args.resolution,
+                          "sets": [summarize(s) for s in sets]})
+    if args.plot:
+        plot(sets, args.plot)
+
+
+def collect(n: int, layout: str, *, seed: int = 0, resolution: int = 128,
+            variant: str = "standard") -> dict[str, Any]:
+    """Measures of `n` rendered faces: {"faces": [per-face dicts], "shares": {...}}."""
+    faces, attrs = [], []
+    for i in range(n):
+        face = render(i, seed=seed, resolution=resolution, variant=variant, num_captions=0,
+                      layout=layout)
+        m = measure(face.label_map)
+        m["yaw_deg"] = float(face.attributes.get("head_yaw_deg", 0.0))  # as rendered
+        faces.append(m)
+        attrs.append(face.attributes)
+    shares = {key: float(np.mean([bool(a.get(attr)) for a in attrs]))
+              for key, attr in SHARES.items() if any(attr in a for a in attrs)}
+    return {"layout": layout, "n": n, "resolution": resolution, "faces": faces,
+            "shares": shares}
 
 
 def measure(label_map: np.ndarray) -> dict[str, float | None]:
@@ -59,21 +84,13 @@ def measure(label_map: np.ndarray) -> dict[str, float | None]:
     return out
 
 
-def collect(n: int, layout: str, *, seed: int = 0, resolution: int = 128,
-            variant: str = "standard") -> dict[str, Any]:
-    """Measures of `n` rendered faces: {"faces": [per-face dicts], "shares": {...}}."""
-    faces, attrs = [], []
-    for i in range(n):
-        face = synthfaces.render(i, seed=seed, resolution=resolution, variant=variant,
-                                 num_captions=0, layout=layout)
-        m = measure(face.label_map)
-        m["yaw_deg"] = float(face.attributes.get("head_yaw_deg", 0.0))  # as rendered
-        faces.append(m)
-        attrs.append(face.attributes)
-    shares = {key: float(np.mean([bool(a.get(attr)) for a in attrs]))
-              for key, attr in SHARES.items() if any(attr in a for a in attrs)}
-    return {"layout": layout, "n": n, "resolution": resolution, "faces": faces,
-            "shares": shares}
+def _centroid(label_map: np.ndarray, name: str) -> np.ndarray | None:
+    """(x, y) centroid of a class in image units ([-1, 1]), None when absent."""
+    ys, xs = np.nonzero(label_map == LABEL_INDEX[name])
+    if len(xs) == 0:
+        return None
+    side = label_map.shape[0]
+    return np.array([(xs.mean() + 0.5) * 2 / side - 1, (ys.mean() + 0.5) * 2 / side - 1])
 
 
 def summarize(stats: dict[str, Any]) -> dict[str, Any]:
@@ -102,40 +119,10 @@ def plot(sets: list[dict[str, Any]], path: str) -> None:
 
     fig = plt.figure(figsize=(18, 8))
     axes = [fig.add_subplot(2, 4, i) for i in range(1, 7)]
-    colours = {"template": "tab:gray", "varied": "tab:blue", "beyond": "tab:red"}
     for ax, key in zip(axes, MEASURES):
-        lo, hi = TARGETS[key]
-        ax.axvspan(lo, hi, color="tab:green", alpha=0.15, label="target range")
-        for s in sets:
-            values = np.array([f[key] for f in s["faces"] if f.get(key) is not None])
-            if np.ptp(values) == 0:  # one value (the template's yaw): a line, not a spike
-                ax.axvline(values[0], color=colours[s["layout"]], lw=1.5,
-                           label=f"{s['layout']} (all {values[0]:g})")
-                continue
-            ax.hist(values, bins=40, histtype="step", lw=1.5, color=colours[s["layout"]],
-                    label=s["layout"])
-        ax.set_title(f"{key} (faces per bin)")
-        ax.legend(fontsize=7)
-    ax = axes[5]
-    keys = list(SHARES)
-    for k, s in enumerate(sets):
-        ax.bar(np.arange(len(keys)) + 0.25 * k, [s["shares"].get(x, np.nan) for x in keys], 0.25,
-               color=colours[s["layout"]], label=s["layout"])
-    for j, key in enumerate(keys):
-        lo, hi = TARGETS[key]
-        ax.plot([j - 0.15, j + 0.4], [lo, lo], "g-", [j - 0.15, j + 0.4], [hi, hi], "g-")
-    ax.set_xticks(np.arange(len(keys)) + 0.12, [k.replace("share_", "") for k in keys],
-                  rotation=30, fontsize=8)
-    ax.set_title("shares of faces (green: target range)")
-    ax = fig.add_subplot(2, 4, (7, 8))
-    for k, s in enumerate(sets):
-        data = [[max(f[f"area_{name}"], 1e-5) for f in s["faces"]] for name in LABELS]
-        ax.boxplot(data, positions=np.arange(len(LABELS)) * len(sets) + k, widths=0.7,
-                   showfliers=False, patch_artist=True,
-                   boxprops={"facecolor": colours[s["layout"]], "alpha": 0.5})
-    ax.set_yscale("log")
-    ax.set_xticks(np.arange(len(LABELS)) * len(sets) + 0.5, LABELS, rotation=60, fontsize=8)
-    ax.set_title("area share per class (1e-5 = absent)")
+        _plot_measure(ax, key, sets)
+    _plot_shares(axes[5], sets)
+    _plot_areas(fig.add_subplot(2, 4, (7, 8)), sets)
     fig.suptitle(f"SynthFaces layout over {sets[0]['n']} faces per layout: "
                  + ", ".join(s["layout"] for s in sets))
     fig.tight_layout()
@@ -144,19 +131,46 @@ def plot(sets: list[dict[str, Any]], path: str) -> None:
     plt.close(fig)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m facemogle.data.synthfaces_stats")
-    parser.add_argument("--n", type=int, default=512)
-    parser.add_argument("--resolution", type=int, default=128)
-    parser.add_argument("--out", required=True, help="JSON summary")
-    parser.add_argument("--plot", default=None, help="PNG figure")
-    args = parser.parse_args(argv)
-    sets = [collect(args.n, layout, resolution=args.resolution)
-            for layout in ("template", "varied")]
-    write_json(args.out, {"resolution": args.resolution,
-                          "sets": [summarize(s) for s in sets]})
-    if args.plot:
-        plot(sets, args.plot)
+def _plot_measure(ax, key: str, sets: list[dict[str, Any]]) -> None:
+    """A histogram of one measure per set (a line where a set has one value), target shaded."""
+    lo, hi = TARGETS[key]
+    ax.axvspan(lo, hi, color="tab:green", alpha=0.15, label="target range")
+    for s in sets:
+        values = np.array([f[key] for f in s["faces"] if f.get(key) is not None])
+        colour = _LAYOUT_COLOURS[s["layout"]]
+        if np.ptp(values) == 0:  # one value (the template's yaw): a line, not a spike
+            ax.axvline(values[0], color=colour, lw=1.5,
+                       label=f"{s['layout']} (all {values[0]:g})")
+            continue
+        ax.hist(values, bins=40, histtype="step", lw=1.5, color=colour, label=s["layout"])
+    ax.set_title(f"{key} (faces per bin)")
+    ax.legend(fontsize=7)
+
+
+def _plot_shares(ax, sets: list[dict[str, Any]]) -> None:
+    """Bars of the shares of faces per set, the target range as green lines."""
+    keys = list(SHARES)
+    for k, s in enumerate(sets):
+        ax.bar(np.arange(len(keys)) + 0.25 * k, [s["shares"].get(x, np.nan) for x in keys], 0.25,
+               color=_LAYOUT_COLOURS[s["layout"]], label=s["layout"])
+    for j, key in enumerate(keys):
+        lo, hi = TARGETS[key]
+        ax.plot([j - 0.15, j + 0.4], [lo, lo], "g-", [j - 0.15, j + 0.4], [hi, hi], "g-")
+    ax.set_xticks(np.arange(len(keys)) + 0.12, [k.replace("share_", "") for k in keys],
+                  rotation=30, fontsize=8)
+    ax.set_title("shares of faces (green: target range)")
+
+
+def _plot_areas(ax, sets: list[dict[str, Any]]) -> None:
+    """Box plots of each class's area share per set, log scale (1e-5 = absent)."""
+    for k, s in enumerate(sets):
+        data = [[max(f[f"area_{name}"], 1e-5) for f in s["faces"]] for name in LABELS]
+        ax.boxplot(data, positions=np.arange(len(LABELS)) * len(sets) + k, widths=0.7,
+                   showfliers=False, patch_artist=True,
+                   boxprops={"facecolor": _LAYOUT_COLOURS[s["layout"]], "alpha": 0.5})
+    ax.set_yscale("log")
+    ax.set_xticks(np.arange(len(LABELS)) * len(sets) + 0.5, LABELS, rotation=60, fontsize=8)
+    ax.set_title("area share per class (1e-5 = absent)")
 
 
 if __name__ == "__main__":

@@ -11,12 +11,11 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics.classification import MulticlassJaccardIndex
 
-from facemogle.base.phase_store import PhaseStore
 from facemogle.base.segmenter import FaceParser
 from facemogle.core.config import TinyParserConfig
 from facemogle.core.labels import LABEL_INDEX, NUM_LABELS
-
-from facemogle.base.pretrain import EVAL_BATCH, FaceSet, run_phase
+from facemogle.pretrain.common import EVAL_BATCH, FaceSet, run_phase
+from facemogle.pretrain.phase_store import PhaseStore
 
 # Horizontal flips swap the subject's left and right: l_eye <-> r_eye, l_brow <-> r_brow,
 # l_ear <-> r_ear.

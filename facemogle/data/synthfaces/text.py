@@ -37,27 +37,39 @@ _P_MENTION = {"hair_color": 0.9, "hair_style": 0.8, "cloth": 0.85, "background":
               "accessory": 0.8, "mouth": 0.5, "extra": 0.6}
 
 
-def _choice(rng: np.random.Generator, options) -> str:
-    return options[int(rng.integers(len(options)))]
+def make_captions(attributes: dict, rng: np.random.Generator, n: int) -> list[str]:
+    """`n` captions of a face; caption 0 mentions every colour attribute and accessory."""
+    return [_caption(attributes, rng, full=(i == 0)) for i in range(n)]
 
 
-def _article(word: str) -> str:
-    return "an" if word[0] in "aeiou" else "a"
+def _caption(a: dict, rng: np.random.Generator, full: bool) -> str:
+    def mention(key: str) -> bool:
+        return bool(rng.random() < _P_MENTION[key])
 
-
-def _join(items: list[str]) -> str:
-    if len(items) <= 2:
-        return " and ".join(items)
-    return ", ".join(items[:-1]) + " and " + items[-1]
-
-
-def _hair_phrase(a: dict, rng, color: bool, style: bool) -> str | None:
-    """'wavy blond hair', 'a blond bob', 'hair with bangs' ... or None for a bald head."""
-    s = a["hair_style"]
-    if s == "bald" or not (color or style):
-        return None
-    c = a["hair_color"] + " " if color else ""
-    return _choice(rng, _HAIR_STYLE[s] if style else ("{c}hair",)).format(c=c)
+    he = _PRONOUN[a["gender"]]
+    subject = _choice(rng, _SUBJECTS[a["gender"]])
+    has = _has_phrases(a, rng, full, mention)
+    wears = _wear_phrases(a, rng, full, mention)
+    if len(has) > 2 and rng.random() < 0.5:
+        has = [has[0]] + [str(x) for x in rng.permutation(has[1:])]  # hair (if named) first
+    sentences = []
+    if a["hair_style"] == "bald" and (full or mention("hair_style")):
+        sentences.append(f"{subject} is bald" + (f" and has {_join(has)}." if has else "."))
+        has, subject = [], he
+    cut = len(has) if len(has) <= 3 else int(rng.integers(2, 4))
+    if has[:cut]:
+        sentences.append(f"{subject} has {_join(has[:cut])}.")
+        subject = he
+    if has[cut:]:
+        sentences.append(f"{he} also has {_join(has[cut:])}.")
+    if wears:
+        verb = _choice(rng, ("is wearing", "wears"))
+        sentences.append(f"{subject} {verb} {_join(wears)}.")
+    if full or mention("background"):
+        sentences.append(_background_sentence(a, rng, he))
+    if not sentences:
+        sentences.append(f"{subject} looks at the camera.")
+    return " ".join(sentences)
 
 
 def _has_phrases(a: dict, rng, full: bool, m) -> list[str]:
@@ -105,6 +117,15 @@ def _wear_phrases(a: dict, rng, full: bool, m) -> list[str]:
     return out
 
 
+def _hair_phrase(a: dict, rng, color: bool, style: bool) -> str | None:
+    """'wavy blond hair', 'a blond bob', 'hair with bangs' ... or None for a bald head."""
+    s = a["hair_style"]
+    if s == "bald" or not (color or style):
+        return None
+    c = a["hair_color"] + " " if color else ""
+    return _choice(rng, _HAIR_STYLE[s] if style else ("{c}hair",)).format(c=c)
+
+
 def _background_sentence(a: dict, rng, pronoun: str) -> str:
     c = a["background_color"]
     return _choice(rng, (f"The background is {c}.", f"The photo has a {c} background.",
@@ -112,36 +133,15 @@ def _background_sentence(a: dict, rng, pronoun: str) -> str:
                          f"{pronoun} poses against a {c} backdrop."))
 
 
-def _caption(a: dict, rng: np.random.Generator, full: bool) -> str:
-    def mention(key: str) -> bool:
-        return bool(rng.random() < _P_MENTION[key])
-
-    he = _PRONOUN[a["gender"]]
-    subject = _choice(rng, _SUBJECTS[a["gender"]])
-    has = _has_phrases(a, rng, full, mention)
-    wears = _wear_phrases(a, rng, full, mention)
-    if len(has) > 2 and rng.random() < 0.5:
-        has = [has[0]] + [str(x) for x in rng.permutation(has[1:])]  # hair (if named) first
-    sentences = []
-    if a["hair_style"] == "bald" and (full or mention("hair_style")):
-        sentences.append(f"{subject} is bald" + (f" and has {_join(has)}." if has else "."))
-        has, subject = [], he
-    cut = len(has) if len(has) <= 3 else int(rng.integers(2, 4))
-    if has[:cut]:
-        sentences.append(f"{subject} has {_join(has[:cut])}.")
-        subject = he
-    if has[cut:]:
-        sentences.append(f"{he} also has {_join(has[cut:])}.")
-    if wears:
-        verb = _choice(rng, ("is wearing", "wears"))
-        sentences.append(f"{subject} {verb} {_join(wears)}.")
-    if full or mention("background"):
-        sentences.append(_background_sentence(a, rng, he))
-    if not sentences:
-        sentences.append(f"{subject} looks at the camera.")
-    return " ".join(sentences)
+def _choice(rng: np.random.Generator, options) -> str:
+    return options[int(rng.integers(len(options)))]
 
 
-def make_captions(attributes: dict, rng: np.random.Generator, n: int) -> list[str]:
-    """`n` captions of a face; caption 0 mentions every colour attribute and accessory."""
-    return [_caption(attributes, rng, full=(i == 0)) for i in range(n)]
+def _article(word: str) -> str:
+    return "an" if word[0] in "aeiou" else "a"
+
+
+def _join(items: list[str]) -> str:
+    if len(items) <= 2:
+        return " and ".join(items)
+    return ", ".join(items[:-1]) + " and " + items[-1]

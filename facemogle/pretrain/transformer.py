@@ -13,14 +13,13 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from facemogle.base.loader import Base
-from facemogle.base.phase_store import PhaseStore
 from facemogle.base.standin import tiny_transformer
 from facemogle.base.text import TextEncoder
 from facemogle.core import flow, latents
 from facemogle.core.config import TinyTransformerConfig
 from facemogle.core.flux import LATENT_CHANNELS, SAMPLE_GUIDANCE
-
-from facemogle.base.pretrain import EVAL_BATCH, run_phase
+from facemogle.pretrain.common import EVAL_BATCH, run_phase
+from facemogle.pretrain.phase_store import PhaseStore
 
 PREVIEW_STEPS = 28  # FLUX's 28 Euler steps (docs/design.md, "Sampling")
 

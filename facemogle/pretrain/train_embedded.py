@@ -1,10 +1,10 @@
 """Training the embedded base and shipping it with its provenance (`python -m stages.pretrain`).
 
-The phases (`pretrain_vae`, `pretrain_parser`, `pretrain_transformer` in `facemogle.base`) run
+The phases (`vae`, `parser`, `transformer` in `facemogle.pretrain`) run
 in the order VAE, face parser (which also reads VAE reconstructions), transformer (on the VAE's
-latents); each checkpoints into the work folder, so an interrupted run resumes. The result is written atomically: weights (stored in
-`pretrain.weights_dtype`), `text_encoder.json`, and `provenance.json` whose quality figures are
-measured on the weights as stored.
+latents); each checkpoints into the work folder, so an interrupted run resumes. The result is
+written atomically: weights (stored in `pretrain.weights_dtype`), `text_encoder.json`, and
+`provenance.json` whose quality figures are measured on the weights as stored.
 """
 
 from __future__ import annotations
@@ -18,15 +18,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from diffusers import AutoencoderKL, FluxTransformer2DModel
 from torch import Tensor
 
-from facemogle.base.pretrain import FaceSet, load_faces, phase_generator
-from facemogle.base.pretrain_parser import parser_miou, train_parser
-from facemogle.base.pretrain_transformer import caption_table, sample_previews, train_transformer
-from facemogle.base.pretrain_vae import decode_faces, encode_faces, train_vae, vae_psnr
 from facemogle.base.embedded import PROVENANCE
 from facemogle.base.loader import MANIFEST, Base, load_base
-from facemogle.base.phase_store import PhaseStore
 from facemogle.base.segmenter import FaceParser, load_parser, save_parser
 from facemogle.base.text import MINILM_NAME, TEXT_MANIFEST, MiniLMTextEncoder, text_manifest
 from facemogle.core import flow, latents
@@ -34,7 +30,12 @@ from facemogle.core.config import DataConfig, Params, to_dict
 from facemogle.core.io import InputError, atomic_path, file_sha256, read_json, write_json
 from facemogle.core.machine import machine
 from facemogle.data.download import download
-
+from facemogle.data.layout import split_path
+from facemogle.pretrain.common import FaceSet, load_faces, phase_generator
+from facemogle.pretrain.parser import parser_miou, train_parser
+from facemogle.pretrain.phase_store import PhaseStore
+from facemogle.pretrain.transformer import caption_table, sample_previews, train_transformer
+from facemogle.pretrain.vae import decode_faces, encode_faces, train_vae, vae_psnr
 
 NUM_PREVIEWS = 8  # test faces in the preview row
 
@@ -44,7 +45,7 @@ def faces_for(data: DataConfig, work_dir: Path) -> Path:
     (its params are kept beside it in `raw.json`). Returns the folder."""
     raw, record = work_dir / "raw", work_dir / "raw.json"
     wanted = json.loads(json.dumps(to_dict(data)))
-    if not (raw / "split.json").is_file() or not record.is_file() or read_json(record) != wanted:
+    if not split_path(raw).is_file() or not record.is_file() or read_json(record) != wanted:
         shutil.rmtree(raw, ignore_errors=True)
         record.unlink(missing_ok=True)
         download(data, raw)
@@ -81,6 +82,50 @@ def _elapsed(stores: dict[str, PhaseStore]) -> dict[str, float]:
     return {f"{phase}_s": round(store.elapsed, 1) for phase, store in stores.items()}
 
 
+def _vae_and_parser(params: Params, train: FaceSet, stores: dict[str, PhaseStore], live: Any,
+                    reuse: str | Path | None
+                    ) -> tuple[AutoencoderKL, FaceParser, dict[str, Any] | None]:
+    """The VAE and the face parser: trained (the parser also on VAE reconstructions), or with
+    `reuse` those of an earlier run as stored. (vae, parser, the earlier run's record or
+    None)."""
+    if reuse is not None:  # the VAE and parser of an earlier run, as stored
+        earlier = reused_record(reuse, params)
+        shipped, parser = load_folder(Path(reuse))
+        return shipped.vae, parser, earlier
+    cfg = params.pretrain
+    vae = train_vae(cfg.vae, train, generator=phase_generator(params.seed, 1),
+                    live=live, store=stores["vae"])
+    decoded = (decode_faces(vae, train) * 255).round().byte()  # (N, 3, H, W)
+    parser = train_parser(cfg.parser, train, decoded, live=live, store=stores["parser"],
+                          generator=phase_generator(params.seed, 3))
+    return vae, parser, None
+
+
+def _transformer_phase(params: Params, train: FaceSet, vae: AutoencoderKL,
+                       stores: dict[str, PhaseStore], live: Any) -> FluxTransformer2DModel:
+    """The transformer trained on the VAE's latents of the train faces and their captions."""
+    cfg = params.pretrain
+    encoder = MiniLMTextEncoder(params.base.text_max_tokens)
+    captions = [caps[:cfg.transformer.captions_per_image] for caps in train.captions]
+    return train_transformer(
+        cfg.transformer, latents.pack(encode_faces(vae, train)),
+        latents.image_ids(train.resolution // 8, train.resolution // 8),
+        caption_table(encoder, captions), live=live,
+        generator=phase_generator(params.seed, 2), store=stores["transformer"])
+
+
+def _save_vae_and_parser(tmp: Path, dtype: torch.dtype, reuse: str | Path | None,
+                         vae: AutoencoderKL, parser: FaceParser) -> None:
+    """Write the VAE and parser into `tmp`: the reused folder's files byte for byte, or the
+    trained weights in `dtype`."""
+    if reuse is not None:  # the earlier files, byte for byte
+        for part in REUSED_PHASES:
+            shutil.copytree(Path(reuse) / part, tmp / part)
+    else:
+        vae.to(dtype).save_pretrained(tmp / "vae")
+        save_parser(parser.to(dtype), tmp / "parser")
+
+
 def pretrain_embedded(params: Params, work_dir: str | Path, out_dir: str | Path, *,
                       command: str, live: Any = None,
                       reuse: str | Path | None = None) -> dict[str, Any]:
@@ -94,32 +139,12 @@ def pretrain_embedded(params: Params, work_dir: str | Path, out_dir: str | Path,
     train, test = load_faces(raw, "train"), load_faces(raw, "test")
     torch.manual_seed(params.seed)
     stores = _stores(params, work_dir)
-    if reuse is not None:  # the VAE and parser of an earlier run, as stored
-        earlier = reused_record(reuse, params)
-        shipped, parser = load_folder(Path(reuse))
-        vae = shipped.vae
-    else:
-        vae = train_vae(cfg.vae, train, generator=phase_generator(params.seed, 1),
-                        live=live, store=stores["vae"])
-        decoded = (decode_faces(vae, train) * 255).round().byte()  # (N, 3, H, W)
-        parser = train_parser(cfg.parser, train, decoded, live=live, store=stores["parser"],
-                              generator=phase_generator(params.seed, 3))
-    encoder = MiniLMTextEncoder(params.base.text_max_tokens)
-    captions = [caps[:cfg.transformer.captions_per_image] for caps in train.captions]
-    transformer = train_transformer(
-        cfg.transformer, latents.pack(encode_faces(vae, train)),
-        latents.image_ids(train.resolution // 8, train.resolution // 8),
-        caption_table(encoder, captions), live=live,
-        generator=phase_generator(params.seed, 2), store=stores["transformer"])
+    vae, parser, earlier = _vae_and_parser(params, train, stores, live, reuse)
+    transformer = _transformer_phase(params, train, vae, stores, live)
     dtype = getattr(torch, cfg.weights_dtype)
     with atomic_path(out_dir) as tmp:
         tmp.mkdir(parents=True)
-        if reuse is not None:  # the earlier files, byte for byte
-            for part in REUSED_PHASES:
-                shutil.copytree(Path(reuse) / part, tmp / part)
-        else:
-            vae.to(dtype).save_pretrained(tmp / "vae")
-            save_parser(parser.to(dtype), tmp / "parser")
+        _save_vae_and_parser(tmp, dtype, reuse, vae, parser)
         transformer.to(dtype).save_pretrained(tmp / "transformer")
         flow.make_scheduler().save_pretrained(tmp / "scheduler")
         write_json(tmp / TEXT_MANIFEST, text_manifest(MINILM_NAME, params.base.text_max_tokens))
@@ -175,9 +200,9 @@ def load_folder(folder: Path) -> tuple[Base, FaceParser]:
 
 
 def held_out_quality(folder: Path, test: FaceSet, seed: int, live: Any) -> dict[str, float]:
-    """Held-out quality of the weights in `folder`: VAE PSNR, parser mIoU on renders and on VAE-decoded renders (the look of
-    generated faces); with DVCLive also a preview row of test faces over samples of their first
-    caption."""
+    """Held-out quality of the weights in `folder`: VAE PSNR, parser mIoU on renders and on
+    VAE-decoded renders (the look of generated faces); with DVCLive also a preview row of test
+    faces over samples of their first caption."""
     base, parser = load_folder(folder)
     images = test.images01(slice(None))  # (N, 3, H, W)
     metrics = {**vae_psnr(base.vae, test),

@@ -13,13 +13,13 @@ from diffusers import AutoencoderKL
 from torch import Tensor
 from torchmetrics.image import PeakSignalNoiseRatio
 
-from facemogle.base.phase_store import PhaseStore
 from facemogle.base.standin import tiny_vae
 from facemogle.core import latents
 from facemogle.core.config import TinyVAEConfig
 from facemogle.core.labels import NUM_SLOTS, decouple
+from facemogle.pretrain.common import EVAL_BATCH, FaceSet, run_phase
+from facemogle.pretrain.phase_store import PhaseStore
 
-from facemogle.base.pretrain import EVAL_BATCH, FaceSet, run_phase
 
 def vae_norm_groups(widths: tuple[int, ...]) -> int:
     """GroupNorm groups for all VAE blocks: a divisor of every width, <= 32 and with >= 4 channels

@@ -4,9 +4,9 @@ On the train split of the normalized data layout: a small `AutoencoderKL` (16 la
 x8 down, like FLUX's VAE) on faces and decoupled mask images, a small face parser, and a small
 `FluxTransformer2DModel` text-to-image with rectified flow on all-MiniLM-L6-v2 embeddings. Each
 phase resumes from its `PhaseStore`. This module holds what the phases share (the face set,
-the resumable AdamW loop, loss logging to DVCLive); `pretrain_vae`, `pretrain_parser` and
-`pretrain_transformer` the phases; `facemogle.base.train_embedded` runs them, measures held-out
-quality and ships the result.
+the resumable AdamW loop, loss logging to DVCLive); `vae`, `parser` and `transformer`
+the phases; `facemogle.pretrain.train_embedded` runs them, measures held-out quality and ships
+the result.
 """
 
 from __future__ import annotations
@@ -22,11 +22,17 @@ from diffusers.optimization import get_cosine_schedule_with_warmup
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from facemogle.base.phase_store import PhaseStore
 from facemogle.core.io import InputError, read_rgb, write_text
 from facemogle.core.labels import load_label_map
-from facemogle.data.layout import image_path, mask_path, read_captions, read_split
-
+from facemogle.data.layout import (
+    captions_path,
+    image_path,
+    mask_path,
+    read_captions,
+    read_split,
+    split_path,
+)
+from facemogle.pretrain.phase_store import PhaseStore
 
 LOG_EVERY = 10  # training steps per logged loss mean
 
@@ -59,11 +65,11 @@ def load_faces(data_dir: str | Path, split: str) -> FaceSet:
     """Read one split of the normalized layout (`images/`, `masks/`, `captions.jsonl`)."""
     ids = read_split(data_dir)[split]
     if not ids:
-        raise InputError(f"{Path(data_dir) / 'split.json'}: the {split!r} split is empty")
+        raise InputError(f"{split_path(data_dir)}: the {split!r} split is empty")
     captions = read_captions(data_dir)
     missing = [i for i in ids if not captions.get(i)]
     if missing:
-        raise InputError(f"{Path(data_dir) / 'captions.jsonl'}: no captions for {len(missing)} "
+        raise InputError(f"{captions_path(data_dir)}: no captions for {len(missing)} "
                          f"{split} ids, e.g. {missing[0]!r}")
     images = np.stack([_read_square(image_path(data_dir, i)) for i in ids])  # (N, H, W, 3)
     maps = np.stack([load_label_map(mask_path(data_dir, i)) for i in ids])  # (N, H, W)
