@@ -1,4 +1,5 @@
-"""Bootstrap intervals and paired differences over test images (and training seeds)."""
+"""Bootstrap intervals and paired differences over test images (and training seeds); the paired
+t-test over training seeds, Holm's adjustment and the coverage simulation."""
 
 from __future__ import annotations
 
@@ -11,10 +12,17 @@ from facemogle.evaluation.metrics.segmentation import mask_iou
 from facemogle.evaluation.uncertainty import (
     Interval,
     attribute_accuracy_of,
+    coverage,
+    hierarchical_difference_over_seeds,
+    holm,
     metric_interval,
     paired_difference,
     paired_difference_over_seeds,
+    paired_t_over_seeds,
     percentile_bootstrap,
+    seed_t_test,
+    seed_verdict,
+    smallest_resolvable,
     verdict,
 )
 
@@ -131,14 +139,18 @@ def test_ablation_table_and_verdicts_from_recorded_runs(tmp_path):
     found = load_results(tmp_path)
     assert sorted(found) == ["gating-scalar", "gating-static", "main"]
     text = report(found)
-    lines = {line.split("|")[1].strip(): line for line in text.splitlines()
+    main_table = text.split("The other columns")[0]  # the first table only
+    lines = {line.split("|")[1].strip(): line for line in main_table.splitlines()
              if line.startswith("| ") and not line.startswith("| variant")}
     assert "| 0,1,2 |" in lines["main"] and " ± " in lines["main"]
     assert "| 0.0110 ± 0.0010 |" in lines["main"]  # FD-parser: mean ± std over the seeds
-    assert lines["gating-scalar"].rstrip(" |").endswith("variant worse")
-    assert lines["gating-static"].rstrip(" |").endswith("no measurable difference")
-    assert "Matrix gating beats scalar and static gating (Tables 4-5): **not resolved at this " \
-           "scale**" in text
+    assert lines["gating-scalar"].rstrip(" |").endswith("variant worse (n=3 seeds)")
+    assert lines["gating-static"].rstrip(" |").endswith("| 1.000 | not resolved (n=3 seeds)")
+    assert "Matrix gating beats scalar and static gating (Tables 4-5): **not resolved with 3 " \
+           "seeds** (main vs gating-scalar: better (Holm p " in text
+    assert "paired t-test over n=3 training seeds, Holm over 2 comparisons)" in text
+    assert "Resolution (mask_miou multimodal): " in text
+    assert "| variant | mIoU m2f: difference [95% t-interval], Holm p | Attr mm: " in text
     assert "(Table 3): **not resolved (runs missing)**" in text
     assert "Runs: 9 runs, 1.0 min each on average (1.0 to 1.0), 0.1 h of run time" in text
     assert list(found) == ["main", "gating-scalar", "gating-static"]  # main first
@@ -180,3 +192,115 @@ def test_intervals_of_one_evaluated_run(tmp_path):
     assert expected.low < expected.value < expected.high
     with pytest.raises(InputError, match="no per-image files"):
         intervals(tmp_path / "empty")
+
+
+# ----------------------------------------------------------------------------------------------
+# The training seed as the unit
+# ----------------------------------------------------------------------------------------------
+
+def test_seed_t_test_matches_scipys_one_sample_t_test():
+    per_seed = [0.011, 0.027, 0.016]
+    ours = seed_t_test(per_seed)
+    ref = stats.ttest_1samp(per_seed, 0.0)
+    ci = ref.confidence_interval(0.95)
+    assert ours.value == pytest.approx(np.mean(per_seed))
+    assert (ours.low, ours.high) == pytest.approx((ci.low, ci.high))
+    assert ours.p == pytest.approx(ref.pvalue) and ours.seeds == 3
+    assert ours.per_seed == tuple(per_seed)
+    five = np.random.default_rng(1).normal(0.01, 0.01, 5)
+    ci5 = stats.ttest_1samp(five, 0.0).confidence_interval(0.9)
+    assert (seed_t_test(five, 0.9).low, seed_t_test(five, 0.9).high) == pytest.approx(
+        (ci5.low, ci5.high))
+
+
+def test_seed_t_test_with_one_seed_or_identical_seeds():
+    one = seed_t_test([0.03])
+    assert one.value == 0.03 and one.low == -np.inf and one.high == np.inf and one.p == 1.0
+    same = seed_t_test([0.02, 0.02, 0.02])
+    assert same.low == same.high == pytest.approx(0.02) and same.p == 0.0
+    assert seed_t_test([0.0, 0.0]).p == 1.0
+    with pytest.raises(ValueError, match="no seeds"):
+        seed_t_test([])
+
+
+def test_holm_adjusts_step_down_and_caps_at_one():
+    adjusted = holm({"a": 0.01, "b": 0.04, "c": 0.03, "d": 0.005, "e": 0.5})
+    # sorted d, a, c, b, e: 5 x 0.005, 4 x 0.01, 3 x 0.03, max(that, 2 x 0.04), max(., 1 x 0.5)
+    assert adjusted == pytest.approx({"d": 0.025, "a": 0.04, "c": 0.09, "b": 0.09, "e": 0.5})
+    assert holm({"x": 0.6, "y": 0.7}) == pytest.approx({"x": 1.0, "y": 1.0})
+    assert list(holm({"z": 0.2, "y": 0.1})) == ["z", "y"]  # the caller's order
+
+
+def test_seed_verdict_follows_the_adjusted_p_value_and_the_sign():
+    worse, better = seed_t_test([-0.033, -0.031, -0.035]), seed_t_test([0.03, 0.031, 0.029])
+    assert seed_verdict(worse, 0.009) == "worse"
+    assert seed_verdict(better, 0.009) == "better"
+    assert seed_verdict(better, 0.009, higher_is_better=False) == "worse"
+    assert seed_verdict(worse, 0.05) == "not resolved"  # not below alpha
+    assert seed_verdict(worse, 0.257) == "not resolved"
+
+
+def test_smallest_resolvable_is_the_half_width_of_the_t_interval():
+    assert smallest_resolvable(0.01, 3) == pytest.approx(
+        stats.t.ppf(0.975, 2) * 0.01 / np.sqrt(3))
+    assert smallest_resolvable(0.01, 3, comparisons=6) == pytest.approx(
+        stats.t.ppf(1 - 0.05 / 12, 2) * 0.01 / np.sqrt(3))
+    assert smallest_resolvable(0.01, 5) < smallest_resolvable(0.01, 3)
+
+
+def test_paired_t_over_seeds_takes_one_set_level_difference_per_seed():
+    """Each seed's difference is the set-level mIoU difference on all images (pairing by id);
+    the mean of them is the bootstrap's point value."""
+    pairs, expected = [], []
+    for seed, noise in ((0, 0.3), (1, 0.25), (2, 0.35)):
+        preds, targets = _maps(20 + seed, n=25, noise=0.1)
+        worse_preds, _ = _maps(20 + seed, n=25, noise=noise)
+        a, b = _per_image(preds, targets), _per_image(worse_preds, targets)
+        b = {"ids": b["ids"][::-1], "mask_intersection": b["mask_intersection"][::-1],
+             "mask_union": b["mask_union"][::-1]}  # another order: pairing by id
+        pairs.append((a, b))
+        expected.append(mask_iou(preds, targets, num_classes=19).mean_iou
+                        - mask_iou(worse_preds, targets, num_classes=19).mean_iou)
+    test = paired_t_over_seeds(pairs, "mask_miou")
+    assert test.per_seed == pytest.approx(expected)
+    assert test.value == pytest.approx(paired_difference_over_seeds(pairs, "mask_miou",
+                                                                    resamples=50).value)
+    assert test.low > 0 and test.p < 0.05
+
+
+def test_hierarchical_bootstrap_widens_with_disagreeing_seeds():
+    preds, targets = _maps(2, n=30, noise=0.2)
+    low_preds, _ = _maps(2, n=30, noise=0.4)
+    a, b = _per_image(preds, targets), _per_image(low_preds, targets)
+    agree = hierarchical_difference_over_seeds([(a, b)] * 3, "mask_miou", resamples=300)
+    disagree = hierarchical_difference_over_seeds([(a, b), (b, a), (a, b)], "mask_miou",
+                                                  resamples=300)
+    assert agree.low > 0 and agree.value == pytest.approx(paired_t_over_seeds(
+        [(a, b)], "mask_miou").value)
+    assert disagree.high - disagree.low > agree.high - agree.low
+
+
+def test_coverage_of_the_seed_t_interval_and_undercoverage_of_the_seed_bootstrap():
+    """Seed effects dominate (3 seeds, 128 images, 400 simulated experiments): the t-interval
+    over seeds holds the true difference about 95% of the time, the bootstraps that resample
+    the three seeds far less often."""
+    result = coverage(400, 3, 128, sigma_seed=0.01, sigma_image=0.03, resamples=100, seed=0)
+    assert result["t_interval"] == pytest.approx(0.95, abs=0.035)  # 3 Monte Carlo SEs
+    assert result["seed_image_bootstrap"] < 0.88
+    assert result["hierarchical_bootstrap"] < 0.88
+    assert result["seed_image_bootstrap_width"] < result["t_interval_width"] / 2
+
+
+def test_coverage_command_writes_every_scenario_and_seed_count(tmp_path):
+    from facemogle.core.io import read_json
+    from facemogle.evaluation.ablations import main
+    from facemogle.evaluation.uncertainty import SCENARIOS
+
+    out = tmp_path / "coverage.json"
+    assert main(["coverage", "--out", str(out), "--experiments", "60", "--resamples", "20"]) == 0
+    written = read_json(out)
+    assert written["experiments"] == 60 and written["bootstrap_resamples"] == 20
+    assert list(written["scenarios"]) == list(SCENARIOS)
+    for scenario in written["scenarios"].values():
+        assert sorted(scenario["coverage"]) == ["3", "5"]
+        assert 0.0 <= scenario["coverage"]["3"]["t_interval"] <= 1.0

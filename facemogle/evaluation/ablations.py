@@ -6,6 +6,7 @@ run, and a table with intervals and a verdict per paper claim.
     python -m facemogle.evaluation.ablations run --all --shard 1/2     # every second one of them
     python -m facemogle.evaluation.ablations table [--out metrics/ablations/table.md] [--plot P]
     python -m facemogle.evaluation.ablations intervals metrics/eval/per_image   # one run
+    python -m facemogle.evaluation.ablations coverage [--out metrics/ablations/coverage.json]
 
 `run` needs the outputs of `dvc repro` (`data/raw`, `data/labels`, `data/latents`, `data/base`):
 it trains the variant with the top-level `seed` set to the training seed (initialisation,
@@ -17,7 +18,10 @@ machine) as soon as the run finishes; a recorded run is skipped, so a long queue
 slices. `--shard K/N` takes the K-th of every N runs of the grid (those not recorded yet), so N
 queues share it without overlap whenever each starts; with `OMP_NUM_THREADS=1` per queue, N
 queues use N cores. `table` rebuilds everything from those files; `intervals` gives the
-bootstrap intervals of one evaluated run from its per-image files.
+bootstrap intervals of one evaluated run from its per-image files. A variant is compared with
+the main model by a paired t-test whose unit is the training seed (one difference per seed),
+Holm-adjusted over the six variants per metric; `coverage` checks by simulation how often that
+interval and the bootstraps over seeds hold a known difference.
 """
 
 from __future__ import annotations
@@ -37,11 +41,14 @@ from PIL import Image, ImageDraw, ImageFont
 from facemogle.core.io import InputError, atomic_path, read_json, write_json, write_text
 from facemogle.core.machine import machine
 from facemogle.evaluation.uncertainty import (
-    Interval,
+    SeedTest,
+    coverage_study,
+    holm,
     mean_over_seeds,
     metric_interval,
-    paired_difference_over_seeds,
-    verdict,
+    paired_t_over_seeds,
+    seed_verdict,
+    smallest_resolvable,
 )
 
 RESULTS = Path("metrics/ablations")
@@ -154,29 +161,50 @@ def _runs(records: Mapping[int, dict], mode: str) -> list[dict]:
     return [records[s]["per_image"][mode] for s in sorted(records)]
 
 
-def differences(found: Mapping[str, Mapping[int, dict]], mode: str = PRIMARY[0],
-                metric: str = PRIMARY[1]) -> dict[str, Interval]:
-    """Per variant with seeds in common with the main model: the mean over those seeds of
-    metric(variant) - metric(main), paired by seed and test id, with its 95% interval."""
+def seed_tests(found: Mapping[str, Mapping[int, dict]], mode: str = PRIMARY[0],
+               metric: str = PRIMARY[1]) -> dict[str, SeedTest]:
+    """Per variant with seeds in common with the main model: the paired t-test over those
+    seeds of metric(variant) - metric(main), each seed's difference on all test images (aligned
+    by id), with its 95% t-interval and p-value."""
     main = found.get(MAIN, {})
     out = {}
     for variant, records in found.items():
         shared = sorted(set(records) & set(main))
         if variant != MAIN and shared:
-            out[variant] = paired_difference_over_seeds(
+            out[variant] = paired_t_over_seeds(
                 [(records[s]["per_image"][mode], main[s]["per_image"][mode]) for s in shared],
                 metric)
     return out
 
 
+def holm_verdicts(tests: Mapping[str, SeedTest]) -> dict[str, tuple[float, str]]:
+    """Per variant of `tests` (one metric: one family of comparisons) its Holm-adjusted
+    p-value and verdict against the main model: "better", "worse" or "not resolved"."""
+    adjusted = holm({v: t.p for v, t in tests.items()})
+    return {v: (adjusted[v], seed_verdict(tests[v], adjusted[v])) for v in tests}
+
+
+def _fmt_test(test: SeedTest) -> str:
+    """`+mean (+d0, +d1, ...) [+low, +high]`: the per-seed differences and the t-interval."""
+    seeds = ", ".join(f"{d:+.3f}" for d in test.per_seed)
+    return f"{test.value:+.3f} ({seeds}) [{test.low:+.3f}, {test.high:+.3f}]"
+
+
+def _verdict_cell(word: str, seeds: int) -> str:
+    return f"{'variant ' if word != 'not resolved' else ''}{word} (n={seeds} seeds)"
+
+
 def ablation_table(found: Mapping[str, Mapping[int, dict]]) -> str:
     """Markdown: per variant the seeds, per column the mean over seeds with its 95% interval
-    (seeds and test images resampled) and the seeds' standard deviation, and the paired
-    difference to the main model on the primary metric with its verdict."""
+    (seeds and test images resampled; descriptive) and the seeds' standard deviation, and the
+    paired test against the main model on the primary metric: the per-seed differences, their
+    mean with its t-interval over seeds, the Holm-adjusted p-value and the verdict."""
     headers = ["variant", "gating", "experts", "seeds"] + [c for c, _, _ in COLUMNS] + [
-        f"{SEED_ONLY[0]} (seeds)", "vs main: mIoU mm difference", "verdict"]
+        f"{SEED_ONLY[0]} (seeds)", "vs main: mIoU mm difference (per seed) [95% t-interval]",
+        "Holm p", "verdict"]
     lines = ["| " + " | ".join(headers) + " |", "|---|---|---|---:|" + "---|" * (len(headers) - 4)]
-    diffs = differences(found)
+    tests = seed_tests(found)
+    judged = holm_verdicts(tests)
     for variant, records in found.items():
         cells = [variant, VARIANTS[variant]["gating"], VARIANTS[variant]["experts"],
                  ",".join(str(s) for s in sorted(records))]
@@ -188,27 +216,48 @@ def ablation_table(found: Mapping[str, Mapping[int, dict]]) -> str:
         per_seed = [records[s]["metrics"][mode].get(metric) for s in sorted(records)]
         cells.append("-" if None in per_seed else f"{np.mean(per_seed):.4f}" + (
             f" ± {np.std(per_seed, ddof=1):.4f}" if len(per_seed) > 1 else ""))
-        if variant in diffs:
-            diff = diffs[variant]
-            cells += [f"{diff.value:+.3f} [{diff.low:+.3f}, {diff.high:+.3f}]",
-                      f"variant {verdict(diff)}".replace("variant no", "no")]
+        if variant in tests:
+            p, word = judged[variant]
+            cells += [_fmt_test(tests[variant]), f"{p:.3f}",
+                      _verdict_cell(word, tests[variant].seeds)]
         else:
-            cells += ["-", "-"]
+            cells += ["-", "-", "-"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
+def other_columns_table(found: Mapping[str, Mapping[int, dict]]) -> str:
+    """Markdown: per variant, for each column beyond the primary one, the paired difference to
+    the main model (mean of the per-seed differences, 95% t-interval) and its Holm-adjusted
+    p-value over the variants of that column."""
+    columns = [(name, mode, metric) for name, mode, metric in COLUMNS
+               if (mode, metric) != PRIMARY]
+    tests = {name: seed_tests(found, mode, metric) for name, mode, metric in columns}
+    judged = {name: holm_verdicts(t) for name, t in tests.items()}
+    lines = ["| variant | " + " | ".join(f"{name}: difference [95% t-interval], Holm p"
+                                          for name, _, _ in columns) + " |",
+             "|---|" + "---|" * len(columns)]
+    for variant in [v for v in VARIANTS if any(v in t for t in tests.values())]:
+        cells = [f"{tests[n][variant].value:+.3f} [{tests[n][variant].low:+.3f}, "
+                 f"{tests[n][variant].high:+.3f}], {judged[n][variant][0]:.3f}"
+                 if variant in tests[n] else "-" for n, _, _ in columns]
+        lines.append(f"| {variant} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def claim_verdicts(found: Mapping[str, Mapping[int, dict]]) -> list[str]:
-    """One line per paper claim: reproduced (the main model measurably beats every variant
-    named), contradicted (some variant measurably beats it), or not resolved at this scale."""
+    """One line per paper claim: reproduced (the main model beats every variant named, Holm-
+    adjusted paired t-test over seeds), contradicted (some variant beats it), or not resolved
+    with the seeds at hand; each line names the number of seeds and comparisons."""
     mode, metric = PRIMARY
-    diffs = differences(found)
+    tests = seed_tests(found)
+    judged = holm_verdicts(tests)
     flipped = {"better": "worse", "worse": "better"}
     out = []
     for claim, variants in CLAIMS:
         # main vs variant: the opposite of the variant's verdict against main
-        outcomes = {v: flipped.get(verdict(diffs[v]), verdict(diffs[v]))
-                    for v in variants if v in diffs}
+        outcomes = {v: flipped.get(judged[v][1], judged[v][1]) for v in variants if v in judged}
+        seeds = "/".join(str(n) for n in sorted({tests[v].seeds for v in outcomes})) or "0"
         if len(outcomes) < len(variants):
             word = "not resolved (runs missing)"
         elif all(o == "better" for o in outcomes.values()):
@@ -216,50 +265,94 @@ def claim_verdicts(found: Mapping[str, Mapping[int, dict]]) -> list[str]:
         elif any(o == "worse" for o in outcomes.values()):
             word = "contradicted"
         else:
-            word = "not resolved at this scale"
-        detail = ", ".join(f"main vs {v}: {o}" for v, o in outcomes.items())
-        out.append(f"- {claim}: **{word}** ({detail or 'no paired runs'}; {metric} {mode})")
+            word = f"not resolved with {seeds} seeds"
+        detail = ", ".join(f"main vs {v}: {o} (Holm p {judged[v][0]:.3f})"
+                           for v, o in outcomes.items())
+        out.append(f"- {claim}: **{word}** ({detail or 'no paired runs'}; {metric} {mode}, "
+                   f"paired t-test over n={seeds} training seeds, Holm over {len(tests)} "
+                   f"comparisons)")
     return out
+
+
+def resolution(found: Mapping[str, Mapping[int, dict]]) -> str:
+    """How large a difference the seeds can resolve: the pooled standard deviation of the
+    per-seed differences on the primary metric, and the smallest mean difference a 95%
+    t-interval (and Holm's first step) can declare non-zero with the seeds at hand, 5 and 10."""
+    mode, metric = PRIMARY
+    tests = [t for t in seed_tests(found).values() if t.seeds > 1]
+    if not tests:
+        return "Resolution: no variant shares two training seeds with the main model."
+    dof = sum(t.seeds - 1 for t in tests)
+    sd = float(np.sqrt(sum((t.seeds - 1) * np.var(t.per_seed, ddof=1) for t in tests) / dof))
+    have = max(t.seeds for t in tests)
+    steps = ", ".join(f"{smallest_resolvable(sd, n):.3f} with {n} seeds ("
+                      f"{smallest_resolvable(sd, n, comparisons=len(tests)):.3f} at Holm's "
+                      f"first step)" for n in sorted({have, 5, 10}))
+    return (f"Resolution ({metric} {mode}): the per-seed differences to the main model scatter "
+            f"with a pooled standard deviation of {sd:.4f} ({len(tests)} variants, {dof} "
+            f"degrees of freedom), so a 95% t-interval excludes 0 only for a mean difference "
+            f"beyond t(0.975, n - 1) x SD / sqrt(n): {steps}. {have} seeds per variant resolve "
+            f"only large effects; at least 5 per variant are needed for smaller ones (not run "
+            f"here).")
 
 
 def difference_plot(found: Mapping[str, Mapping[int, dict]]) -> Image.Image:
     """Forest plot: per column of the table, each variant's paired difference to the main
-    model (mean over seeds) with its 95% interval; left of the zero line is worse than main."""
-    panels = [(name, differences(found, mode, metric)) for name, mode, metric in COLUMNS]
-    variants = [v for v in VARIANTS if any(v in d for _, d in panels)]
+    model (mean of the per-seed differences, a dot; each seed, a tick) with its 95% t-interval
+    over seeds, coloured by the Holm-adjusted verdict; left of the zero line is worse than main."""
+    panels = [(name, seed_tests(found, mode, metric)) for name, mode, metric in COLUMNS]
+    variants = [v for v in VARIANTS if any(v in t for _, t in panels)]
     if not variants:
         raise InputError("no variant shares a training seed with the main model: nothing to plot")
     width, row, left, top = 260, 22, 110, 34
-    spans = [1.1 * max(max(abs(i.low), abs(i.high)) for i in d.values()) or 1.0
-             for _, d in panels]  # each panel its own symmetric scale
+    spans = [_span(tests.values()) for _, tests in panels]  # each panel its own symmetric scale
     bottom = top + row * len(variants)
-    canvas = Image.new("RGB", (left + len(panels) * (width + 30), bottom + 40), (255, 255, 255))
+    canvas = Image.new("RGB", (left + len(panels) * (width + 30), bottom + 54), (255, 255, 255))
     draw, font = ImageDraw.Draw(canvas), ImageFont.load_default()
-    draw.text((4, bottom + 24), "mean over shared training seeds, 95% interval (seeds and test "
-              "faces resampled); green: variant measurably better, red: measurably worse, grey: "
-              "no measurable difference", fill=(0, 0, 0), font=font)
+    seeds = "/".join(str(n) for n in sorted({t.seeds for _, d in panels for t in d.values()}))
+    draw.text((4, bottom + 24), f"dot: mean of the per-seed differences (ticks: each seed), bar: "
+              f"95% t-interval over n={seeds} training seeds",
+              fill=(0, 0, 0), font=font)
+    draw.text((4, bottom + 38), "green: variant better, red: variant worse (paired t-test, Holm "
+              "over the variants of each panel); grey: not resolved", fill=(0, 0, 0), font=font)
 
     def x_of(panel: int, value: float) -> int:
+        value = float(np.clip(value, -spans[panel], spans[panel]))
         return left + panel * (width + 30) + round((value / spans[panel] + 1) / 2 * width)
 
-    for k, (name, diffs) in enumerate(panels):
-        draw.text((x_of(k, -spans[k]), 4), f"{name}: variant - main", fill=(0, 0, 0), font=font)
-        draw.line([(x_of(k, 0), top - 6), (x_of(k, 0), bottom)], fill=(150, 150, 150))
-        for tick in (-spans[k], 0.0, spans[k]):
-            label = f"{tick:+.3f}" if tick else "0"
-            shift = {-1: 0, 0: -3, 1: -6 * len(label)}[int(np.sign(tick))]
-            draw.text((x_of(k, tick) + shift, bottom + 6), label, fill=(0, 0, 0), font=font)
+    for k, (name, tests) in enumerate(panels):
+        _plot_axis(draw, font, name, lambda v, k=k: x_of(k, v), spans[k], top, bottom)
+        judged = holm_verdicts(tests)
         for r, variant in enumerate(variants):
-            y = top + r * row + row // 2
-            if variant not in diffs:
+            if variant not in tests:
                 continue
-            d = diffs[variant]
-            colour = {"better": (0, 120, 0), "worse": (200, 0, 0)}.get(verdict(d), (60, 60, 60))
-            draw.line([(x_of(k, d.low), y), (x_of(k, d.high), y)], fill=colour, width=2)
-            draw.ellipse([x_of(k, d.value) - 3, y - 3, x_of(k, d.value) + 3, y + 3], fill=colour)
+            y, t = top + r * row + row // 2, tests[variant]
+            colour = {"better": (0, 120, 0), "worse": (200, 0, 0)}.get(judged[variant][1],
+                                                                       (60, 60, 60))
+            draw.line([(x_of(k, t.low), y), (x_of(k, t.high), y)], fill=colour, width=2)
+            for d in t.per_seed:
+                draw.line([(x_of(k, d), y - 6), (x_of(k, d), y + 6)], fill=colour, width=1)
+            draw.ellipse([x_of(k, t.value) - 3, y - 3, x_of(k, t.value) + 3, y + 3], fill=colour)
     for r, variant in enumerate(variants):
         draw.text((4, top + r * row + row // 2 - 6), variant, fill=(0, 0, 0), font=font)
     return canvas
+
+
+def _span(tests) -> float:
+    """Half-width of a panel's symmetric scale: 1.1 x the largest finite bound or per-seed
+    difference (an interval of one seed is unbounded)."""
+    values = [abs(x) for t in tests for x in (t.low, t.high, *t.per_seed) if np.isfinite(x)]
+    return 1.1 * max(values, default=0.0) or 1.0
+
+
+def _plot_axis(draw, font, name: str, x_of, span: float, top: int, bottom: int) -> None:
+    """A panel's title, zero line and tick labels (-span, 0, +span)."""
+    draw.text((x_of(-span), 4), f"{name}: variant - main", fill=(0, 0, 0), font=font)
+    draw.line([(x_of(0.0), top - 6), (x_of(0.0), bottom)], fill=(150, 150, 150))
+    for tick in (-span, 0.0, span):
+        label = f"{tick:+.3f}" if tick else "0"
+        shift = {-1: 0, 0: -3, 1: -6 * len(label)}[int(np.sign(tick))]
+        draw.text((x_of(tick) + shift, bottom + 6), label, fill=(0, 0, 0), font=font)
 
 
 def report(found: Mapping[str, Mapping[int, dict]]) -> str:
@@ -269,7 +362,10 @@ def report(found: Mapping[str, Mapping[int, dict]]) -> str:
               f"run time in all (queues side by side take less wall-clock time)"
               if walls else "no runs recorded")
     return "\n".join(["# Ablations with error bars", "", ablation_table(found),
-                      *claim_verdicts(found), "", f"Runs: {timing}.", ""])
+                      *claim_verdicts(found), "", resolution(found), "",
+                      "The other columns, paired t-test over training seeds (Holm over the "
+                      "variants of each column):", "", other_columns_table(found),
+                      f"Runs: {timing}.", ""])
 
 
 def _shard(text: str) -> tuple[int, int]:
@@ -299,7 +395,7 @@ def intervals(per_image_dir: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     run_cmd = sub.add_parser("run", help="train, sample and evaluate variant x seed")
@@ -314,9 +410,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     table_cmd.add_argument("--plot", default=None, help="and the difference plot (PNG) here")
     intervals_cmd = sub.add_parser("intervals", help="bootstrap intervals of one evaluated run")
     intervals_cmd.add_argument("per_image_dir", type=Path, help="e.g. metrics/eval/per_image")
+    coverage_cmd = sub.add_parser("coverage", help="coverage of the intervals, by simulation")
+    coverage_cmd.add_argument("--out", default=str(RESULTS / "coverage.json"))
+    coverage_cmd.add_argument("--experiments", type=int, default=2000,
+                              help="simulated experiments per scenario and seed count")
+    coverage_cmd.add_argument("--resamples", type=int, default=200,
+                              help="draws of each bootstrap per experiment")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
     args = parser.parse_args(argv)
     if args.command == "intervals":
         print(intervals(args.per_image_dir), end="")
+        return 0
+    if args.command == "coverage":
+        write_json(args.out, coverage_study(args.experiments, resamples=args.resamples))
+        print(f"wrote {args.out}")
         return 0
     if args.command == "table":
         found = load_results()
