@@ -15,7 +15,6 @@ from facemogle.app.gate_maps import GatingTrace, gating_grid
 from facemogle.app.pipeline import FaceMoGLEPipeline, mask_to_label_map
 from facemogle.base.build import build_base
 from facemogle.base.loader import load_base
-from facemogle.base.standin import save_flux_standin
 from facemogle.cache.store import INDEX
 from facemogle.core import flow, labels
 from facemogle.core.config import BaseConfig, Params, load_params
@@ -25,6 +24,7 @@ from facemogle.data.layout import captions_path, mask_path
 from facemogle.models.facemogle import FaceMoGLE
 from facemogle.sampling.samples_folder import ids_path
 from facemogle.training.checkpoint import save_model
+from flux_standin import save_flux_standin
 from stages import sample
 from stages.train import resolved_config
 

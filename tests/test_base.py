@@ -17,7 +17,6 @@ from facemogle.base.embedded import check_embedded
 from facemogle.base.flux import resolve_flux
 from facemogle.base.loader import load_base, load_vae
 from facemogle.base.segmenter import FaceParser, load_parser
-from facemogle.base.standin import save_flux_standin
 from facemogle.base.text import FluxTextEncoder, MiniLMTextEncoder
 from facemogle.core import latents
 from facemogle.core.config import BaseConfig, ConfigError, DataConfig, load_params
@@ -28,6 +27,7 @@ from facemogle.pretrain.parser import FLIP_LABELS, augment, class_weights, parse
 from facemogle.pretrain.train_embedded import faces_for
 from facemogle.pretrain.transformer import CaptionTable, encode_texts
 from facemogle.pretrain.vae import color_latent_loss, vae_norm_groups
+from flux_standin import save_flux_standin
 from stages import base as stage
 
 

@@ -22,7 +22,6 @@ from transformers import CLIPTokenizer, T5Tokenizer
 
 from facemogle.base.build import build_base
 from facemogle.base.loader import load_base, read_manifest
-from facemogle.base.standin import save_flux_standin
 from facemogle.base.text import FluxTextEncoder
 from facemogle.cache.store import LatentCache
 from facemogle.core import labels, latents
@@ -30,6 +29,7 @@ from facemogle.core.config import Params, load_params
 from facemogle.models.facemogle import FaceMoGLE
 from facemogle.sampling.sampler import Conditions, decode_images, generate_latents
 from facemogle.training.step import make_batch, make_optimizer, training_loss
+from flux_standin import save_flux_standin
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS_FLUX = ROOT / "params-flux.yaml"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from facemogle.base.standin import save_flux_standin
 from facemogle.base.text import (
     FLUX_TEXT_NAME,
     MINILM_NAME,
@@ -16,6 +15,7 @@ from facemogle.base.text import (
     text_manifest,
 )
 from facemogle.core.io import InputError
+from flux_standin import save_flux_standin
 
 PROMPTS = ["a woman with long red hair and green eyes, smiling",
            "a bald man with a grey beard and glasses", ""]
