@@ -17,6 +17,7 @@ population and are too narrow with three of them; `coverage` measures that by si
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -113,36 +114,28 @@ def verdict(difference: Interval, higher_is_better: bool = True) -> str:
     return "better" if (difference.value > 0) == higher_is_better else "worse"
 
 
-def _seed_image_draws(statistics_per_seed: Sequence[Callable[[np.ndarray], Any]], n: int, *,
-                      resamples: int, seed: int) -> np.ndarray:
-    """(resamples, ...) bootstrap draws of the mean over seeds of a statistic on n shared test
-    images: each draw resamples the seeds and, shared by all of them, the images. A statistic
-    may return an array (one value per independent data set, as `coverage` uses it)."""
+def _bootstrap_draws(statistics_per_seed: Sequence[Callable[[np.ndarray], Any]], n: int, *,
+                     resamples: int, seed: int, images_per_seed: bool = False) -> np.ndarray:
+    """(resamples, ...) bootstrap draws of the mean over seeds of a statistic on n test images:
+    each draw resamples the seeds and the images, one image draw shared by all drawn seeds (the
+    table's joint bootstrap) or, with `images_per_seed`, one per drawn seed (the two-level
+    bootstrap). A statistic may return an array (one value per independent data set, as
+    `coverage` uses it)."""
     if not statistics_per_seed:
         raise ValueError("bootstrap: no runs")
     rng = np.random.default_rng(seed)
     k = len(statistics_per_seed)
     draws = []
     for _ in range(resamples):
-        chosen, idx = rng.integers(0, k, k), rng.integers(0, n, n)
-        draws.append(np.mean([statistics_per_seed[c](idx) for c in chosen], axis=0))
-    return np.asarray(draws)
-
-
-def _hierarchical_draws(statistics_per_seed: Sequence[Callable[[np.ndarray], Any]], n: int, *,
-                        resamples: int, seed: int) -> np.ndarray:
-    """(resamples, ...) two-level bootstrap draws: resample the seeds, then, for each drawn
-    seed on its own, the n test images; the mean over the drawn seeds of the statistic."""
-    if not statistics_per_seed:
-        raise ValueError("bootstrap: no runs")
-    rng = np.random.default_rng(seed)
-    k = len(statistics_per_seed)
-    draws = []
-    for _ in range(resamples):
-        chosen, idx = rng.integers(0, k, k), rng.integers(0, n, (k, n))
-        draws.append(np.mean([statistics_per_seed[c](row) for c, row in zip(chosen, idx)],
+        chosen = rng.integers(0, k, k)
+        rows = rng.integers(0, n, (k, n)) if images_per_seed else [rng.integers(0, n, n)] * k
+        draws.append(np.mean([statistics_per_seed[c](row) for c, row in zip(chosen, rows)],
                              axis=0))
     return np.asarray(draws)
+
+
+_seed_image_draws = _bootstrap_draws
+_hierarchical_draws = functools.partial(_bootstrap_draws, images_per_seed=True)
 
 
 def _seed_image_bootstrap(statistics_per_seed: Sequence[Callable[[np.ndarray], float]], n: int,
