@@ -5,9 +5,15 @@
 
 Under torchrun with n processes (`cache.num_processes`, one per GPU) each encodes every n-th
 shard; `python -m stages.cache_latents ...` runs it as one process.
+
+The shards are written into `--resume-dir` (default `<out's folder>/.resume/<out's name>`, e.g.
+`data/.resume/latents`: not a DVC output, git- and dvc-ignored), where an interrupted run finds
+them again; the finished folder is renamed to `--out` (`facemogle.cache.build`).
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import torch
 from accelerate import PartialState
@@ -20,12 +26,20 @@ from stages import _cli
 PARAMS = ("data", "cache")
 
 
+def resume_folder(out: str | Path) -> Path:
+    """The default work folder of `out`: `<out's folder>/.resume/<out's name>`."""
+    out = Path(out)
+    return out.parent / ".resume" / out.name
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _cli.parser(__doc__)
     parser.add_argument("--data", required=True, help="download stage output")
     parser.add_argument("--labels", required=True, help="parse_masks stage output")
     parser.add_argument("--base", required=True, help="base stage output")
     parser.add_argument("--out", required=True)
+    parser.add_argument("--resume-dir", help="work folder kept across interruptions, on the "
+                        "file system of --out (default: <out's folder>/.resume/<out's name>)")
     args = _cli.parse_args(parser, argv)
     params = _cli.load_params(args.params, sections=PARAMS)
     processes = PartialState(cpu=not torch.cuda.is_available())  # one device per process
@@ -37,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
                 processes=processes,
                 config={"data": to_dict(params.data), "base": folder_fingerprint(args.base)},
                 options=CacheOptions(max_captions=params.cache.max_captions,
-                                     trim_text_padding=params.cache.trim_text_padding))
+                                     trim_text_padding=params.cache.trim_text_padding),
+                work_dir=args.resume_dir or resume_folder(args.out))
     return 0
 
 

@@ -2,6 +2,11 @@
 
     python -m stages.train --latents data/latents --base data/base --out data/model \
         --metrics-dir metrics/train
+
+Checkpoints go to `--resume-dir` (default `<out's folder>/.resume/<out's name>`, e.g.
+`data/.resume/model`: not a DVC output, git- and dvc-ignored), where a killed run resumes from
+the last one; the finished model is moved into `--out`, which then holds the model files only,
+and the work folder is deleted (`facemogle.training.checkpoint.publish_model`).
 """
 
 from __future__ import annotations
@@ -12,12 +17,12 @@ from pathlib import Path
 
 import torch
 from accelerate.utils import set_seed
-from dvclive import Live
 
 from facemogle.base.loader import load_base
 from facemogle.cache.store import INDEX, load_cache
 from facemogle.core.config import to_dict
 from facemogle.models.facemogle import FaceMoGLE
+from facemogle.training.checkpoint import publish_model
 from facemogle.training.loop import make_accelerator, train
 from stages import _cli
 
@@ -35,12 +40,21 @@ def resolved_config(params, base_dir: str | Path, latents_dir: str | Path) -> di
     return config
 
 
+def resume_folder(out: str | Path) -> Path:
+    """The default work folder of `out`: `<out's folder>/.resume/<out's name>` (the rule of
+    `stages.cache_latents`)."""
+    out = Path(out)
+    return out.parent / ".resume" / out.name
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _cli.parser(__doc__)
     parser.add_argument("--latents", required=True, help="cache_latents stage output")
     parser.add_argument("--base", required=True, help="base stage output")
-    parser.add_argument("--out", required=True, help="model folder (kept between runs: resume)")
+    parser.add_argument("--out", required=True, help="model folder, written when training ends")
     parser.add_argument("--metrics-dir", required=True, help="DVCLive directory (loss curve)")
+    parser.add_argument("--resume-dir", help="checkpoints, kept until the model is in --out, on "
+                        "the file system of --out (default: <out's folder>/.resume/<out's name>)")
     args = _cli.parse_args(parser, argv)
     params = _cli.load_params(args.params, sections=PARAMS)
     cfg = params.train
@@ -56,13 +70,11 @@ def main(argv: list[str] | None = None) -> int:
              accelerator.num_processes, torch.initial_seed())
     cache = load_cache(args.latents, "train")
     resolved = resolved_config(params, args.base, args.latents)
-    live = None
+    work = args.resume_dir or resume_folder(args.out)
+    train(model, cache, params, work, accelerator=accelerator, resolved=resolved,
+          metrics_dir=args.metrics_dir)
     if accelerator.is_main_process:
-        live = Live(args.metrics_dir, dvcyaml=False, save_dvc_exp=False, report=None)
-    train(model, cache, params, args.out, accelerator=accelerator, resolved=resolved, live=live)
-    if accelerator.is_main_process:
-        live.make_summary()
-        live.end()
+        publish_model(work, args.out)
     return 0
 
 

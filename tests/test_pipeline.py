@@ -21,6 +21,7 @@ from dvc.repo import Repo
 
 from conftest import merge
 from facemogle.core.config import set_sections
+from facemogle.core.resume import check_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 DVC = [sys.executable, "-m", "dvc"]
@@ -41,13 +42,16 @@ SMOKE = {
 }
 
 
-def _run(cmd: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+def _env() -> dict[str, str]:
     # Stage commands say `python`: it must be this interpreter, venv activated or not.
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
-    env = dict(os.environ, PATH=path, DVC_NO_ANALYTICS="1", HF_HUB_OFFLINE="1", OMP_NUM_THREADS="2",
-               GIT_AUTHOR_NAME="ci", GIT_AUTHOR_EMAIL="ci@example.invalid",
-               GIT_COMMITTER_NAME="ci", GIT_COMMITTER_EMAIL="ci@example.invalid")
-    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True,
+    return dict(os.environ, PATH=path, DVC_NO_ANALYTICS="1", HF_HUB_OFFLINE="1",
+                OMP_NUM_THREADS="2", GIT_AUTHOR_NAME="ci", GIT_AUTHOR_EMAIL="ci@example.invalid",
+                GIT_COMMITTER_NAME="ci", GIT_COMMITTER_EMAIL="ci@example.invalid")
+
+
+def _run(cmd: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+    result = subprocess.run(cmd, cwd=cwd, env=_env(), capture_output=True, text=True,
                             timeout=timeout)
     assert result.returncode == 0, (f"{cmd} failed:\n{result.stdout[-3000:]}\n"
                                     f"{result.stderr[-5000:]}")
@@ -204,44 +208,59 @@ def test_invalid_param_stops_the_stage_at_start_naming_the_key(smoke_repo):
         assert f"'{key}'" in result.stderr
 
 
-@pytest.mark.slow
-def test_killed_training_resumes_from_its_last_checkpoint(smoke_repo):
-    repo = smoke_repo
-    if not (repo / "data" / "latents" / "index.json").exists():
-        _run(DVC + ["repro", "cache_latents"], repo)
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    resume = repo / "resume-params.yaml"
-    resume.write_text(yaml.safe_dump(merge(params, {"train": {"steps": 400,
-                                                               "checkpoint_every": 2}})))
-    out = repo / "resume-model"
-    cmd = [sys.executable, "-m", "stages.train", "--latents", "data/latents", "--base",
-           "data/base", "--out", str(out), "--metrics-dir", str(repo / "resume-metrics"),
-           "--params", str(resume)]
-    proc = subprocess.Popen(cmd, cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
+def _kill_after_first_checkpoint(cmd: list[str], repo: Path, checkpoints: Path) -> int:
+    """Start `cmd` in its own process group, SIGKILL the group once a checkpoint is in
+    `checkpoints`; returns the step of the newest checkpoint left."""
+    proc = subprocess.Popen(cmd, cwd=repo, env=_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
     deadline = time.time() + 300
-    while (time.time() < deadline and proc.poll() is None
-           and len(list((out / "checkpoints").glob("step-*"))) < 1):
-        time.sleep(0.2)
+    while time.time() < deadline and proc.poll() is None and not any(
+            checkpoints.glob("step-*/manifest.json")):
+        time.sleep(0.05)
     assert proc.poll() is None, f"training exited early:\n{proc.stderr.read()[-3000:]}"
-    time.sleep(1.0)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    checkpoints = sorted((out / "checkpoints").glob("step-*"))
-    assert checkpoints, "no checkpoint was written before the kill"
-    killed_at = int(checkpoints[-1].name.split("-")[1])
-    assert killed_at < 400
-    resume.write_text(yaml.safe_dump(merge(params, {"train": {"steps": killed_at + 2,
-                                                               "checkpoint_every": 2}})))
-    # A different step count is a different config: resuming must refuse it...
-    result = _run(cmd, repo)
-    assert "resuming from" not in result.stderr
-    # ...while the same config continues from the checkpoint.
-    proc2 = _run(cmd, repo)
-    assert "resuming from" in proc2.stderr
-    trainer = json.loads(sorted((out / "checkpoints").glob("step-*"))[-1].joinpath(
-        "trainer.json").read_text())
-    assert trainer["step"] == killed_at + 2
+    steps = [int(c.name.split("-")[1]) for c in checkpoints.glob("step-*")
+             if (c / "manifest.json").exists()]
+    assert steps, "no checkpoint was written before the kill"
+    return max(steps)
+
+
+@pytest.mark.slow
+def test_killed_training_resumes_from_its_work_folder(smoke_repo, tmp_path):
+    """`dvc repro train` killed after a checkpoint: `data/model` is a plain output, which DVC
+    deletes before the stage runs, but the checkpoints are in `data/.resume/model`, not an
+    output, so the next `dvc repro train` resumes from the last one; it then moves the model
+    into `data/model` and deletes the work folder. Other params do not resume from it."""
+    repo = smoke_repo
+    params_path, original = repo / "params.yaml", (repo / "params.yaml").read_text()
+    params = yaml.safe_load(original)
+    work = repo / "data" / ".resume" / "model"
+    try:
+        params_path.write_text(yaml.safe_dump(merge(params, {"train": {
+            "steps": 30, "checkpoint_every": 2}}), sort_keys=False))
+        _run(DVC + ["repro", "cache_latents@test"], repo)  # so that the kill lands in train
+        killed_at = _kill_after_first_checkpoint(DVC + ["repro", "train"], repo,
+                                                 work / "checkpoints")
+        assert killed_at < 30 and not (repo / "data" / "model").exists()
+        # Another step count is another config: a run on a copy of the state starts afresh.
+        shutil.copytree(work, tmp_path / "work")
+        other = tmp_path / "params.yaml"
+        other.write_text(yaml.safe_dump(merge(params, {"train": {"steps": killed_at + 2}})))
+        result = _run([sys.executable, "-m", "stages.train", "--latents", "data/latents",
+                       "--base", "data/base", "--out", str(tmp_path / "model"), "--metrics-dir",
+                       str(tmp_path / "metrics"), "--resume-dir", str(tmp_path / "work"),
+                       "--params", str(other)], repo)
+        assert "resuming from" not in result.stderr and not (tmp_path / "work").exists()
+        resumed = _run(DVC + ["repro", "train"], repo)
+        assert (f"resuming from data/.resume/model/checkpoints/step-{killed_at:06d} at step "
+                f"{killed_at}") in resumed.stderr + resumed.stdout
+        assert not work.exists()
+        assert sorted(p.name for p in (repo / "data" / "model").iterdir()) == [
+            "config.json", "lora.safetensors", "manifest.json", "mogle.safetensors"]
+        assert check_folder(repo / "data" / "model")
+    finally:
+        params_path.write_text(original)
 
 
 def _free_port() -> int:

@@ -26,6 +26,7 @@ from facemogle.training.checkpoint import (
     load_model_weights,
     load_trained,
     load_training_state,
+    publish_model,
     save_model,
     save_training_state,
 )
@@ -166,6 +167,37 @@ def test_save_model_moves_its_manifest_in_last(tmp_path, monkeypatch):
     monkeypatch.setattr(Path, "replace", record)
     save_model(tmp_path / "model", tiny_model(), CONFIG)
     assert moved[-1] == MANIFEST_FILE and len(moved) == 4
+
+
+def test_publish_model_renames_the_model_out_of_the_work_folder(tmp_path):
+    """The train stage's last move: the model files `save_model` wrote beside the checkpoints
+    go, renamed (same inode, same bytes), into a fresh output folder; the work folder, its
+    checkpoints with it, is removed."""
+    work, out = tmp_path / ".resume" / "model", tmp_path / "model"
+    _checkpoints(work / "checkpoints")
+    save_model(work, tiny_model(), CONFIG)
+    written = {p.name: p.read_bytes() for p in work.iterdir() if p.is_file()}
+    inode = (work / "lora.safetensors").stat().st_ino
+    out.mkdir()
+    (out / "stale.txt").write_text("an earlier run's file")
+    assert publish_model(work, out) == out
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == written
+    assert sorted(written) == ["config.json", "lora.safetensors", MANIFEST_FILE,
+                               "mogle.safetensors"]
+    assert (out / "lora.safetensors").stat().st_ino == inode
+    assert not work.exists() and check_folder(out)
+
+
+def test_publish_model_refuses_a_damaged_model_and_keeps_the_work_folder(tmp_path):
+    work, out = tmp_path / "work", tmp_path / "model"
+    save_model(work, tiny_model(), CONFIG)
+    flip_mid_tensor(work / "mogle.safetensors")
+    with pytest.raises(InputError, match=error_for(flip_mid_tensor, work /
+                                                    "mogle.safetensors")):
+        publish_model(work, out)
+    assert not out.exists() and (work / "mogle.safetensors").exists()
+    with pytest.raises(ValueError, match="lies inside"):
+        publish_model(out / "work", out)
 
 
 # -- checkpoints -------------------------------------------------------------------------------

@@ -10,9 +10,15 @@ everything once into safetensors shards:
                                  text_seq (K, T, D), text_pooled (K, P), caption_offsets (N + 1,)
 
 A slot whose mask is empty is not stored per image: `slot_index` is -1 there and readers use the
-empty-slot latent. Finished shards are kept, so an interrupted stage resumes where it stopped;
-a shard written under another configuration (fingerprint) is discarded. Under torchrun the
-processes encode every n-th shard each.
+empty-slot latent. Under torchrun the processes encode every n-th shard each.
+
+Resuming: the shards are written into a work folder (the stage's `--resume-dir`, by default
+`<out's folder>/.resume/<out's name>`: `data/.resume/latents`), which is not a DVC output, so
+DVC neither deletes it before the stage runs nor keeps it in the run-cache. Finished shards stay
+there, so an interrupted stage resumes where it stopped; a shard written under another
+configuration (fingerprint) is discarded. When every shard and `index.json` are written, the
+work folder is renamed to `out` (one rename on the same file system: no copy, nothing doubled;
+an `out` left from an earlier run is replaced), so `out` only ever holds a finished cache.
 
 Options (`cache` section): `max_captions` stores the first n captions of each image (K shrinks);
 `trim_text_padding` stores each caption's real tokens only: `text_seq` is replaced by
@@ -32,6 +38,7 @@ import json
 import logging
 import math
 import os
+import shutil
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -431,11 +438,42 @@ def _clear_stale(base, out_dir: Path, stamp: str, resolution: int) -> None:
         _save(empty_path, _empty_entries(base, resolution), stamp)
 
 
+def _work_folder(out_dir: Path, work_dir: str | Path | None) -> Path:
+    """`work_dir` as a Path (None: `out_dir`), refused inside `out_dir`, which replaces it."""
+    work = out_dir if work_dir is None else Path(work_dir)
+    if work.resolve() != out_dir.resolve() and work.resolve().is_relative_to(out_dir.resolve()):
+        raise ValueError(f"the work folder {work} lies inside {out_dir}, which the finished "
+                         "cache replaces: put it beside it")
+    return work
+
+
+def _publish(work_dir: Path, out_dir: Path) -> None:
+    """Rename the finished `work_dir` to `out_dir`, replacing what `out_dir` held. Both are on
+    one file system (the default work folder is beside `out_dir`): a rename, not a copy."""
+    if out_dir.is_dir() and not out_dir.is_symlink():
+        shutil.rmtree(out_dir)
+    elif out_dir.exists() or out_dir.is_symlink():
+        out_dir.unlink()
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(work_dir, out_dir)
+    log.info("cache_latents: %s finished, moved to %s", work_dir, out_dir)
+
+
+def _index(stamp: str, shards: list[list[str]], split: dict, resolution: int,
+           config: dict | None) -> dict:
+    return {"fingerprint": stamp,
+            "shards": [{"file": shard_name(n), "ids": s} for n, s in enumerate(shards)],
+            "train": split["train"], "test": split["test"],
+            "resolution": resolution, "latent_size": resolution // 8,
+            "config": config or {}}
+
+
 def build_cache(base, data_dir: str | Path, labels_dir: str | Path, out_dir: str | Path, *,
                 resolution: int, shard_size: int = 256, batch_size: int = 32,
                 text_batch_size: int = 32, precision: str = "float32",
                 config: dict | None = None, processes=None,
-                options: CacheOptions = CacheOptions()) -> None:
+                options: CacheOptions = CacheOptions(),
+                work_dir: str | Path | None = None) -> None:
     """Encode every image, mask slot and caption of `data_dir` into shards under `out_dir`.
 
     Args:
@@ -453,9 +491,13 @@ def build_cache(base, data_dir: str | Path, labels_dir: str | Path, out_dir: str
             i, i + n, ...; the main process clears stale shards first and writes the index last.
             A shard's bytes do not depend on the number of processes.
         options: which captions and tokens are stored (part of the fingerprint).
+        work_dir: where the shards are written and kept across interruptions; once the cache
+            is whole the main process renames it to `out_dir`. None: `out_dir` itself (the
+            shards are written in place and kept there).
     """
     processes = processes or SingleProcess()
     out_dir, labels_dir = Path(out_dir), Path(labels_dir)
+    work_dir = _work_folder(out_dir, work_dir)
     split = json.loads(layout.split_path(labels_dir).read_text())  # ids that have a label map
     ids = list(split["train"]) + list(split["test"])
     captions = {row["id"]: row["captions"] for row in read_jsonl(layout.captions_path(data_dir))}
@@ -465,7 +507,7 @@ def build_cache(base, data_dir: str | Path, labels_dir: str | Path, out_dir: str
     stamp = fingerprint({"config": config or {}, "ids": ids, "batch_size": batch_size,
                          "shard_size": shard_size, **options.stamp(), **precision_stamp})
     if processes.is_main_process:
-        _clear_stale(base, out_dir, stamp, resolution)
+        _clear_stale(base, work_dir, stamp, resolution)
     processes.wait_for_everyone()
 
     shards = [ids[s:s + shard_size] for s in range(0, len(ids), shard_size)]
@@ -474,17 +516,12 @@ def build_cache(base, data_dir: str | Path, labels_dir: str | Path, out_dir: str
              processes.num_processes, len(mine), len(shards), mine.start, mine.step)
     for number in tqdm(mine, desc="cache_latents", unit="shard",
                        disable=not processes.is_main_process):
-        path = out_dir / shard_name(number)
+        path = work_dir / shard_name(number)
         if not path.exists():  # else finished before an interruption
             _write_shard(base, path, _plan_shard(base, shards[number], inputs, options), inputs,
                          stamp)
     processes.wait_for_everyone()
     if processes.is_main_process:
-        write_json(out_dir / INDEX, {
-            "fingerprint": stamp,
-            "shards": [{"file": shard_name(n), "ids": s}
-                       for n, s in enumerate(shards)],
-            "train": split["train"], "test": split["test"],
-            "resolution": resolution, "latent_size": resolution // 8,
-            "config": config or {},
-        })
+        write_json(work_dir / INDEX, _index(stamp, shards, split, resolution, config))
+        if work_dir.resolve() != out_dir.resolve():
+            _publish(work_dir, out_dir)

@@ -336,7 +336,33 @@ class TrainConfig(Section):
     mixed_precision: Precision = "bf16"
     gradient_checkpointing: bool = True
     compile: bool = False  # torch.compile the transformer blocks (GPU; slow to start on CPU)
-    num_processes: int = spec(1, ge=1)
+    num_processes: int = spec(1, ge=1)  # processes per node under torchrun (one per device)
+    # Nodes: the run joins nnodes x num_processes processes, and `train` refuses any other count
+    # (batch_size counts samples per process, so the global batch would change).
+    nnodes: int = spec(1, ge=1)
+    # host:port of torchrun's c10d rendezvous in dvc.yaml. localhost:0: a store on a free port
+    # of this machine, what torchrun's --standalone sets (one node). Several nodes: a fixed
+    # port on one of them that every node reaches. It says where the processes meet, not what
+    # they train, so it is left out of the config checkpoints are matched on
+    # (`facemogle.training.launch`).
+    rdzv_endpoint: str = spec("localhost:0", Rule(
+        lambda v: _endpoint_port(v) is not None, "host:port, e.g. node0:29500"))
+
+    def _check_across_fields(self) -> None:
+        check(self.nnodes == 1 or _endpoint_port(self.rdzv_endpoint) != 0,
+              dotted_key(self, "rdzv_endpoint"),
+              f"host:port with a fixed port that every node reaches when train.nnodes is "
+              f"{self.nnodes} (port 0 picks a free port on each node apart)", self.rdzv_endpoint)
+
+
+def _endpoint_port(endpoint: str) -> int | None:
+    """The port of a rendezvous endpoint `host:port` (IPv6 hosts in brackets), or None when
+    `endpoint` is not of that form."""
+    host, colon, port = endpoint.rpartition(":")
+    if (not colon or not host or any(c.isspace() for c in endpoint) or not port.isdigit()
+            or int(port) > 65535):
+        return None
+    return int(port)
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Checkpoint I/O: safetensors weights + JSON, written atomically, never pickled.
 
-A model folder (the `train` stage's output, and every checkpoint inside it) holds:
+A model folder (the `train` stage's output, and every checkpoint of a run) holds:
 
     lora.safetensors     peft LoRA state of the condition adapter
     mogle.safetensors    MoGLE state
@@ -9,6 +9,13 @@ A model folder (the `train` stage's output, and every checkpoint inside it) hold
 A training checkpoint (`checkpoints/step-NNNNNN/`) adds `optimizer.safetensors` (the optimizer's
 tensors), `trainer.json` (step, loss history, the optimizer's scalar state and param groups) and
 `rng.safetensors` (the batch/noise generator), which is everything a resume needs.
+
+The `train` stage trains in a work folder that is not a DVC output (`--resume-dir`, by default
+`data/.resume/model`): `facemogle.training.loop.train` keeps its checkpoints there and writes the
+finished model files beside them; `publish_model` then moves those files (renames, no copy) into
+the stage's output folder, which holds the model only, and deletes the work folder. DVC deletes
+an output before its stage runs and never restores a persistent one from the run-cache; the work
+folder is neither, so a killed stage resumes from it and the finished model is a plain output.
 
 A checkpoint is a resumable state of `facemogle.core.resume`, the one the pretraining phases
 keep too. Both folders carry `manifest.json`, the SHA-256 and size of each of their files, written
@@ -21,6 +28,7 @@ one that passes. A folder without a manifest is refused like a damaged one.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -71,6 +79,35 @@ def save_model(out_dir: str | Path, model, config: dict) -> None:
             f.replace(out_dir / f.name)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def publish_model(work_dir: str | Path, out_dir: str | Path) -> Path:
+    """Move the model `save_model` wrote into `work_dir` (beside the run's `checkpoints/`) to
+    `out_dir`, replacing what it held, and delete `work_dir`; returns `out_dir`.
+
+    The files are checked against their manifest first (`check_folder`), then renamed into
+    `work_dir/.published`, which is renamed to `out_dir`: the bytes are those `save_model`
+    wrote, and `out_dir` appears whole or not at all. Interrupted before the last rename, the
+    work folder keeps its checkpoints: a re-run resumes from the last one, writes the same model
+    again and publishes it. `out_dir` must be on the file system of `work_dir`."""
+    work, out = Path(work_dir), Path(out_dir)
+    if work.resolve() == out.resolve() or work.resolve().is_relative_to(out.resolve()):
+        raise ValueError(f"the work folder {work} lies inside {out}, which the model replaces")
+    check_folder(work)
+    staging = work / ".published"
+    shutil.rmtree(staging, ignore_errors=True)  # left by an interrupted publish
+    staging.mkdir()
+    for name in [*sorted(read_json(work / MANIFEST_FILE)["sha256"]), MANIFEST_FILE]:
+        (work / name).replace(staging / name)
+    if out.is_dir() and not out.is_symlink():
+        shutil.rmtree(out)
+    elif out.exists() or out.is_symlink():
+        out.unlink()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(staging, out)
+    shutil.rmtree(work)
+    log.info("train: model moved from %s to %s; work folder removed", work, out)
+    return out
 
 
 def load_model_weights(folder: str | Path, model, *, verify: bool = True) -> dict:

@@ -1,7 +1,8 @@
 """The `train` stage's driver: LoRA + MoGLE on cached latents (paper section 4.1).
 
 `train` runs `facemogle.training.step.train_step` over batches of the latent cache, logs to
-DVCLive and checkpoints (`facemogle.training.checkpoint`) so a killed run resumes.
+DVCLive on the main process (`facemogle.training.live`) and checkpoints
+(`facemogle.training.checkpoint`) so a killed run resumes.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from accelerate import Accelerator
 from tqdm import tqdm
 
 from facemogle.cache.store import LatentCache
-from facemogle.core.config import ConfigError, Params, TrainConfig
+from facemogle.core.config import Params, TrainConfig
 from facemogle.models.condition import enable_compile
 from facemogle.models.facemogle import FaceMoGLE
 from facemogle.training.checkpoint import (
@@ -25,6 +26,15 @@ from facemogle.training.checkpoint import (
     save_model,
     save_training_state,
 )
+from facemogle.training.launch import check_world, without_launch
+from facemogle.training.live import (
+    SNAPSHOT,
+    IntervalTimer,
+    TrainingLive,
+    learning_rate,
+    log_interval,
+    open_live,
+)
 from facemogle.training.step import draw_batch, make_optimizer, train_step
 
 log = logging.getLogger(__name__)
@@ -32,37 +42,27 @@ log = logging.getLogger(__name__)
 
 def make_accelerator(cfg: TrainConfig) -> Accelerator:
     """The accelerator of a training run: `cfg`'s precision and gradient accumulation, refusing
-    a launch whose process count is not `train.num_processes` (`batch_size` counts samples per
-    process, so the global batch would silently change)."""
+    a launch whose process count is not `train.nnodes` x `train.num_processes` (`batch_size`
+    counts samples per process, so the global batch would silently change; `check_world`)."""
     # cpu=True when there is no GPU: only then does accelerate join CPU processes (gloo) started
     # by torchrun; on GPUs it picks the device of each process.
     precision = "no" if cfg.mixed_precision == "fp32" else cfg.mixed_precision
     accelerator = Accelerator(mixed_precision=precision, cpu=not torch.cuda.is_available(),
                               gradient_accumulation_steps=cfg.grad_accum)
-    started, declared = accelerator.num_processes, cfg.num_processes
-    if started != declared:
-        raise ConfigError(
-            f"train.num_processes is {declared} but {started} process(es) joined this run; "
-            f"start {declared} with `torchrun --standalone --nproc_per_node {declared}` or "
-            f"`accelerate launch --multi_gpu --num_processes {declared}`, or set "
-            f"train.num_processes={started} (`accelerate launch --cpu` starts a single process "
-            "unless MPI is configured)")
+    check_world(cfg, accelerator.num_processes)
     return accelerator
 
 
 def _resume(checkpoints: Path, resolved: dict, model: FaceMoGLE,
-            optimizer: torch.optim.Optimizer, generator: torch.Generator,
-            live) -> tuple[int, list[tuple[int, float]]]:
+            optimizer: torch.optim.Optimizer,
+            generator: torch.Generator) -> tuple[int, list[tuple[int, float]]]:
     """(start step, loss history) of the last checkpoint made under `resolved`, or (0, []);
-    model, optimizer and generator are restored in place and the loss curve is logged again."""
+    model, optimizer and generator are restored in place."""
     resumable = find_resumable(checkpoints, resolved)
     if resumable is None:
         return 0, []
     start, history = load_training_state(resumable, model, optimizer, generator)
     log.info("resuming from %s at step %d", resumable, start)
-    for past_step, value in history if live is not None else ():
-        live.step = past_step  # the curve survives the resume
-        live.log_metric("loss", value)
     return start, history
 
 
@@ -126,28 +126,58 @@ def _prepare(model: FaceMoGLE, cache: LatentCache, params: Params,
                 rank)
 
 
-def _show_loss(bar: tqdm, live, done: int, value: float) -> None:
-    """Show an interval's mean loss on the progress bar and log it to DVCLive, if any."""
+def _show_loss(bar: tqdm, live: TrainingLive | None, timer: IntervalTimer | None, run: _Run,
+               done: int, value: float) -> None:
+    """Show an interval's mean loss on the progress bar and log the interval to DVCLive, if any
+    (the main process)."""
     bar.set_postfix(loss=f"{value:.4f}")
     if live is not None:
-        live.step = done
-        live.log_metric("loss", value)
+        log_interval(live, done, value, learning_rate(run.optimizer),
+                     timer.seconds_per_step(done))
 
 
 def train(model: FaceMoGLE, cache: LatentCache, params: Params, out_dir: str | Path, *,
-          accelerator, resolved: dict, live=None) -> list[tuple[int, float]]:
+          accelerator, resolved: dict, metrics_dir: str | Path | None = None,
+          monitor_system: bool = True) -> list[tuple[int, float]]:
     """Train LoRA + MoGLE for `params.train.steps`, resuming from the last checkpoint.
 
     `resolved` (the params the stage declares, plus the base manifest) is stored with every
-    checkpoint; a checkpoint is resumed only under an identical `resolved`. Returns the
-    (step, loss) history, which is also kept in every checkpoint so loss curves survive a resume.
+    checkpoint, less the launch-only `train` keys (`facemogle.training.launch.LAUNCH_ONLY`); a
+    checkpoint is resumed only under an identical one. Returns the (step, loss) history, which
+    is also kept in every checkpoint so loss curves survive a resume. With `metrics_dir` the
+    main process logs to DVCLive there (`facemogle.training.live`; `monitor_system`: with
+    DVCLive's CPU, RAM, disk and GPU monitor) and copies that folder into `out_dir` before each
+    checkpoint, where a resume finds it if DVC has deleted `metrics_dir`.
     """
     cfg = params.train
     _check_accumulation(cfg, accelerator)
+    resolved = without_launch(resolved)
     out_dir = Path(out_dir)
     run = _prepare(model, cache, params, accelerator)
     start, history = _resume(out_dir / "checkpoints", resolved, run.inner, run.optimizer,
-                             run.generator, live)
+                             run.generator)
+    live = timer = None
+    if metrics_dir is not None and accelerator.is_main_process:
+        live = open_live(metrics_dir, start, history, snapshot=out_dir / SNAPSHOT,
+                         monitor_system=monitor_system)
+        timer = IntervalTimer(start)
+    try:
+        _steps(run, out_dir, resolved, start, history, live, timer)
+        if accelerator.is_main_process:
+            save_model(out_dir, run.inner, resolved)
+    finally:
+        if live is not None:
+            live.end()
+    return history
+
+
+def _steps(run: _Run, out_dir: Path, resolved: dict, start: int,
+           history: list[tuple[int, float]], live: TrainingLive | None,
+           timer: IntervalTimer | None) -> None:
+    """Optimizer steps `start` + 1 .. `train.steps`: log every `log_every` steps (and at the
+    last), checkpoint every `checkpoint_every` steps (and at the last), the metrics copied
+    first; `history` grows."""
+    cfg, accelerator = run.cfg, run.accelerator
     bar = tqdm(range(start, cfg.steps), desc="train", unit="step", initial=start, total=cfg.steps,
                disable=not accelerator.is_main_process)
     running = []
@@ -157,11 +187,10 @@ def train(model: FaceMoGLE, cache: LatentCache, params: Params, out_dir: str | P
         if done % cfg.log_every == 0 or done == cfg.steps:
             history.append((done, _mean_loss(running, accelerator, done)))
             running = []
-            _show_loss(bar, live, done, history[-1][1])
+            _show_loss(bar, live, timer, run, done, history[-1][1])
         if accelerator.is_main_process and (done % cfg.checkpoint_every == 0 or done == cfg.steps):
+            if live is not None:  # first: it then holds every row of any checkpoint kept
+                live.snapshot(out_dir / SNAPSHOT)
             save_training_state(out_dir / "checkpoints", done, run.inner, run.optimizer,
                                 run.generator, history, resolved, keep=cfg.keep_checkpoints)
         accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        save_model(out_dir, run.inner, resolved)
-    return history
