@@ -49,6 +49,14 @@ def parse_args(arguments: argparse.ArgumentParser, argv: list[str] | None,
     return args
 
 
+def resume_folder(out: str | Path) -> Path:
+    """The default work folder of a stage output that resumes (`cache_latents`, `train`):
+    `<out's folder>/.resume/<out's name>`, beside the output on its file system, git- and
+    dvc-ignored, not an output itself."""
+    out = Path(out)
+    return out.parent / ".resume" / out.name
+
+
 def load_params(path: str | Path, sections: tuple[str, ...] | None = None
                 ) -> Params | SectionView:
     """`facemogle.core.config.load_params`; a `ConfigError` remembers the file, so that the

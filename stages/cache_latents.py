@@ -13,8 +13,6 @@ them again; the finished folder is renamed to `--out` (`facemogle.cache.build`).
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 from accelerate import PartialState
 
@@ -25,11 +23,6 @@ from stages import _cli
 
 PARAMS = ("data", "cache")
 
-
-def resume_folder(out: str | Path) -> Path:
-    """The default work folder of `out`: `<out's folder>/.resume/<out's name>`."""
-    out = Path(out)
-    return out.parent / ".resume" / out.name
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
                 config={"data": to_dict(params.data), "base": folder_fingerprint(args.base)},
                 options=CacheOptions(max_captions=params.cache.max_captions,
                                      trim_text_padding=params.cache.trim_text_padding),
-                work_dir=args.resume_dir or resume_folder(args.out))
+                work_dir=args.resume_dir or _cli.resume_folder(args.out))
     return 0
 
 

@@ -40,12 +40,6 @@ def resolved_config(params, base_dir: str | Path, latents_dir: str | Path) -> di
     return config
 
 
-def resume_folder(out: str | Path) -> Path:
-    """The default work folder of `out`: `<out's folder>/.resume/<out's name>` (the rule of
-    `stages.cache_latents`)."""
-    out = Path(out)
-    return out.parent / ".resume" / out.name
-
 
 def main(argv: list[str] | None = None) -> int:
     parser = _cli.parser(__doc__)
@@ -70,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
              accelerator.num_processes, torch.initial_seed())
     cache = load_cache(args.latents, "train")
     resolved = resolved_config(params, args.base, args.latents)
-    work = args.resume_dir or resume_folder(args.out)
+    work = args.resume_dir or _cli.resume_folder(args.out)
     train(model, cache, params, work, accelerator=accelerator, resolved=resolved,
           metrics_dir=args.metrics_dir)
     if accelerator.is_main_process:

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 from pathlib import Path
 
 import pytest
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import save_file
 
 from facemogle.app.pipeline import FaceMoGLEPipeline
@@ -17,6 +19,8 @@ from facemogle.core.config import LoraConfig, ModelConfig
 from facemogle.core.io import (
     MANIFEST_FILE,
     InputError,
+    WriteError,
+    atomic_path,
     load_safetensors,
     read_json,
     verify_manifest,
@@ -145,8 +149,9 @@ def test_a_write_that_fails_part_way_leaves_no_output(tmp_path, monkeypatch):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(checkpoint, "save_file", disk_full)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(WriteError, match="No space left") as raised:
         save_model(tmp_path / "run" / "model", model, CONFIG)
+    assert str(raised.value).startswith(f"{tmp_path / 'run' / 'model'}: could not be written")
     assert list((tmp_path / "run").iterdir()) == []  # no model folder, no temporary one
     with pytest.raises(OSError, match="No space left"):
         save_model(tmp_path / "kept", model, {"train": {"steps": 3}})
@@ -157,6 +162,21 @@ def test_a_write_that_fails_part_way_leaves_no_output(tmp_path, monkeypatch):
                             [], CONFIG)
     assert list((tmp_path / "checkpoints").iterdir()) == []
     assert not list(tmp_path.glob(".*"))  # no temporary sibling left behind
+
+
+@pytest.mark.parametrize("error", [
+    OSError(122, "Disk quota exceeded"),
+    SafetensorError("Error while serializing: I/O error: File too large (os error 27)")],
+    ids=["quota", "safetensors"])
+def test_a_write_without_space_is_named_and_other_errors_pass_unchanged(tmp_path, error):
+    with pytest.raises(WriteError, match=re.escape(f"{tmp_path / 'out.bin'}: could not be")):
+        with atomic_path(tmp_path / "out.bin") as tmp:
+            tmp.write_bytes(b"part")
+            raise error
+    with pytest.raises(PermissionError):  # not a want of space: raised as it was
+        with atomic_path(tmp_path / "out.bin"):
+            raise PermissionError(13, "Permission denied")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_the_committed_demo_model_passes_its_manifest():

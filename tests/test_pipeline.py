@@ -134,22 +134,25 @@ def test_every_stage_depends_on_the_code_it_imports():
 def smoke_repo(tmp_path_factory, embedded_base) -> Path:
     """A copy of the project, as its own git repo, with the smoke profile and the tests' tiny
     embedded base committed."""
-    repo = tmp_path_factory.mktemp("smoke") / "repo"
+    return make_smoke_repo(tmp_path_factory.mktemp("smoke") / "repo", embedded_base, SMOKE)
+
+
+def make_smoke_repo(repo: Path, embedded_base: Path, profile: dict) -> Path:
+    """The project's files copied to `repo` (no dvc.lock, no metrics), `profile` merged into its
+    params.yaml and the tiny `embedded_base` as pretrained/embedded, committed on `main` of a new
+    git repository. Returns `repo`."""
     for rel in _project_files():
-        if rel.startswith("pretrained/"):
+        if rel.startswith("pretrained/") or rel == "dvc.lock":
             continue
         target = repo / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / rel, target)
-    for stale in ("dvc.lock",):
-        (repo / stale).unlink(missing_ok=True)
     shutil.rmtree(repo / "metrics", ignore_errors=True)
     shutil.copytree(embedded_base, repo / "pretrained" / "embedded")
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    (repo / "params.yaml").write_text(yaml.safe_dump(merge(params, SMOKE), sort_keys=False))
-    _run(["git", "init", "-q"], repo)
-    _run(["git", "add", "-A"], repo)
-    _run(["git", "commit", "-qm", "smoke"], repo)
+    (repo / "params.yaml").write_text(yaml.safe_dump(merge(params, profile), sort_keys=False))
+    for cmd in (["init", "-q", "-b", "main"], ["add", "-A"], ["commit", "-qm", "smoke"]):
+        _run(["git", *cmd], repo)
     return repo
 
 

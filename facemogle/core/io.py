@@ -3,12 +3,14 @@
 Every model folder and checkpoint carries `manifest.json` (`write_manifest`), the SHA-256 and
 size of each of its files, checked before its weights are loaded (`verify_manifest`):
 safetensors validates a file's header, not its data, so a flipped byte inside a tensor would
-otherwise load silently.
+otherwise load silently. A write that fails for want of space (a full disk, a quota, a file-size
+limit) raises `WriteError` naming the output it was building, and leaves nothing of it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -29,15 +31,46 @@ class InputError(ValueError):
     """An input file is missing, unreadable or not what the stage expects."""
 
 
+class WriteError(OSError):
+    """An output could not be written for want of space (a full disk, a quota, a file-size
+    limit); nothing of it was left behind."""
+
+
+NO_SPACE = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+
+
+def _no_space(err: BaseException) -> bool:
+    if isinstance(err, OSError):
+        return err.errno in NO_SPACE
+    # safetensors' writer (Rust) reports the OS error in its message only: "... (os error 28)"
+    return isinstance(err, SafetensorError) and any(f"(os error {code})" in str(err)
+                                                     for code in NO_SPACE)
+
+
+@contextlib.contextmanager
+def write_errors_named(path: str | Path) -> Iterator[None]:
+    """Re-raise a failed write for want of space as a `WriteError` naming `path` (what the
+    writes inside were building)."""
+    try:
+        yield
+    except Exception as err:
+        if isinstance(err, WriteError) or not _no_space(err):
+            raise
+        raise WriteError(f"{path}: could not be written ({err}): the disk is full or a quota "
+                         f"or file-size limit was reached; nothing of it was kept") from err
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary sibling path; on success it replaces `path` (a file or a directory)."""
+    """Yield a temporary sibling path; on success it replaces `path` (a file or a directory).
+    A write that fails for want of space raises `WriteError` naming `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent)) / path.name
     try:
-        yield tmp
-        _replace(tmp, path)
+        with write_errors_named(path):
+            yield tmp
+            _replace(tmp, path)
     finally:
         shutil.rmtree(tmp.parent, ignore_errors=True)
 
@@ -63,10 +96,11 @@ def shared_atomic_dir(path: str | Path, processes) -> Iterator[Path]:
         tmp.mkdir(parents=True)
     processes.wait_for_everyone()
     try:
-        yield tmp
-        processes.wait_for_everyone()
-        if processes.is_main_process:
-            _replace(tmp, path)
+        with write_errors_named(path):
+            yield tmp
+            processes.wait_for_everyone()
+            if processes.is_main_process:
+                _replace(tmp, path)
     finally:
         if processes.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -41,6 +41,7 @@ from facemogle.core.io import (
     InputError,
     load_safetensors,
     read_json,
+    write_errors_named,
     write_json,
     write_manifest,
 )
@@ -72,8 +73,9 @@ def save_model(out_dir: str | Path, model, config: dict) -> None:
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
-        write_weights(staging, model, config)
-        write_manifest(staging)
+        with write_errors_named(out_dir):
+            write_weights(staging, model, config)
+            write_manifest(staging)
         out_dir.mkdir(exist_ok=True)
         for f in sorted(staging.iterdir(), key=lambda f: f.name == MANIFEST_FILE):
             f.replace(out_dir / f.name)
