@@ -13,6 +13,9 @@ them again; the finished folder is renamed to `--out` (`facemogle.cache.build`).
 
 from __future__ import annotations
 
+from stages import _worker  # noqa: F401  (first, before torch: see its docstring)
+
+# isort: split
 import torch
 from accelerate import PartialState
 

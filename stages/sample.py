@@ -12,6 +12,9 @@ it beyond floating-point batch effects. `python -m stages.sample ...` runs it as
 
 from __future__ import annotations
 
+from stages import _worker  # noqa: F401  (first, before torch: see its docstring)
+
+# isort: split
 import json
 import logging
 

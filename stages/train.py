@@ -11,6 +11,9 @@ and the work folder is deleted (`facemogle.training.checkpoint.publish_model`).
 
 from __future__ import annotations
 
+from stages import _worker  # noqa: F401  (first, before torch: see its docstring)
+
+# isort: split
 import json
 import logging
 from pathlib import Path

@@ -62,8 +62,8 @@ def test_shards_of_another_base_are_remade_even_without_an_index(trained_run, tm
 def test_an_interrupted_cache_resumes_from_its_work_folder(trained_run, tmp_path, monkeypatch):
     """Stopped after its first shard, the stage leaves `--out` absent (DVC would delete it
     anyway: a plain output) and the shard in `--resume-dir`; the re-run encodes only the
-    missing shards and moves a folder byte-identical to an uninterrupted build into `--out`,
-    replacing an earlier `--out`."""
+    missing shards (a killed writer's temporary folder is dropped) and moves a folder
+    byte-identical to an uninterrupted build into `--out`, replacing an earlier `--out`."""
     params = tmp_path / "params.yaml"  # 3 shards of 4 images
     params.write_text(yaml.safe_dump(merge(yaml.safe_load(trained_run.params.read_text()),
                                            {"cache": {"shard_size": 4}})))
@@ -83,6 +83,9 @@ def test_an_interrupted_cache_resumes_from_its_work_folder(trained_run, tmp_path
         _stage(trained_run, out, "--resume-dir", str(work), params=params)
     assert not out.exists() and sorted(p.name for p in work.glob("shard-*")) == written
     first = (work / written[0]).stat().st_mtime_ns
+    cut_short = work / ".shard-00001.safetensors.k1ll3d"  # a killed writer's temporary folder
+    cut_short.mkdir()
+    (cut_short / "shard-00001.safetensors").write_bytes(b"half a shard")
     out.mkdir()
     (out / "stale.safetensors").write_bytes(b"from an earlier run")
     remade = []

@@ -426,10 +426,12 @@ class SingleProcess:
 
 
 def _clear_stale(base, out_dir: Path, stamp: str, resolution: int) -> None:
-    """Main process: drop the index and every shard of another configuration; write the empty
-    entries."""
+    """Main process: drop the index, every shard of another configuration and the temporary
+    folders of writes cut short (a killed run's); write the empty entries."""
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / INDEX).unlink(missing_ok=True)  # rewritten when every shard is there
+    for partial in out_dir.glob(".*"):  # `atomic_path` folders, .shard-NNNNN.safetensors.XXXX
+        shutil.rmtree(partial, ignore_errors=True)
     for old in out_dir.glob("*.safetensors"):
         if _stamp_of(old) != stamp:
             old.unlink()  # made under another configuration, or unreadable
