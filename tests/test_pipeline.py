@@ -175,6 +175,11 @@ def test_dvc_repro_then_exp_run_changes_params_and_metrics(smoke_repo):
     report = (repo / "metrics" / "report.md").read_text()
     assert "| Face-MoGLE (in-distribution) |" in report and "| Face-MoGLE (zero-shot) |" in report
     assert "| Face-MoGLE (off-distribution) |" in report and "mIoU-drawn" in report
+    # `dvc plots show` renders train's DVCLive curves (DVC-cached, not git-tracked).
+    _run(DVC + ["plots", "show", "-o", "plots-html"], repo)
+    html = (repo / "plots-html" / "index.html").read_text()
+    assert "metrics/train/plots/metrics/loss.tsv" in html and '"loss":' in html
+    shutil.rmtree(repo / "plots-html")
     # A second repro has nothing to do.
     again = _run(DVC + ["repro"], repo)
     assert "Running stage" not in again.stdout
