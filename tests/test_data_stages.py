@@ -11,6 +11,12 @@ import torch
 import yaml
 from PIL import Image
 
+from facemogle.bench.fake_layouts import (
+    fake_face,
+    write_celebamaskhq,
+    write_ffhq_text,
+    write_mmcelebahq,
+)
 from facemogle.core.config import ConfigError
 from facemogle.core.io import InputError, read_jsonl, write_json, write_jsonl
 from facemogle.core.labels import (
@@ -22,17 +28,9 @@ from facemogle.core.labels import (
 )
 from facemogle.data import layout
 from stages import download, parse_masks
-from test_readers import (
-    SIZE,
-    captions_for,
-    face_image,
-    label_map_for,
-    write_celebamaskhq,
-    write_ffhq_text,
-    write_mmcelebahq,
-)
 
 ROOT = Path(__file__).resolve().parents[1]
+SIZE = 32  # the fixture faces' size (CelebAMask-HQ: its part masks'; its images are 2 * SIZE)
 RES = 64  # the smallest data.resolution
 
 
@@ -114,7 +112,7 @@ def test_download_zeroshot_set_reads_its_section_and_only_the_test_split(tmp_pat
 
 
 def test_download_mmcelebahq_resizes_and_splits(tmp_path):
-    maps = write_mmcelebahq(tmp_path / "mm", ids=range(6), json_ids=(4,))
+    faces = write_mmcelebahq(tmp_path / "mm", ids=range(6), json_ids=(4,))
     out = run_download(tmp_path, **mm_data(tmp_path / "mm", num_train=3, num_test=2))
     assert json.loads((out / layout.SPLIT).read_text()) == {"train": ["0", "1", "2"],
                                                             "test": ["3", "4"]}
@@ -123,41 +121,40 @@ def test_download_mmcelebahq_resizes_and_splits(tmp_path):
         assert image.mode == "RGB" and image.size == (RES, RES)
         mask = Image.open(layout.mask_path(out, str(i)))
         # 32 -> 64 px nearest-neighbour: every label pixel becomes a 2x2 block, no new labels.
-        np.testing.assert_array_equal(np.asarray(mask), maps[i].repeat(2, 0).repeat(2, 1))
+        np.testing.assert_array_equal(np.asarray(mask),
+                                      faces[i].label_map.repeat(2, 0).repeat(2, 1))
     assert {r["id"]: r["captions"] for r in read_jsonl(out / layout.CAPTIONS)} == {
-        str(i): captions_for(i) for i in range(5)}
+        str(i): faces[i].captions for i in range(5)}
     assert not (out / layout.ATTRIBUTES).exists()
 
 
 def test_download_accepts_masks_at_an_integer_fraction_of_the_image_size(tmp_path):
     # CelebA-HQ faces are 1024 px and their masks 512 px: aligned, resized with the face.
-    write_mmcelebahq(tmp_path / "mm", ids=[0, 1])
-    Image.fromarray(face_image(0, 2 * SIZE)).save(tmp_path / "mm" / "face" / "0.jpg")
+    faces = write_mmcelebahq(tmp_path / "mm", ids=[0, 1], size=2 * SIZE, mask_size=SIZE)
     out = run_download(tmp_path, **mm_data(tmp_path / "mm", num_train=1, num_test=1))
     np.testing.assert_array_equal(np.asarray(Image.open(layout.mask_path(out, "0"))),
-                                  label_map_for(0).repeat(2, 0).repeat(2, 1))
+                                  faces[0].label_map.repeat(2, 0).repeat(2, 1))
     assert Image.open(layout.image_path(out, "0")).size == (RES, RES)
 
 
 def test_download_caps_images_per_split_and_captions_per_image(tmp_path):
-    write_mmcelebahq(tmp_path / "mm", ids=range(8))
+    faces = write_mmcelebahq(tmp_path / "mm", ids=range(8))
     out = run_download(tmp_path, **mm_data(tmp_path / "mm", num_train=4, num_test=4,
                                            max_images=2, captions_per_image=1))
     assert json.loads((out / layout.SPLIT).read_text()) == {"train": ["0", "1"],
                                                             "test": ["4", "5"]}
     assert [r["captions"] for r in read_jsonl(out / layout.CAPTIONS)] == [
-        captions_for(i)[:1] for i in (0, 1, 4, 5)]
+        faces[i].captions[:1] for i in (0, 1, 4, 5)]
 
 
 def test_download_celebamaskhq(tmp_path):
-    write_celebamaskhq(tmp_path / "cm", ids=[0, 1, 2])
+    faces = write_celebamaskhq(tmp_path / "cm", ids=[0, 1, 2], size=2 * SIZE, mask_size=SIZE)
     out = run_download(tmp_path, source="celebamaskhq", local_path=str(tmp_path / "cm"),
                        num_train=2, num_test=1)
     assert json.loads((out / layout.SPLIT).read_text()) == {"train": ["0", "1"], "test": ["2"]}
     mask = np.asarray(Image.open(layout.mask_path(out, "2")))  # 32 px parts -> 64 px
     assert mask.shape == (RES, RES)
-    assert mask[2 * 27, 2 * 16] == LABEL_INDEX["cloth"] and mask[2 * 5, 2 * 10] == \
-        LABEL_INDEX["hair"]
+    np.testing.assert_array_equal(mask, faces[2].label_map.repeat(2, 0).repeat(2, 1))
     assert Image.open(layout.image_path(out, "2")).size == (RES, RES)  # 64 px image kept
 
 
@@ -189,7 +186,7 @@ def _corrupt_mask(root: Path) -> str:
 
 
 def _small_mask(root: Path) -> str:
-    label_map_image(label_map_for(1, 20)).save(root / "mask" / "1.png")
+    label_map_image(fake_face(1, SIZE).label_map[:20, :20]).save(root / "mask" / "1.png")
     return "mask/1.png"
 
 
@@ -252,17 +249,19 @@ def test_download_with_every_item_bad_fails_even_when_skipping(tmp_path):
 
 
 def write_raw(root: Path, ids: list[str], masks: bool = True) -> dict[str, np.ndarray]:
-    """A `download` layout written directly: 32 px images, "P" masks, captions, split."""
+    """A `download` layout written directly: 32 px images, "P" masks, captions, split; the
+    face at position n is `fake_face(n, SIZE)`."""
     (root / layout.IMAGES).mkdir(parents=True)
-    maps = {}
+    maps, captions = {}, []
     for n, i in enumerate(ids):
-        Image.fromarray(np.full((SIZE, SIZE, 3), 40 * n, np.uint8)).save(
-            layout.image_path(root, i))
-        maps[i] = label_map_for(n)
+        face = fake_face(n, SIZE)
+        Image.fromarray(face.image).save(layout.image_path(root, i))
+        maps[i] = face.label_map
         if masks:
             (root / layout.MASKS).mkdir(exist_ok=True)
             label_map_image(maps[i]).save(layout.mask_path(root, i))
-    write_jsonl(root / layout.CAPTIONS, [{"id": i, "captions": captions_for(i)} for i in ids])
+        captions.append({"id": i, "captions": face.captions})
+    write_jsonl(root / layout.CAPTIONS, captions)
     write_json(root / layout.SPLIT, {"train": ids[:-1], "test": ids[-1:]})
     write_json(root / layout.SKIPPED, [])
     return maps
@@ -283,11 +282,15 @@ def test_parse_masks_from_dataset_masks(tmp_path):
     classes = metrics["classes"]
     assert sum(c["pixel_share"] for c in classes.values()) == pytest.approx(1.0, abs=1e-4)
     assert classes["skin"]["image_frequency"] == 1.0
-    assert classes["u_lip"]["image_frequency"] == 0.5  # even positions have an upper lip
-    assert classes["hat"] == {"pixel_share": 0.0, "image_frequency": 0.0}
-    all_maps = np.stack(list(maps.values()))
-    assert classes["hair"]["pixel_share"] == pytest.approx(
-        (all_maps == LABEL_INDEX["hair"]).mean(), abs=1e-6)
+    all_maps = np.stack(list(maps.values()))  # (4, SIZE, SIZE)
+    for name, label in LABEL_INDEX.items():
+        assert classes[name]["pixel_share"] == pytest.approx((all_maps == label).mean(),
+                                                             abs=1e-6), name
+        assert classes[name]["image_frequency"] == pytest.approx(
+            (all_maps == label).any(axis=(1, 2)).mean(), abs=1e-6), name
+    # Frequencies count images, not pixels; labels absent from every face are listed as zeros.
+    assert any(0 < c["image_frequency"] < 1 for c in classes.values())
+    assert {"pixel_share": 0.0, "image_frequency": 0.0} in classes.values()
 
 
 def test_parse_masks_colour_masks_and_tolerance(tmp_path):
@@ -302,7 +305,7 @@ def test_parse_masks_colour_masks_and_tolerance(tmp_path):
 
 
 def _unknown_colour(raw: Path) -> tuple[str, str]:
-    colour = PALETTE[label_map_for(1)].copy()
+    colour = PALETTE[fake_face(1, SIZE).label_map].copy()
     colour[:4, :4] = (1, 2, 3)
     Image.fromarray(colour).save(layout.mask_path(raw, "b"))
     return "masks/b.png", "(1, 2, 3)"
@@ -314,7 +317,7 @@ def _corrupt_label_map(raw: Path) -> tuple[str, str]:
 
 
 def _label_map_size(raw: Path) -> tuple[str, str]:
-    label_map_image(label_map_for(1, 16)).save(layout.mask_path(raw, "b"))
+    label_map_image(fake_face(1, SIZE).label_map[::2, ::2]).save(layout.mask_path(raw, "b"))
     return "masks/b.png", "16x16"
 
 

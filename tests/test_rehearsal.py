@@ -1,0 +1,105 @@
+"""The CPU rehearsal of the full setting: its params differ from params-flux.yaml only where the
+rehearsal says so, its FLUX.1-dev folder only in depth, and what its writer puts on disk is read
+by the full setting's own loaders (written here at toy widths; the rehearsal itself writes the
+real ones)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import yaml
+
+from conftest import ROOT
+from facemogle.base.flux import check_flux_dir
+from facemogle.base.standin import TINY_TRANSFORMER, TINY_VAE
+from facemogle.base.text import FluxTextEncoder
+from facemogle.bench.rehearsal import (
+    FLUX_DEV_CLIP_TEXT,
+    FLUX_DEV_T5,
+    REHEARSAL_DEPTH,
+    rehearsal_configs,
+    write_rehearsal,
+)
+from facemogle.core.config import DataConfig
+from facemogle.core.flux import FLUX_DEV_TRANSFORMER, FLUX_DEV_VAE
+from facemogle.data.readers import open_reader
+from facemogle.masks.face_parsers import load_segformer
+
+# Every key where params-rehearsal.yaml differs from params-flux.yaml: where the folders are, and
+# how many images, steps and evaluation models; none of them sets a shape.
+REHEARSAL_KEYS = {
+    "data.local_path", "zeroshot.local_path", "zeroshot.parser_path", "offdist.num_beyond",
+    "offdist.num_drawn", "offdist.photos", "base.flux_path", "train.steps",
+    "train.checkpoint_every", "train.log_every", "sample.steps", "sample.max_images",
+    "evaluate.clip_score_model", "evaluate.cmmd_model", "evaluate.dino_model",
+    "evaluate.detector_folds",
+}
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def test_the_rehearsal_params_are_the_full_settings_but_for_paths_and_counts():
+    flux = _flat(yaml.safe_load((ROOT / "params-flux.yaml").read_text()))
+    rehearsal = _flat(yaml.safe_load((ROOT / "params-rehearsal.yaml").read_text()))
+    assert flux.keys() == rehearsal.keys()
+    assert {k for k in flux if flux[k] != rehearsal[k]} == REHEARSAL_KEYS
+    assert rehearsal["base.flux_path"].startswith("data/rehearsal/")
+
+
+def test_the_rehearsal_model_is_flux_dev_but_for_its_depth():
+    configs = rehearsal_configs()
+    real = {"transformer": FLUX_DEV_TRANSFORMER, "vae": FLUX_DEV_VAE, "clip": FLUX_DEV_CLIP_TEXT,
+            "t5": FLUX_DEV_T5}
+    for part, config in configs.items():
+        changed = {k for k in config if config[k] != real[part][k]}
+        assert changed == set(REHEARSAL_DEPTH.get(part, {})), part
+        assert config.keys() == real[part].keys()
+    assert configs["transformer"]["attention_head_dim"] * configs["transformer"][
+        "num_attention_heads"] == 3072
+
+
+TOY_SEGFORMER = {"depths": [1, 1, 1, 1], "hidden_sizes": [8, 8, 8, 8],
+                 "num_attention_heads": [1, 1, 1, 1], "decoder_hidden_size": 8}
+
+
+def test_what_the_rehearsal_writes_is_read_by_the_full_settings_loaders(tmp_path):
+    toy = {"transformer": {**TINY_TRANSFORMER, "joint_attention_dim": 32,
+                           "pooled_projection_dim": 32, "guidance_embeds": True},
+           "vae": TINY_VAE,
+           "clip": {**FLUX_DEV_CLIP_TEXT, "hidden_size": 32, "intermediate_size": 64,
+                    "num_hidden_layers": 1, "num_attention_heads": 2, "projection_dim": 32,
+                    "vocab_size": 64},
+           "t5": {**FLUX_DEV_T5, "d_model": 32, "d_kv": 8, "d_ff": 64, "num_layers": 1,
+                  "num_heads": 2, "vocab_size": 64}}
+    out = write_rehearsal(tmp_path / "rehearsal", configs=toy,
+                          segformer={**rehearsal_segformer_labels(), **TOY_SEGFORMER})
+    flux = out / "FLUX.1-dev"
+    check_flux_dir(flux, "base.flux_path")
+    text = FluxTextEncoder(str(flux), max_tokens=16, dtype=torch.float32)
+    tokens, pooled = text.encode(["a face"])
+    assert tokens.shape == (1, 16, 32) and pooled.shape == (1, 32)
+    parser = load_segformer(str(out / "face-parsing"), device=torch.device("cpu"))
+    faces = open_reader(DataConfig(source="mmcelebahq", resolution=64, num_train=27000,
+                                   num_test=3000, local_path=str(out / "mmcelebahq")))
+    splits = [e.split for e in faces.entries()]
+    assert splits.count("train") >= 3 and splits.count("test") >= 2
+    zeroshot = open_reader(DataConfig(source="ffhq_text", resolution=64, variant="zeroshot",
+                                      local_path=str(out / "ffhq-text")))
+    entries = zeroshot.entries()
+    assert len(entries) >= 2 and {e.split for e in entries} == {"test"}
+    image = np.asarray(zeroshot.load(entries[0]).image)  # (H, W, 3)
+    assert parser(image).shape == image.shape[:2]
+
+def rehearsal_segformer_labels() -> dict:
+    from facemogle.bench.rehearsal import SEGFORMER_B5
+
+    return {k: SEGFORMER_B5[k] for k in ("num_labels", "id2label", "label2id")}
+
