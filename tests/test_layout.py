@@ -169,10 +169,6 @@ STAGE_LAUNCHERS = {
     # package cannot import, and a copy of it or of dvc.yaml's command line would time something
     # else than the stage.
     "facemogle/bench/caching.py",
-    # Trains, samples and evaluates each ablation variant through the `train`, `sample` and
-    # `evaluate` stage scripts (`python -m stages.<name>` with the variant's params file), for
-    # the same reason: their bodies are in stages/.
-    "facemogle/evaluation/ablations.py",
 }
 
 

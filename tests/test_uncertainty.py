@@ -162,20 +162,69 @@ def test_ablation_table_and_verdicts_from_recorded_runs(tmp_path):
     assert red_x.size and red_x.max() < 110 + 130
 
 
-def test_ablation_queue_shards_share_the_missing_runs_without_overlap(tmp_path):
-    import argparse
+def test_the_queue_is_one_dvc_exp_run_per_missing_variant_and_seed(tmp_path):
+    import shlex
 
     from facemogle.core.io import write_json
-    from facemogle.evaluation.ablations import VARIANTS, _shard, pending, result_path
+    from facemogle.evaluation.ablations import VARIANTS, queue_commands, result_path
 
     write_json(result_path("main", 0, tmp_path), _record("main", 0, 0.1))
-    missing = pending([0, 1], results=tmp_path)
-    assert len(missing) == 2 * len(VARIANTS) - 1 and ("main", 0) not in missing
-    first, second = (pending([0, 1], _shard(f"{k}/2"), tmp_path) for k in (1, 2))
-    assert sorted(first + second) == sorted(missing) and not set(first) & set(second)
-    for bad in ("0/2", "3/2", "two"):
-        with pytest.raises(argparse.ArgumentTypeError, match="--shard"):
-            _shard(bad)
+    lines = queue_commands([0, 1], results=tmp_path)
+    assert len(lines) == 2 * len(VARIANTS) - 1
+    assert not any("-n main-seed0 " in line for line in lines)
+    words = shlex.split(next(line for line in lines if "-n gating-none-seed1 " in line))
+    assert words[:4] == ["dvc", "exp", "run", "--queue"] and words[-1] == "evaluate@test"
+    sets = {words[i + 1] for i, w in enumerate(words) if w == "-S"}
+    assert sets == {"seed=1", "gating=none", "experts=global_local"}
+
+
+def _git(repo, *args):
+    import subprocess
+
+    subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True,
+                   env={"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.invalid",
+                        "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.invalid",
+                        "HOME": str(repo), "PATH": "/usr/bin:/bin"})
+
+
+def _experiment(repo, name: str, record: dict, params: dict) -> None:
+    """A commit with the files a DVC experiment keeps in git, under `refs/exps/.../<name>`."""
+    import json
+
+    import yaml
+
+    (repo / "params.yaml").write_text(yaml.safe_dump(params))
+    for mode, per_image in record["per_image"].items():
+        (repo / "metrics" / "eval" / "per_image").mkdir(parents=True, exist_ok=True)
+        (repo / "metrics" / "eval" / f"{mode}.json").write_text(
+            json.dumps({**record["metrics"][mode], "mode": mode}))
+        (repo / "metrics" / "eval" / "per_image" / f"{mode}.json").write_text(
+            json.dumps(per_image))
+    _git(repo, "add", "-A")
+    _git(repo, "commit", "-qm", name)
+    _git(repo, "update-ref", f"refs/exps/ab/cdef0123/{name}", "HEAD")
+
+
+def test_collect_records_the_ablation_experiments_of_a_repository(tmp_path):
+    from facemogle.core.io import InputError, read_json
+    from facemogle.evaluation.ablations import VARIANTS, collect, result_path
+
+    repo, results = tmp_path / "repo", tmp_path / "results"
+    repo.mkdir()
+    _git(repo, "init", "-q")
+    expected = _record("gating-none", 1, 0.2)
+    _experiment(repo, "gating-none-seed1", expected,
+                {"seed": 1, **VARIANTS["gating-none"], "train": {"steps": 8}})
+    _experiment(repo, "tuning-lr", expected, {"seed": 1})  # not an ablation name: left out
+    assert collect(repo, results) == [result_path("gating-none", 1, results)]
+    written = read_json(result_path("gating-none", 1, results))
+    assert written["per_image"] == expected["per_image"]
+    assert written["metrics"] == expected["metrics"]
+    assert written["experiment"] == "gating-none-seed1"
+    assert collect(repo, results) == []  # recorded already
+    _experiment(repo, "main-seed2", expected, {"seed": 2, **VARIANTS["gating-none"]})
+    with pytest.raises(InputError, match="main-seed2.*not those its name stands for"):
+        collect(repo, results)
 
 
 def test_intervals_of_one_evaluated_run(tmp_path):

@@ -1,36 +1,37 @@
-"""The paper's ablations (Tables 3-5) with error bars: variants x training seeds, recorded run by
-run, and a table with intervals and a verdict per paper claim.
+"""The paper's ablations (Tables 3-5) with error bars: variants x training seeds as DVC
+experiments, recorded run by run, and a table with intervals and a verdict per paper claim.
 
-    python -m facemogle.evaluation.ablations run --variant gating-scalar --seed 1
-    python -m facemogle.evaluation.ablations run --all --seeds 0 1 2   # every missing run
-    python -m facemogle.evaluation.ablations run --all --shard 1/2     # every second one of them
+    python -m facemogle.evaluation.ablations queue --seeds 0 1 2 3 4 | sh   # dvc exp run --queue
+    dvc queue start --jobs 1          # DVC runs them; dvc queue status / dvc exp show list them
+    python -m facemogle.evaluation.ablations collect   # experiments -> metrics/ablations/*.json
     python -m facemogle.evaluation.ablations table [--out metrics/ablations/table.md] [--plot P]
     python -m facemogle.evaluation.ablations intervals metrics/eval/per_image   # one run
     python -m facemogle.evaluation.ablations coverage [--out metrics/ablations/coverage.json]
 
-`run` needs the outputs of `dvc repro` (`data/raw`, `data/labels`, `data/latents`, `data/base`):
-it trains the variant with the top-level `seed` set to the training seed (initialisation,
+`queue` prints one `dvc exp run --queue -n <variant>-seed<k> -S ... evaluate@test` per variant
+and training seed not recorded yet: the top-level `seed` is the training seed (initialisation,
 batches, dropout and the per-id sampling noise follow it, so variant and main model with the
-same seed are sampled from the same noise), samples the in-distribution test set in the modes
-the table reads (multimodal and mask2face: the claims are about mask conditioning), evaluates,
-and writes `metrics/ablations/<variant>-seed<k>.json` (metrics, per-image counts, wall time,
-machine) as soon as the run finishes; a recorded run is skipped, so a long queue runs in
-slices. `--shard K/N` takes the K-th of every N runs of the grid (those not recorded yet), so N
-queues share it without overlap whenever each starts; with `OMP_NUM_THREADS=1` per queue, N
-queues use N cores. `table` rebuilds everything from those files; `intervals` gives the
-bootstrap intervals of one evaluated run from its per-image files. A variant is compared with
-the main model by a paired t-test whose unit is the training seed (one difference per seed),
-Holm-adjusted over the six variants per metric; `coverage` checks by simulation how often that
-interval and the bootstraps over seeds hold a known difference.
+same seed are sampled from the same noise), and `gating` and `experts` make the variant; the
+table reads the multimodal and mask2face modes (the claims are about mask conditioning), though
+`evaluate` scores all four (its declared outputs). DVC runs the queue (`dvc queue start`), each
+experiment in a copy of the workspace, and keeps each as a git ref with its params, `dvc.lock`
+and git-tracked metrics.
+`collect` reads those refs (git only: params and the `evaluate` stage's metrics and per-image
+counts) and writes `metrics/ablations/<variant>-seed<k>.json`; `table` rebuilds everything from
+those files; `intervals` gives the bootstrap intervals of one evaluated run from its per-image
+files. A variant is compared with the main model by a paired t-test whose unit is the training
+seed (one difference per seed), Holm-adjusted over the six variants per metric; `coverage`
+checks by simulation how often that interval and the bootstraps over seeds hold a known
+difference.
 """
 
 from __future__ import annotations
 
 import argparse
-import shutil
+import json
+import re
+import shlex
 import subprocess
-import sys
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -39,7 +40,6 @@ import yaml
 from PIL import Image, ImageDraw, ImageFont
 
 from facemogle.core.io import InputError, atomic_path, read_json, write_json, write_text
-from facemogle.core.machine import machine
 from facemogle.evaluation.uncertainty import (
     SeedTest,
     coverage_study,
@@ -52,7 +52,7 @@ from facemogle.evaluation.uncertainty import (
 )
 
 RESULTS = Path("metrics/ablations")
-WORK = Path("data/ablations")
+TARGET = "evaluate@test"  # what an experiment reproduces: train, sample@test, evaluate@test
 MODES: tuple[str, ...] = ("multimodal", "mask2face")
 MAIN = "main"
 VARIANTS: dict[str, dict[str, str]] = {
@@ -89,55 +89,72 @@ def result_path(variant: str, seed: int, results: Path = RESULTS) -> Path:
     return results / f"{variant}-seed{seed}.json"
 
 
-def _stage(module: str, *args: str) -> None:
-    subprocess.run([sys.executable, "-m", f"stages.{module}", *args], check=True)
+def queue_commands(seeds: Sequence[int], results: Path = RESULTS) -> list[str]:
+    """One `dvc exp run --queue` per variant and training seed with no record in `results`
+    yet, seed by seed (a DVC experiment is named `<variant>-seed<k>`)."""
+    def command(variant: str, seed: int) -> str:
+        sets = {"seed": seed, **VARIANTS[variant]}
+        return shlex.join(["dvc", "exp", "run", "--queue", "-n", f"{variant}-seed{seed}",
+                           *(a for k, v in sets.items() for a in ("-S", f"{k}={v}")), TARGET])
+
+    return [command(v, s) for s in seeds for v in VARIANTS
+            if not result_path(v, s, results).exists()]
 
 
-def run(variant: str, seed: int, *, params_file: Path = Path("params.yaml"),
-        results: Path = RESULTS, work: Path = WORK, data: Path = Path("data")) -> Path:
-    """Train, sample and evaluate one variant with one training seed; write its record."""
-    if variant not in VARIANTS:
-        raise InputError(f"unknown variant {variant!r}; valid: {list(VARIANTS)}")
-    for needed in ("raw", "labels", "latents", "base"):
-        if not (data / needed).is_dir():
-            raise InputError(f"{data / needed}: missing; run `dvc repro` first")
-    folder = work / f"{variant}-seed{seed}"
-    shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(parents=True)
-    params = yaml.safe_load(params_file.read_text())
-    params.update(seed=seed, **VARIANTS[variant])
-    params["sample"]["modes"] = list(MODES)
-    (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    p = ["--params", str(folder / "params.yaml")]
-    start = time.monotonic()
-    _stage("train", "--latents", str(data / "latents"), "--base", str(data / "base"), "--out",
-           str(folder / "model"), "--metrics-dir", str(folder / "train"), *p)
-    _stage("sample", "--latents", str(data / "latents"), "--labels", str(data / "labels"),
-           "--data", str(data / "raw"), "--base", str(data / "base"), "--model",
-           str(folder / "model"), "--out", str(folder / "samples"), "--sheets",
-           str(folder / "sheets"), *p)
-    _stage("evaluate", "--samples", str(folder / "samples"), "--data", str(data / "raw"),
-           "--labels", str(data / "labels"), "--base", str(data / "base"), "--out",
-           str(folder / "eval"), *p)
-    record = {"variant": variant, "seed": seed, **VARIANTS[variant],
-              "wall_s": round(time.monotonic() - start, 1),
-              "machine": machine(),
-              "metrics": {m: {k: v for k, v in read_json(folder / "eval" / f"{m}.json").items()
-                              if isinstance(v, float)} for m in MODES},
-              "per_image": {m: read_json(folder / "eval" / "per_image" / f"{m}.json")
-                            for m in MODES}}
-    path = result_path(variant, seed, results)
-    write_json(path, record)
-    return path
+EXPERIMENT = re.compile(r"^(?P<variant>[a-z-]+)-seed(?P<seed>\d+)$")
 
 
-def pending(seeds: Sequence[int], shard: tuple[int, int] = (1, 1), results: Path = RESULTS
-            ) -> list[tuple[str, int]]:
-    """The (variant, seed) runs not recorded yet, seed by seed, of shard (K, N): the K-th of
-    every N runs of the whole grid, so N queues never overlap, whenever each one starts."""
-    k, n = shard
-    grid = [(v, s) for s in seeds for v in VARIANTS]
-    return [(v, s) for v, s in grid[k - 1::n] if not result_path(v, s, results).exists()]
+def _git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True,
+                          check=True).stdout
+
+
+def experiments(repo: Path = Path(".")) -> dict[str, str]:
+    """name -> commit of every DVC experiment in `repo` (the git refs `refs/exps/...`) whose
+    name is `<variant>-seed<k>` of a known variant."""
+    refs = _git(repo, "for-each-ref", "--format=%(refname) %(objectname)", "refs/exps")
+    found = {}
+    for line in refs.splitlines():
+        ref, commit = line.split()
+        name = ref.rsplit("/", 1)[-1]
+        match = EXPERIMENT.match(name)
+        if match and match["variant"] in VARIANTS:
+            found[name] = commit
+    return found
+
+
+def experiment_record(repo: Path, name: str, commit: str) -> dict:
+    """The record of experiment `name` at `commit`: its variant and seed (checked against its
+    params), the `evaluate` stage's metrics and per-image counts of every mode in `MODES`."""
+    match = EXPERIMENT.match(name)
+    variant, seed = match["variant"], int(match["seed"])
+    params = yaml.safe_load(_git(repo, "show", f"{commit}:params.yaml"))
+    wanted = {"seed": seed, **VARIANTS[variant]}
+    found = {k: params.get(k) for k in wanted}
+    if found != wanted:
+        raise InputError(f"experiment {name} ({commit[:7]}): its params {found} are not those "
+                         f"its name stands for, {wanted}")
+
+    def metrics(path: str) -> dict:
+        return json.loads(_git(repo, "show", f"{commit}:metrics/eval/{path}"))
+
+    return {"variant": variant, "seed": seed, **VARIANTS[variant],
+            "experiment": name, "commit": commit,
+            "metrics": {m: {k: v for k, v in metrics(f"{m}.json").items()
+                            if isinstance(v, float)} for m in MODES},
+            "per_image": {m: metrics(f"per_image/{m}.json") for m in MODES}}
+
+
+def collect(repo: Path = Path("."), results: Path = RESULTS) -> list[Path]:
+    """Write the record of every ablation experiment of `repo` that `results` lacks."""
+    written = []
+    for name, commit in experiments(repo).items():
+        record = experiment_record(repo, name, commit)
+        path = result_path(record["variant"], record["seed"], results)
+        if not path.exists():
+            write_json(path, record)
+            written.append(path)
+    return written
 
 
 def load_results(results: Path = RESULTS) -> dict[str, dict[int, dict]]:
@@ -356,27 +373,20 @@ def _plot_axis(draw, font, name: str, x_of, span: float, top: int, bottom: int) 
 
 
 def report(found: Mapping[str, Mapping[int, dict]]) -> str:
-    walls = [r["wall_s"] for records in found.values() for r in records.values()]
+    walls = [r["wall_s"] for records in found.values() for r in records.values()
+             if r.get("wall_s") is not None]  # runs from DVC experiments record no wall time
+    runs = sum(len(records) for records in found.values())
     timing = (f"{len(walls)} runs, {np.mean(walls) / 60:.1f} min each on average "
               f"({min(walls) / 60:.1f} to {max(walls) / 60:.1f}), {sum(walls) / 3600:.1f} h of "
               f"run time in all (queues side by side take less wall-clock time)"
-              if walls else "no runs recorded")
+              if walls else "no run timed")
+    if runs > len(walls):
+        timing += f"; {runs - len(walls)} from DVC experiments, which record no wall time"
     return "\n".join(["# Ablations with error bars", "", ablation_table(found),
                       *claim_verdicts(found), "", resolution(found), "",
                       "The other columns, paired t-test over training seeds (Holm over the "
                       "variants of each column):", "", other_columns_table(found),
                       f"Runs: {timing}.", ""])
-
-
-def _shard(text: str) -> tuple[int, int]:
-    """`K/N` with 1 <= K <= N."""
-    try:
-        k, n = (int(x) for x in text.split("/"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--shard {text!r}: expected K/N, e.g. 1/2") from None
-    if not 1 <= k <= n:
-        raise argparse.ArgumentTypeError(f"--shard {text!r}: expected 1 <= K <= N")
-    return k, n
 
 
 def intervals(per_image_dir: Path) -> str:
@@ -398,13 +408,10 @@ def intervals(per_image_dir: Path) -> str:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    run_cmd = sub.add_parser("run", help="train, sample and evaluate variant x seed")
-    run_cmd.add_argument("--variant", choices=list(VARIANTS))
-    run_cmd.add_argument("--seed", type=int)
-    run_cmd.add_argument("--all", action="store_true", help="every variant x --seeds not recorded")
-    run_cmd.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    run_cmd.add_argument("--shard", type=_shard, default=(1, 1), metavar="K/N",
-                         help="with --all: the K-th of every N missing runs (default 1/1)")
+    queue_cmd = sub.add_parser("queue", help="print the dvc exp run --queue line of every "
+                               "variant x seed not recorded yet")
+    queue_cmd.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    sub.add_parser("collect", help="record the ablation experiments of this repository")
     table_cmd = sub.add_parser("table", help="the table and verdicts from the recorded runs")
     table_cmd.add_argument("--out", default=None, help="write it here (default: print)")
     table_cmd.add_argument("--plot", default=None, help="and the difference plot (PNG) here")
@@ -440,17 +447,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             print(text, end="")
         return 0
-    if args.all:
-        todo = pending(args.seeds, args.shard)
-    elif args.variant is None or args.seed is None:
-        parser.error("run needs --variant and --seed, or --all")
-    else:
-        todo = [(args.variant, args.seed)]
-    for variant, seed in todo:
-        print(f"ablation run {variant} seed {seed}", flush=True)
-        print(f"wrote {run(variant, seed)}", flush=True)
+    if args.command == "queue":
+        print("\n".join(queue_commands(args.seeds)))
+        return 0
+    for path in collect():
+        print(f"wrote {path}")
     return 0
-
 
 if __name__ == "__main__":
     raise SystemExit(main())
