@@ -17,6 +17,7 @@ from facemogle.bench.rehearsal import (
     FLUX_DEV_CLIP_TEXT,
     FLUX_DEV_T5,
     REHEARSAL_DEPTH,
+    SEGFORMER_B5,
     rehearsal_configs,
     write_rehearsal,
 )
@@ -66,6 +67,7 @@ def test_the_rehearsal_model_is_flux_dev_but_for_its_depth():
         "num_attention_heads"] == 3072
 
 
+# SegFormer-B5's 19-class head on a toy backbone.
 TOY_SEGFORMER = {"depths": [1, 1, 1, 1], "hidden_sizes": [8, 8, 8, 8],
                  "num_attention_heads": [1, 1, 1, 1], "decoder_hidden_size": 8}
 
@@ -80,7 +82,7 @@ def test_what_the_rehearsal_writes_is_read_by_the_full_settings_loaders(tmp_path
            "t5": {**FLUX_DEV_T5, "d_model": 32, "d_kv": 8, "d_ff": 64, "num_layers": 1,
                   "num_heads": 2, "vocab_size": 64}}
     out = write_rehearsal(tmp_path / "rehearsal", configs=toy,
-                          segformer={**rehearsal_segformer_labels(), **TOY_SEGFORMER})
+                          segformer={**SEGFORMER_B5, **TOY_SEGFORMER})
     flux = out / "FLUX.1-dev"
     check_flux_dir(flux, "base.flux_path")
     text = FluxTextEncoder(str(flux), max_tokens=16, dtype=torch.float32)
@@ -97,9 +99,3 @@ def test_what_the_rehearsal_writes_is_read_by_the_full_settings_loaders(tmp_path
     assert len(entries) >= 2 and {e.split for e in entries} == {"test"}
     image = np.asarray(zeroshot.load(entries[0]).image)  # (H, W, 3)
     assert parser(image).shape == image.shape[:2]
-
-def rehearsal_segformer_labels() -> dict:
-    from facemogle.bench.rehearsal import SEGFORMER_B5
-
-    return {k: SEGFORMER_B5[k] for k in ("num_labels", "id2label", "label2id")}
-

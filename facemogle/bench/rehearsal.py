@@ -73,13 +73,15 @@ def rehearsal_configs() -> dict[str, dict[str, Any]]:
 def save_segformer(directory: str | Path, config: dict[str, Any], seed: int = 0) -> Path:
     """A SegFormer face parser with random weights and the preprocessing of the usual
     checkpoints (512 px, ImageNet mean and std), as `masks.parser_path` reads it."""
-    from transformers import SegformerConfig, SegformerForSemanticSegmentation
+    from transformers import (
+        SegformerConfig,
+        SegformerForSemanticSegmentation,
+        SegformerImageProcessor,
+    )
 
     torch.manual_seed(seed)
     directory = Path(directory)
     SegformerForSemanticSegmentation(SegformerConfig(**config)).save_pretrained(directory)
-    from transformers import SegformerImageProcessor
-
     SegformerImageProcessor(size={"height": 512, "width": 512}).save_pretrained(directory)
     return directory
 
