@@ -2,7 +2,8 @@
 
 `base.kind: tiny` (embedded default) checks the embedded base shipped with the repository
 (`facemogle.base.embedded`); `base.kind: flux` resolves FLUX.1-dev (`facemogle.base.flux`).
-Neither trains anything.
+Neither trains anything; with `base.quantization` it also saves the quantized transformer
+(`facemogle.base.quantize`).
 """
 
 from __future__ import annotations

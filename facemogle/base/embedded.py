@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from facemogle.base.loader import MANIFEST
+from facemogle.base.quantize import write_quantized
 from facemogle.base.text import MINILM_NAME, TEXT_MANIFEST, text_manifest
 from facemogle.core.config import BaseConfig, DataConfig
 from facemogle.core.io import InputError, atomic_path, file_sha256, read_json, write_json
@@ -85,4 +86,5 @@ def resolve_embedded(cfg: BaseConfig, data: DataConfig, out_dir: str | Path) -> 
             "kind": "tiny", "dtype": cfg.dtype, "dir": pointer,
             "resolution": record["resolution"], "metrics": record["metrics"],
             "provenance_sha256": file_sha256(Path(cfg.tiny_path) / PROVENANCE),
-            "parser_sha256": record["files"]["parser/model.safetensors"]})
+            "parser_sha256": record["files"]["parser/model.safetensors"],
+            **write_quantized(cfg, Path(cfg.tiny_path), tmp)})

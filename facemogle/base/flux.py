@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 from facemogle.base.loader import MANIFEST
+from facemogle.base.quantize import write_quantized
 from facemogle.base.text import FLUX_TEXT_NAME, TEXT_MANIFEST, text_manifest
 from facemogle.core.config import BaseConfig, ConfigError, to_dict
 from facemogle.core.io import atomic_path, write_json
@@ -65,4 +66,5 @@ def build_flux(cfg: BaseConfig, out_dir: str | Path) -> None:
         tmp.mkdir()
         write_json(tmp / TEXT_MANIFEST, text_manifest(FLUX_TEXT_NAME, cfg.text_max_tokens,
                                                       flux_dir))
+        manifest.update(write_quantized(cfg, flux_dir, tmp))
         write_json(tmp / MANIFEST, manifest)

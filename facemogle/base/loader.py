@@ -1,7 +1,8 @@
 """Loading the pretrained base that the `base` stage resolved, tiny or FLUX.1-dev.
 
 `base_dir` holds `base.json` (kind, resolved config, where the parts live) and
-`text_encoder.json`; the parts folder (`dir`: the embedded base's folder or FLUX's) holds `vae/`,
+`text_encoder.json` (and, with `base.quantization`, the quantized `transformer/`); the parts
+folder (`dir`: the embedded base's folder or FLUX's) holds `vae/`,
 `transformer/`, `scheduler/` in the diffusers layout, and for `tiny` also `parser/`. `load_base`
 turns either kind into a `Base`, from that folder or (FLUX.1-dev) from the manifest alone, such as
 the `base_manifest` a trained model's `config.json` records.
@@ -20,6 +21,7 @@ from diffusers import (
     FluxTransformer2DModel,
 )
 
+from facemogle.base.quantize import QUANTIZED_TRANSFORMER
 from facemogle.base.text import FLUX_TEXT_NAME, TextEncoder, text_manifest
 from facemogle.base.text import load_text_encoder as _load_text_encoder
 from facemogle.core.io import InputError, read_json
@@ -110,6 +112,18 @@ def parts_dir(base_dir: str | Path, manifest: dict[str, Any]) -> Path:
     return parts
 
 
+def transformer_dir(base: str | Path | dict[str, Any], manifest: dict[str, Any],
+                    root: Path) -> Path:
+    """The transformer's folder: the quantized one in the base stage's folder (`base.quantization`,
+    `facemogle.base.quantize`), else the parts folder's."""
+    if manifest.get("quantization", "none") == "none":
+        return root / "transformer"
+    if isinstance(base, dict):
+        raise InputError(f"the base manifest names a {manifest['quantization']} transformer, which "
+                         f"lives in the base stage's output folder; give that folder instead")
+    return Path(base) / QUANTIZED_TRANSFORMER
+
+
 def load_vae(base_dir: str | Path, *, device: torch.device | str | None = None,
               dtype: torch.dtype | None = None) -> AutoencoderKL:
     """Only the VAE of what the base stage resolved, frozen, in eval mode."""
@@ -124,12 +138,14 @@ def load_base(base: str | Path | dict[str, Any], *, device: torch.device | str |
     """Load what the base stage wrote, frozen and in eval mode: from its folder, or from a FLUX
     base manifest dict (`resolve_base`), no folder needed.
 
-    `dtype` defaults to the manifest's (params `base.dtype`: float32 tiny, bfloat16 FLUX).
+    `dtype` defaults to the manifest's (params `base.dtype`: float32 tiny, bfloat16 FLUX); a
+    quantized transformer keeps its quantized weights and computes in `dtype`.
     """
     manifest, root, text = resolve_base(base)
     dtype = dtype or DTYPES[manifest["dtype"]]
     vae = AutoencoderKL.from_pretrained(root / "vae", dtype=dtype)
-    transformer = FluxTransformer2DModel.from_pretrained(root / "transformer", dtype=dtype)
+    transformer = FluxTransformer2DModel.from_pretrained(transformer_dir(base, manifest, root),
+                                                         dtype=dtype)
     for model in (vae, transformer):
         model.eval().requires_grad_(False)
         if device is not None:

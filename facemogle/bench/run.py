@@ -84,6 +84,7 @@ class Options:
     markdown: Path | None
     params: Path
     seed: int
+    quantization: str = "none"
 
 
 def _settings(opt: Options, size: BenchSize, model: FaceMoGLE, cfg: TrainConfig
@@ -99,9 +100,10 @@ def _settings(opt: Options, size: BenchSize, model: FaceMoGLE, cfg: TrainConfig
         "sample_batch_sizes": opt.sample_batch_sizes, "sample_steps": opt.sample_steps,
         "sample_guidance": SAMPLE_GUIDANCE, "cache_images": opt.cache_images,
         "cache_batch_size": opt.cache_batch_size, "seed": opt.seed,
+        "quantization": opt.quantization,
         "train": to_dict(cfg), "lora": to_dict(size.lora), "model": to_dict(size.model),
         "transformer": {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg_t.items()
-                        if not k.startswith("_")},
+                        if not k.startswith("_") and k != "quantization_config"},
     }
 
 
@@ -140,7 +142,7 @@ def run_benchmark(opt: Options) -> dict[str, Any]:
     """Build the models of `opt.size` on `opt.device` and measure `opt.parts`; the result dict
     that `main` writes."""
     size = flux_size() if opt.size == "flux" else tiny_size(opt.params)
-    model = build_facemogle(size, opt.device, opt.dtype, opt.seed)
+    model = build_facemogle(size, opt.device, opt.dtype, opt.seed, opt.quantization)
     config = dict(model.transformer.config)
     text_dim, pooled_dim = config["joint_attention_dim"], config["pooled_projection_dim"]
     counts = _counts(model)
@@ -244,6 +246,8 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--params", type=Path, default=Path("params.yaml"),
                     help="params file whose small sizes --size tiny uses")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--quantization", choices=["none", "int8", "nf4"], default="none",
+                    help="quantize the frozen transformer as params base.quantization does")
     return ap
 
 
@@ -270,7 +274,7 @@ def parse_args(argv: list[str] | None = None) -> Options:
     return Options(a.size, a.out, device, getattr(torch, pick("dtype")), pick("batch_sizes"),
                    pick("steps"), pick("warmup"), a.sample_batch_sizes, a.sample_steps,
                    pick("cache_images"), a.cache_batch_size, a.checkpointing, a.compile, a.parts,
-                   a.profile, a.profile_steps, a.markdown, a.params, a.seed)
+                   a.profile, a.profile_steps, a.markdown, a.params, a.seed, a.quantization)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import gc
 import math
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +14,7 @@ import torch
 from diffusers import AutoencoderKL, FluxTransformer2DModel
 from torch import Tensor, nn
 
+from facemogle.base.quantize import quantization_config
 from facemogle.cache.store import LatentCache
 from facemogle.core.config import DataConfig, LoraConfig, ModelConfig, load_params
 from facemogle.core.flux import (
@@ -100,10 +103,29 @@ def build_frozen(factory: Callable[[], nn.Module], device: torch.device, dtype: 
     return module.eval().requires_grad_(False)
 
 
+def quantize_frozen(transformer: FluxTransformer2DModel, name: str, device: torch.device,
+                    dtype: torch.dtype) -> FluxTransformer2DModel:
+    """`transformer` through the base stage's quantization path (`base.quantization` = `name`):
+    saved in the diffusers layout, then loaded with the quantization config, on `device`. The
+    unquantized copy is freed before the quantized one loads."""
+    with tempfile.TemporaryDirectory(prefix="facemogle-bench-") as tmp:
+        transformer.save_pretrained(tmp)
+        del transformer
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        quantized = FluxTransformer2DModel.from_pretrained(
+            tmp, dtype=dtype, quantization_config=quantization_config(name, dtype))
+    return quantized.to(device).eval().requires_grad_(False)
+
+
 def build_facemogle(size: BenchSize, device: torch.device, dtype: torch.dtype,
-                    seed: int) -> FaceMoGLE:
-    """Frozen transformer in `dtype` + LoRA + MoGLE, trainable parameters in fp32 (as `train`)."""
+                    seed: int, quantization: str = "none") -> FaceMoGLE:
+    """Frozen transformer in `dtype` (quantized with `quantization` other than 'none') + LoRA +
+    MoGLE, trainable parameters in fp32 (as `train`)."""
     transformer = build_frozen(size.transformer, device, dtype, seed)
+    if quantization != "none":
+        transformer = quantize_frozen(transformer, quantization, device, dtype)
     torch.manual_seed(seed)  # peft's and MoGLE's own inits draw from the global generator
     model = FaceMoGLE.build(transformer, size.model, size.lora, experts="global_local",
                             gating="matrix")

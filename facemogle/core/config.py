@@ -244,6 +244,9 @@ class BaseConfig(Section):
     dtype: DType = "bfloat16"
     # T5 sequence length (FLUX.1-dev: 512); MiniLM: 32 is plenty
     text_max_tokens: int = spec(FLUX_TEXT_TOKENS, ge=1, le=FLUX_TEXT_TOKENS)
+    # the frozen transformer, quantized once by the base stage (facemogle/base/quantize.py):
+    # int8 weight-only (torchao, CPU or GPU) or NF4 (bitsandbytes, CUDA only)
+    quantization: Literal["none", "int8", "nf4"] = "none"
 
 
 @dataclass(frozen=True)
