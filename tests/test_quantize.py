@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 pytest.importorskip("torchao")
 from peft.tuners.lora import LoraLayer  # noqa: E402
@@ -17,6 +19,8 @@ from conftest import params_file  # noqa: E402
 from facemogle.base.build import build_base  # noqa: E402
 from facemogle.base.loader import load_base, read_manifest  # noqa: E402
 from facemogle.base.quantize import quantization_config  # noqa: E402
+from facemogle.base.standin import TINY_TRANSFORMER  # noqa: E402
+from facemogle.bench import weights  # noqa: E402
 from facemogle.core.config import ConfigError, load_params  # noqa: E402
 from facemogle.core.io import InputError, read_json  # noqa: E402
 from facemogle.models.lora import lora_parameters  # noqa: E402
@@ -113,3 +117,34 @@ def test_model_trained_on_an_int8_base_loads_on_the_unquantized_base(trained_run
     assert wrapped and all(isinstance(m.base_layer.weight, Int8Tensor) for m in wrapped)
     assert read_json(model_dir / "config.json")["base_manifest"]["quantization"] == "int8"
     assert on_plain.mogle.state_dict().keys() == on_int8.mogle.state_dict().keys()
+
+
+@pytest.mark.parametrize("quantization", ["none", "int8"])
+def test_weight_bytes_extrapolate_from_one_block_of_each_kind(quantization):
+    """`bench.weights`: shared + 2 x double + 3 x single, from a 1 + 1 block copy, equals the
+    saved bytes of the 2 + 3 block transformer."""
+    config = {**TINY_TRANSFORMER, "num_layers": 2, "num_single_layers": 3}
+    predicted = weights.measure(quantization, torch.device("cpu"), config)["full_bytes"]
+    assert predicted == sum(weights.saved_bytes(config, quantization, torch.device("cpu")).values())
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def test_the_24gb_profile_is_the_full_setting_quantized_at_the_papers_global_batch():
+    root = Path(__file__).resolve().parents[1]
+    flux = _flat(yaml.safe_load((root / "params-flux.yaml").read_text()))
+    small = _flat(yaml.safe_load((root / "params-flux-24gb.yaml").read_text()))
+    assert small.keys() == flux.keys()
+    assert {k for k in flux if flux[k] != small[k]} == {
+        "base.quantization", "train.batch_size", "train.grad_accum"}
+    params = load_params(root / "params-flux-24gb.yaml")
+    assert params.base.quantization == "int8"
+    assert params.train.batch_size * params.train.grad_accum * params.train.num_processes == 8
