@@ -61,7 +61,7 @@ from facemogle.cache.store import (
     shard_name,
 )
 from facemogle.core import labels, latents
-from facemogle.core.io import atomic_path, open_image, read_jsonl, write_json
+from facemogle.core.io import atomic_path, open_image, read_jsonl, replace_path, write_json
 from facemogle.data import layout
 
 log = logging.getLogger(__name__)
@@ -452,12 +452,7 @@ def _work_folder(out_dir: Path, work_dir: str | Path | None) -> Path:
 def _publish(work_dir: Path, out_dir: Path) -> None:
     """Rename the finished `work_dir` to `out_dir`, replacing what `out_dir` held. Both are on
     one file system (the default work folder is beside `out_dir`): a rename, not a copy."""
-    if out_dir.is_dir() and not out_dir.is_symlink():
-        shutil.rmtree(out_dir)
-    elif out_dir.exists() or out_dir.is_symlink():
-        out_dir.unlink()
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(work_dir, out_dir)
+    replace_path(work_dir, out_dir)
     log.info("cache_latents: %s finished, moved to %s", work_dir, out_dir)
 
 

@@ -70,17 +70,20 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     try:
         with write_errors_named(path):
             yield tmp
-            _replace(tmp, path)
+            replace_path(tmp, path)
     finally:
         shutil.rmtree(tmp.parent, ignore_errors=True)
 
 
-def _replace(tmp: Path, path: Path) -> None:
-    """Move `tmp` to `path`, removing what `path` held (a file or a directory) first."""
+def replace_path(tmp: str | Path, path: str | Path) -> None:
+    """Rename `tmp` to `path` (same file system), removing what `path` held (a file, a directory
+    or a link) first and creating its parent folder."""
+    path = Path(path)
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path)
     elif path.exists() or path.is_symlink():
         path.unlink()
+    path.parent.mkdir(parents=True, exist_ok=True)
     os.replace(tmp, path)
 
 
@@ -100,7 +103,7 @@ def shared_atomic_dir(path: str | Path, processes) -> Iterator[Path]:
             yield tmp
             processes.wait_for_everyone()
             if processes.is_main_process:
-                _replace(tmp, path)
+                replace_path(tmp, path)
     finally:
         if processes.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -28,7 +28,6 @@ one that passes. A folder without a manifest is refused like a damaged one.
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -41,6 +40,7 @@ from facemogle.core.io import (
     InputError,
     load_safetensors,
     read_json,
+    replace_path,
     write_errors_named,
     write_json,
     write_manifest,
@@ -101,12 +101,7 @@ def publish_model(work_dir: str | Path, out_dir: str | Path) -> Path:
     staging.mkdir()
     for name in [*sorted(read_json(work / MANIFEST_FILE)["sha256"]), MANIFEST_FILE]:
         (work / name).replace(staging / name)
-    if out.is_dir() and not out.is_symlink():
-        shutil.rmtree(out)
-    elif out.exists() or out.is_symlink():
-        out.unlink()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(staging, out)
+    replace_path(staging, out)
     shutil.rmtree(work)
     log.info("train: model moved from %s to %s; work folder removed", work, out)
     return out
