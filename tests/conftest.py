@@ -77,6 +77,17 @@ def params_file(path: Path, override: dict, defaults: str = "params.yaml") -> Pa
     return path
 
 
+def flat_params(path: Path) -> dict:
+    """A params file as {"section.key": value}."""
+    def flat(tree: dict, prefix: str) -> dict:
+        out = {}
+        for key, value in tree.items():
+            out.update(flat(value, f"{prefix}{key}.") if isinstance(value, dict)
+                       else {f"{prefix}{key}": value})
+        return out
+    return flat(yaml.safe_load(Path(path).read_text()), "")
+
+
 @pytest.fixture(scope="session")
 def embedded_base(tmp_path_factory) -> Path:
     """A tiny embedded base written by `python -m stages.pretrain` (about 10 s)."""

@@ -9,13 +9,12 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
 pytest.importorskip("torchao")
 from peft.tuners.lora import LoraLayer  # noqa: E402
 from torchao.quantization import Int8Tensor  # noqa: E402
 
-from conftest import params_file  # noqa: E402
+from conftest import flat_params, params_file  # noqa: E402
 from facemogle.base.build import build_base  # noqa: E402
 from facemogle.base.loader import load_base, read_manifest  # noqa: E402
 from facemogle.base.quantize import quantization_config  # noqa: E402
@@ -128,20 +127,10 @@ def test_weight_bytes_extrapolate_from_one_block_of_each_kind(quantization):
     assert predicted == sum(weights.saved_bytes(config, quantization, torch.device("cpu")).values())
 
 
-def _flat(tree: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 def test_the_24gb_profile_is_the_full_setting_quantized_at_the_papers_global_batch():
     root = Path(__file__).resolve().parents[1]
-    flux = _flat(yaml.safe_load((root / "params-flux.yaml").read_text()))
-    small = _flat(yaml.safe_load((root / "params-flux-24gb.yaml").read_text()))
+    flux = flat_params(root / "params-flux.yaml")
+    small = flat_params(root / "params-flux-24gb.yaml")
     assert small.keys() == flux.keys()
     assert {k for k in flux if flux[k] != small[k]} == {
         "base.quantization", "train.batch_size", "train.grad_accum"}

@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import yaml
 
-from conftest import ROOT
+from conftest import ROOT, flat_params
 from facemogle.base.flux import check_flux_dir
 from facemogle.base.standin import TINY_TRANSFORMER, TINY_VAE
 from facemogle.base.text import FluxTextEncoder
@@ -37,19 +36,9 @@ REHEARSAL_KEYS = {
 }
 
 
-def _flat(tree: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 def test_the_rehearsal_params_are_the_full_settings_but_for_paths_and_counts():
-    flux = _flat(yaml.safe_load((ROOT / "params-flux.yaml").read_text()))
-    rehearsal = _flat(yaml.safe_load((ROOT / "params-rehearsal.yaml").read_text()))
+    flux = flat_params(ROOT / "params-flux.yaml")
+    rehearsal = flat_params(ROOT / "params-rehearsal.yaml")
     assert flux.keys() == rehearsal.keys()
     assert {k for k in flux if flux[k] != rehearsal[k]} == REHEARSAL_KEYS
     assert rehearsal["base.flux_path"].startswith("data/rehearsal/")
