@@ -16,16 +16,10 @@ from __future__ import annotations
 from stages import _worker  # noqa: F401  (first, before torch: see its docstring)
 
 # isort: split
-import torch
-from accelerate import PartialState
-
-from facemogle.base.loader import load_base
-from facemogle.cache.build import CacheOptions, build_cache, folder_fingerprint
-from facemogle.core.config import to_dict
+from facemogle.cache.run import cache_latents
 from stages import _cli
 
 PARAMS = ("data", "cache")
-
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,17 +32,8 @@ def main(argv: list[str] | None = None) -> int:
                         "file system of --out (default: <out's folder>/.resume/<out's name>)")
     args = _cli.parse_args(parser, argv)
     params = _cli.load_params(args.params, sections=PARAMS)
-    processes = PartialState(cpu=not torch.cuda.is_available())  # one device per process
-    base = load_base(args.base, device=processes.device)
-    build_cache(base, args.data, args.labels, args.out, resolution=params.data.resolution,
-                batch_size=params.cache.batch_size, shard_size=params.cache.shard_size,
-                text_batch_size=params.cache.text_batch_size,
-                precision=params.cache.precision,
-                processes=processes,
-                config={"data": to_dict(params.data), "base": folder_fingerprint(args.base)},
-                options=CacheOptions(max_captions=params.cache.max_captions,
-                                     trim_text_padding=params.cache.trim_text_padding),
-                work_dir=args.resume_dir or _cli.resume_folder(args.out))
+    cache_latents(params, args.data, args.labels, args.base, args.out,
+                  args.resume_dir or _cli.resume_folder(args.out))
     return 0
 
 

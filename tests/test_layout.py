@@ -161,15 +161,9 @@ LOADERS = {"spec_from_file_location", "spec_from_loader", "module_from_spec", "S
 # A string that names a stage script as a module: "stages.x", "-m stages.x", "python -m stages.x"
 # (an f-string's leading part "stages." included); prose that mentions one does not start so.
 STAGE_MODULE = re.compile(r"\s*(\S*python\S*\s+)?(-m\s*)?stages\.")
-# Package modules that start a stage script on purpose, each with the reason. Remove an entry
-# once the stage's body is a package function the module can call or run with `-m facemogle...`.
-STAGE_LAUNCHERS = {
-    # Times `cache_latents` as dvc runs it: `torchrun -m stages.cache_latents`, one process per
-    # device, model loading included. The stage's body is in stages/cache_latents.py, which the
-    # package cannot import, and a copy of it or of dvc.yaml's command line would time something
-    # else than the stage.
-    "facemogle/bench/caching.py",
-}
+# Package modules allowed to start a stage script, each with its reason: none. A module that
+# needs what a stage does calls the package function behind it (e.g. `facemogle.cache.run`).
+STAGE_LAUNCHERS: set[str] = set()
 
 
 def _callee(node: ast.Call) -> str:

@@ -2,9 +2,11 @@
 
     python -m facemogle.bench.caching --images 512 --out metrics/bench/caching-cpu.json
 
-Each setting runs the real stage (`torchrun ... -m stages.cache_latents`, model loading
-included) on the first `--images` images of the test split's data, with `params.yaml`'s
-`cache` section changed as the setting says, into a temporary folder. Every image's stored
+Each setting runs the stage's body (`facemogle.cache.run.cache_latents`, which
+`stages/cache_latents.py` calls) under torchrun as DVC runs the stage, one process per device,
+model loading included (`torchrun ... -m facemogle.bench.caching --worker ...`). It runs on the
+first `--images` images of the test split's data, with `params.yaml`'s `cache` section changed as
+the setting says, into a temporary folder. Every image's stored
 tensors (face latent, each stored slot latent, each caption's text states) are then compared
 with the first setting's: `identical` is True when every byte agrees.
 
@@ -29,8 +31,10 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from facemogle.cache.run import cache_latents
 from facemogle.cache.store import INDEX
 from facemogle.core import labels, latents
+from facemogle.core.config import load_params
 from facemogle.core.io import write_json
 from facemogle.core.machine import machine
 from facemogle.data import layout
@@ -64,8 +68,8 @@ def run_stage(setting: dict[str, Any], params: Path, data: Path, labels_dir: Pat
     changed = out.parent / f"{out.name}.params.yaml"
     changed.write_text(yaml.safe_dump(values))
     command = ["torchrun", "--standalone", "--nproc_per_node", str(setting["num_processes"]),
-               "-m", "stages.cache_latents", "--data", str(data), "--labels", str(labels_dir),
-               "--base", str(base), "--out", str(out), "--params", str(changed)]
+               "-m", "facemogle.bench.caching", "--worker", "--data", str(data), "--labels",
+               str(labels_dir), "--base", str(base), "--params", str(changed), "--out", str(out)]
     env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
     start = time.perf_counter()
     subprocess.run(command, check=True, env=env, stdout=subprocess.DEVNULL)
@@ -160,7 +164,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--images", type=int, default=512)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--worker", action="store_true",
+                        help="internal: one torchrun process of a setting's run")
     args = parser.parse_args(argv)
+    if args.worker:
+        cache_latents(load_params(args.params), args.data, args.labels, args.base, args.out,
+                      args.out.parent / f".{args.out.name}.work")
+        return 0
     result: dict[str, Any] = {"machine": machine(), "images": args.images, "settings": {}}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
