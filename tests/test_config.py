@@ -49,7 +49,7 @@ def test_every_key_of_the_schema_is_in_params_yaml():
 @pytest.mark.parametrize(
     "override, key, expected",
     [
-        ({"gating": "foo"}, "gating", "['matrix', 'scalar', 'static', 'none']"),
+        ({"gating": "foo"}, "gating", "['matrix', 'matrix_scaled', 'scalar', 'static', 'none']"),
         ({"experts": "both"}, "experts", "global_local"),
         ({"train": {"steps": -5}}, "train.steps", "positive"),
         ({"data": {"resolution": 100}}, "data.resolution", "multiple of 16"),

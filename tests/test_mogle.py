@@ -12,7 +12,8 @@ from torch import nn
 from facemogle.core.config import ConfigError, Experts, Gating, ModelConfig
 from facemogle.models.mogle import EXPERTS, GATINGS, MoGLE, NoGate, build_mogle, check_flow_time
 
-VARIANTS = list(itertools.product(EXPERTS, GATINGS))
+# every pair but local_only + static, whose gate would have no input (refused; tested below)
+VARIANTS = [v for v in itertools.product(EXPERTS, GATINGS) if v != ("local_only", "static")]
 PAPER_COUNT = 101_780
 EXPERTS_COUNT = 83_840  # 20 x 4,192
 GATE_COUNT = 17_940
@@ -49,6 +50,27 @@ def test_output_shape(experts, gating, batch, length):
     assert out.shape == (batch, length, 64)
     assert weights.shape == (batch, length, len(model.slots))
     assert torch.isfinite(out).all()
+
+
+def test_local_only_gate_reads_no_mask_and_a_mask_free_static_gate_is_refused():
+    cond, z_t, sigma = inputs(2, 6)
+    model = make("local_only", "matrix")
+    changed = cond.clone()
+    changed[:, 0] = torch.randn_like(changed[:, 0])  # another global colour mask
+    assert torch.equal(model(cond, z_t, sigma), model(changed, z_t, sigma))
+    reads = make("local", "matrix")  # today's `local`: the gate reads slot 0
+    assert not torch.equal(reads(cond, z_t, sigma), reads(changed, z_t, sigma))
+    with pytest.raises(ValueError, match="no input"):
+        make("local_only", "static")
+
+
+def test_scaled_matrix_gate_starts_at_the_plain_sums_scale():
+    cond, z_t, sigma = inputs(2, 6)
+    scaled, convex = make(gating="matrix_scaled"), make(gating="matrix")
+    weights = scaled.gate_weights(cond, z_t, sigma)
+    assert torch.allclose(weights.sum(-1), torch.full((2, 6), 20.0))
+    assert torch.allclose(weights / 20.0, convex.gate_weights(cond, z_t, sigma))
+    assert num_params(scaled) == num_params(convex) + 1
 
 
 def test_slots_per_variant():

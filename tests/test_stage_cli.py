@@ -17,7 +17,7 @@ from facemogle.core.io import InputError
 from stages import _cli
 
 DVC_YAML = ROOT / "dvc.yaml"
-GATING_CHOICES = "['matrix', 'scalar', 'static', 'none']"
+GATING_CHOICES = "['matrix', 'matrix_scaled', 'scalar', 'static', 'none']"
 
 
 def _env() -> dict[str, str]:

@@ -35,8 +35,8 @@ from facemogle.core.schema import (  # its public names are re-exported: callers
     to_dict,  # noqa: F401
 )
 
-Gating = Literal["matrix", "scalar", "static", "none"]
-Experts = Literal["global_local", "global", "local", "none"]
+Gating = Literal["matrix", "matrix_scaled", "scalar", "static", "none"]
+Experts = Literal["global_local", "global", "local", "local_only", "none"]
 Mode = Literal["multimodal", "mask2face", "text2face", "base"]
 # "fp32", not accelerate's "no": YAML 1.1 reads an unquoted no as false, and `dvc exp run -S`
 # rewrites params.yaml without quotes.

@@ -63,6 +63,9 @@ VARIANTS: dict[str, dict[str, str]] = {
     "experts-global": {"gating": "matrix", "experts": "global"},
     "experts-local": {"gating": "matrix", "experts": "local"},
     "experts-none": {"gating": "matrix", "experts": "none"},
+    # Controls: the convex gate at the plain sum's scale; local experts with no global input.
+    "gating-matrix-scaled": {"gating": "matrix_scaled", "experts": "global_local"},
+    "experts-local-only": {"gating": "matrix", "experts": "local_only"},
 }
 # (column, mode, metric): mask following, text following; all higher-is-better.
 COLUMNS: tuple[tuple[str, str, str], ...] = (

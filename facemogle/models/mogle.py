@@ -83,11 +83,13 @@ class BatchedExperts(nn.Module):
 
 @dataclass(frozen=True)
 class ExpertsVariant:
-    """Which slots get an expert (global: slot 0; local: slots 1..n), learned MLPs or identity."""
+    """Which slots get an expert (global: slot 0; local: slots 1..n), learned MLPs or identity,
+    and whether the gate reads the global colour mask (slot 0) or a zero mask input."""
 
     global_slot: bool
     local_slots: bool
     learned: bool = True
+    gate_reads_global: bool = True
 
     def slots(self, num_local: int) -> tuple[int, ...]:
         """The input slots the experts read, in order."""
@@ -194,6 +196,22 @@ class MatrixGate(StaticGate):
         return h + self.time_embedding(sigma, z_t.dtype)[:, None]  # (B, L, H)
 
 
+class ScaledMatrixGate(MatrixGate):
+    """The matrix gate times one learned positive scale, initialised to the number of experts: at
+    initialisation a uniform gate gives each expert weight 1, the plain sum's scale (a control for
+    the convex gate's smaller output; `gating: matrix_scaled`)."""
+
+    def __init__(self, *, token_dim: int, hidden: int, num_experts: int,
+                 time_scale: float = TIME_SCALE):
+        super().__init__(token_dim=token_dim, hidden=hidden, num_experts=num_experts,
+                         time_scale=time_scale)
+        self.log_scale = nn.Parameter(torch.tensor(math.log(num_experts)))
+
+    def forward(self, mask_tokens: Tensor, z_t: Tensor, sigma: Tensor) -> Tensor:
+        """-> (B, L, E) weights >= 0 summing to the learned scale over experts per token."""
+        return super().forward(mask_tokens, z_t, sigma) * self.log_scale.exp()  # (B, L, E)
+
+
 class ScalarGate(MatrixGate):
     """One weight per expert per sample: the matrix gate's weights averaged over tokens."""
 
@@ -256,6 +274,11 @@ class MoGLE(nn.Module):
         self.experts = ExpertBank(variant, token_dim=token_dim, hidden=expert_hidden,
                                   num_local=num_local)
         self.slots: tuple[int, ...] = self.experts.slots
+        self.gate_reads_global = variant.gate_reads_global
+        if not variant.gate_reads_global and gate_cls is StaticGate:
+            raise ValueError(f"MoGLE: experts {experts!r} with gating {gating!r} would leave the "
+                             f"gate no input (no mask, no z_t, no time); use matrix, "
+                             f"matrix_scaled, scalar or none")
         if len(self.slots) == 1:
             # A softmax over one expert is identically 1: a gate would hold parameters that
             # never receive a gradient (experts="global").
@@ -281,7 +304,8 @@ class MoGLE(nn.Module):
         """Expert weights per token.
 
         Args:
-            cond: (B, 1 + num_local, L, D) mask slot latents; only slot 0 feeds the gate.
+            cond: (B, 1 + num_local, L, D) mask slot latents; only slot 0 feeds the gate, and
+                not even that when the variant's gate does not read the global mask (zeros).
             z_t: (B, L, D) noisy image tokens.
             sigma: (B,) flow time in [0, 1].
 
@@ -289,7 +313,8 @@ class MoGLE(nn.Module):
             (B, L, E) weights, E = len(self.slots).
         """
         self._check_inputs(cond, z_t, sigma)
-        return self.gate(cond[:, 0], z_t, sigma)  # (B, L, E)
+        mask = cond[:, 0] if self.gate_reads_global else torch.zeros_like(cond[:, 0])  # (B, L, D)
+        return self.gate(mask, z_t, sigma)  # (B, L, E)
 
     def forward(self, cond: Tensor, z_t: Tensor, sigma: Tensor, *,
                 expert_out: Tensor | None = None,
@@ -322,13 +347,17 @@ class MoGLE(nn.Module):
 EXPERTS: dict[str, ExpertsVariant] = {
     "global_local": ExpertsVariant(global_slot=True, local_slots=True),
     "global": ExpertsVariant(global_slot=True, local_slots=False),
+    # Local experts, but the gate still reads the global colour mask (slot 0).
     "local": ExpertsVariant(global_slot=False, local_slots=True),
+    # Local experts and a gate that sees no mask (only z_t and the time): nothing global enters.
+    "local_only": ExpertsVariant(global_slot=False, local_slots=True, gate_reads_global=False),
     # Identity experts: the gate mixes the raw VAE tokens of all slots.
     "none": ExpertsVariant(global_slot=True, local_slots=True, learned=False),
 }
 
 GATINGS: dict[str, type[nn.Module]] = {
     "matrix": MatrixGate,
+    "matrix_scaled": ScaledMatrixGate,
     "scalar": ScalarGate,
     "static": StaticGate,
     "none": NoGate,
