@@ -84,16 +84,16 @@ class RegionAverage:
         return self.total / self.tokens
 
 
-def _finite(values: list) -> list:
+def nan_to_none(values: list) -> list:
     """Nested lists of floats with NaN as None (JSON has no NaN)."""
-    return [_finite(v) if isinstance(v, list) else None if np.isnan(v) else v for v in values]
+    return [nan_to_none(v) if isinstance(v, list) else None if np.isnan(v) else v for v in values]
 
 
 def own_region_ratio(per_region: Tensor, mean: Tensor, slots: tuple[int, ...]) -> dict[str, list]:
     """Per local expert (slot i + 1 reads label i): its weight on its own region over its mean
     weight on all tokens, per step (None where no face has the region); the global expert has
     no region of its own."""
-    return {expert_name(s): _finite((per_region[:, e, s - 1] / mean[:, e]).tolist())
+    return {expert_name(s): nan_to_none((per_region[:, e, s - 1] / mean[:, e]).tolist())
             for e, s in enumerate(slots) if s > 0}
 
 
@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
             "model": str(args.model), "images": average.images,
             "sigmas": sigmas, "experts": names, "regions": list(labels.LABELS),
             "mean_weight": mean.tolist(),
-            "per_region": _finite(per_region.tolist()),
+            "per_region": nan_to_none(per_region.tolist()),
             "own_region_ratio": own_region_ratio(per_region, mean, slots)})
         region_picture(per_region.numpy(), sigmas, names, steps).save(out / "gate_regions.png")
     return 0

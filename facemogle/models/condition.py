@@ -93,6 +93,12 @@ def _project(module: nn.Module, x: Tensor, cond_start: int, dim: int = 1) -> Ten
     return out
 
 
+def embed_condition(transformer: FluxTransformer2DModel, cond_tokens: Tensor) -> Tensor:
+    """Condition tokens (B, Lc, C) through `x_embedder` as `condition_forward` embeds them (the
+    frozen layer plus its LoRA delta) -> (B, Lc, D)."""
+    return _project(transformer.x_embedder, cond_tokens, 0)  # (B, Lc, D)
+
+
 def _per_token(mod: Tensor, n_main: int, n_cond: int) -> Tensor:
     """Modulation rows to per-token form.
 
