@@ -137,3 +137,19 @@ def test_the_24gb_profile_is_the_full_setting_quantized_at_the_papers_global_bat
     params = load_params(root / "params-flux-24gb.yaml")
     assert params.base.quantization == "int8"
     assert params.train.batch_size * params.train.grad_accum * params.train.num_processes == 8
+
+
+def test_gpu_session_runs_each_quantization_in_its_own_process(tmp_path, capsys):
+    """`bench.gpu --dry-run`: one full-depth benchmark per quantization (caching only once) and
+    the weight sizes; every command parses with the benchmark's own argument parsers."""
+    from facemogle.bench import gpu, run
+
+    runs = gpu.commands(tmp_path, ["none", "int8", "nf4"])
+    assert list(runs) == ["flux-none", "flux-int8", "flux-nf4", "weights"]
+    for name in ("flux-none", "flux-int8", "flux-nf4"):
+        argv = runs[name][3:]  # after python -m facemogle.bench
+        args = run._parser().parse_args(argv)
+        assert args.size == "flux" and args.quantization == name.split("-")[1]
+        assert args.batch_sizes == [1, 2, 4] and ("cache" in args.parts) == (name == "flux-none")
+    assert gpu.main(["--out", str(tmp_path), "--dry-run"]) == 0
+    assert capsys.readouterr().out.count("facemogle.bench") == 4

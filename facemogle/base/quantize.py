@@ -47,13 +47,26 @@ def quantization_config(name: str, compute_dtype: torch.dtype) -> Any:
     raise ConfigError(f"params: 'base.quantization' = {name!r}; expected 'none', 'int8' or 'nf4'")
 
 
+def load_quantized(folder: str | Path, name: str, dtype: torch.dtype,
+                   device: torch.device | None = None) -> FluxTransformer2DModel:
+    """The unquantized transformer in `folder`, quantized with `name` as diffusers loads it, one
+    layer at a time. On a CUDA `device` each layer is quantized there as it arrives, so the
+    unquantized model never has to fit on the card; otherwise on the CPU."""
+    placement = {}
+    if device is not None and device.type == "cuda":
+        index = torch.cuda.current_device() if device.index is None else device.index
+        placement = {"device_map": {"": f"cuda:{index}"}}
+    return FluxTransformer2DModel.from_pretrained(
+        folder, dtype=dtype, quantization_config=quantization_config(name, dtype), **placement)
+
+
 def save_quantized_transformer(parts_dir: Path, name: str, dtype: torch.dtype,
                                out_dir: Path) -> None:
-    """Quantize `parts_dir/transformer` and save it as `out_dir/transformer` (safetensors)."""
-    config = quantization_config(name, dtype)
-    model = FluxTransformer2DModel.from_pretrained(parts_dir / "transformer", dtype=dtype,
-                                                   quantization_config=config)
-    model.save_pretrained(out_dir / QUANTIZED_TRANSFORMER)
+    """Quantize `parts_dir/transformer` (on the GPU when there is one) and save it as
+    `out_dir/transformer` (safetensors)."""
+    device = torch.device("cuda") if torch.cuda.is_available() else None
+    load_quantized(parts_dir / "transformer", name, dtype, device).save_pretrained(
+        out_dir / QUANTIZED_TRANSFORMER)
 
 
 def write_quantized(cfg: BaseConfig, parts_dir: Path, out_dir: Path) -> dict[str, str]:

@@ -14,7 +14,7 @@ import torch
 from diffusers import AutoencoderKL, FluxTransformer2DModel
 from torch import Tensor, nn
 
-from facemogle.base.quantize import quantization_config
+from facemogle.base.quantize import load_quantized
 from facemogle.cache.store import LatentCache
 from facemogle.core.config import DataConfig, LoraConfig, ModelConfig, load_params
 from facemogle.core.flux import (
@@ -114,8 +114,7 @@ def quantize_frozen(transformer: FluxTransformer2DModel, name: str, device: torc
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
-        quantized = FluxTransformer2DModel.from_pretrained(
-            tmp, dtype=dtype, quantization_config=quantization_config(name, dtype))
+        quantized = load_quantized(tmp, name, dtype, device)
     return quantized.to(device).eval().requires_grad_(False)
 
 
