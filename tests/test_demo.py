@@ -286,8 +286,9 @@ def test_browser_face_follows_an_edited_mask(tmp_path):
     """The committed default's model in the demo: the face made from an edited test mask follows
     it, by the base's own parser, clearly better than the same prompt without a mask.
 
-    Measured (2-core AMD EPYC), one face: mIoU 0.166 with the mask, 0.081 without (the model of
-    the 16-word-piece base: 0.239 and 0.083). A model that ignored the mask would score level.
+    Measured (2-core AMD EPYC), one face, through `FaceMoGLEPipeline` with the same resized mask:
+    mIoU 0.145 with the mask, 0.053 without (the model of the previous base: 0.166 and 0.081 in
+    the browser). A model that ignored the mask would score level.
     """
     from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
