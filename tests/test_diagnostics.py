@@ -46,3 +46,11 @@ def test_diagnostics_of_a_trained_model(trained_run, tmp_path):
     assert len(per_region) == 3 and len(per_region[0]) == 20 and len(per_region[0][0]) == 19
     # the gate depends on z_t and the time: its weights differ between noise levels
     assert r["mean_weight"][0] != r["mean_weight"][2]
+
+
+@pytest.mark.parametrize("sigmas", ["0.5,x", "1.5"])
+def test_bad_sigmas_are_refused_by_name(sigmas, capsys):
+    with pytest.raises(SystemExit):
+        diagnostics.main(["--model", "m", "--base", "b", "--latents", "l", "--labels", "x",
+                          "--out", "o.json", "--sigmas", sigmas])
+    assert "--sigmas must" in capsys.readouterr().err

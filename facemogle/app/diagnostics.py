@@ -118,7 +118,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sigmas", default=",".join(map(str, SIGMAS)),
                         help="comma-separated flow times in [0, 1]")
     args = parser.parse_args(argv)
-    sigmas = tuple(float(s) for s in args.sigmas.split(","))
+    try:
+        sigmas = tuple(float(s) for s in args.sigmas.split(","))
+    except ValueError:
+        parser.error(f"--sigmas must be comma-separated numbers in [0, 1], got {args.sigmas!r}")
     if not all(0.0 <= s <= 1.0 for s in sigmas):
         parser.error(f"--sigmas must lie in [0, 1], got {args.sigmas}")
     params = load_params(args.params, sections=("seed", "gating", "experts", "model", "lora"))
