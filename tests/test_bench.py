@@ -12,7 +12,7 @@ from diffusers import FluxTransformer2DModel
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from facemogle.bench import flops, measure, run, setup
+from facemogle.bench import device, flops, measure, run, setup
 from facemogle.core import latents
 from facemogle.core.config import LoraConfig, ModelConfig, load_params
 from facemogle.core.flux import FLUX_DEV_TRANSFORMER
@@ -208,8 +208,29 @@ def test_build_frozen_is_seeded_and_frozen():
     (["--size", "tiny", "--batch-sizes", "0"], "positive integers"),
     (["--size", "tiny", "--parts", "train,eval"], "subset of"),
     (["--size", "tiny", "--steps", "0"], "--steps must be a positive integer"),
+    (["--size", "tiny", "--blocks", "1,1"], "--blocks sets the depth of --size flux only"),
+    (["--size", "flux", "--device", "cpu", "--blocks", "1"], "DOUBLE,SINGLE"),
 ])
 def test_bad_command_lines(argv, message, capsys):
     with pytest.raises(SystemExit):
         run.parse_args([*argv, "--out", "x.json"])
     assert message in capsys.readouterr().err
+
+
+def test_blocks_build_flux_width_at_a_shallow_depth():
+    opt = run.parse_args(["--size", "flux", "--device", "cpu", "--blocks", "2,3", "--out", "x"])
+    assert opt.blocks == (2, 3)
+    with torch.device("meta"):
+        transformer = setup.flux_size(opt.blocks).transformer()
+    assert (len(transformer.transformer_blocks), len(transformer.single_transformer_blocks)) \
+        == (2, 3)
+    assert transformer.config.num_attention_heads * transformer.config.attention_head_dim == 3072
+
+
+def test_cpu_peak_memory_is_the_host_peak_since_reset():
+    cpu = torch.device("cpu")
+    device.reset_memory(cpu)
+    held = torch.ones(64 * 2**20 // 4)  # 64 MiB, touched
+    peak = device.peak_memory(cpu)
+    assert peak["peak_allocated_bytes"] is None
+    assert peak["peak_host_rss_bytes"] >= device.host_rss() >= held.numel() * 4

@@ -36,7 +36,6 @@ import argparse
 import itertools
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -50,6 +49,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from facemogle.bench.device import host_peak_rss, host_rss, reset_host_peak
 from facemogle.cache import build
 from facemogle.core.io import file_sha256
 from facemogle.data import layout
@@ -166,26 +166,16 @@ def write_standin_data(root: Path, scale: CacheScale) -> tuple[Path, Path]:
     return data_dir, labels_dir
 
 
-def _peak_rss() -> int:
-    status = Path("/proc/self/status").read_text()
-    return int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) * 1024
-
-
-def _rss() -> int:
-    status = Path("/proc/self/status").read_text()
-    return int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1)) * 1024
-
-
 def measure_in_this_process(scale: CacheScale, root: Path) -> int:
     """Peak resident bytes above the start of `build_cache` for one shard of `scale`."""
     data_dir, labels_dir = write_standin_data(root, scale)
     base = standin_base(scale)
-    Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
-    before = _rss()
+    reset_host_peak()  # VmHWM := VmRSS
+    before = host_rss()
     build.build_cache(base, data_dir, labels_dir, root / "latents", resolution=scale.resolution,
                       shard_size=scale.images, batch_size=scale.batch_size,
                       text_batch_size=scale.batch_size, config={})
-    return _peak_rss() - before
+    return host_peak_rss() - before
 
 
 # glibc returns a freed block of 64 KiB or more to the system at once (its default threshold

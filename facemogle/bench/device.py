@@ -6,8 +6,10 @@ from __future__ import annotations
 import gc
 import os
 import platform
+import re
 import time
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -64,17 +66,47 @@ class Clock:
         return start.elapsed_time(end) / 1e3
 
 
+def host_rss() -> int | None:
+    """This process's resident bytes now (Linux /proc; None elsewhere)."""
+    return _proc_status_bytes("VmRSS")
+
+
+def host_peak_rss() -> int | None:
+    """This process's peak resident bytes since it started or since `reset_host_peak`."""
+    return _proc_status_bytes("VmHWM")
+
+
+def reset_host_peak() -> None:
+    """Set the peak resident mark to the current resident size (Linux: clear_refs 5)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def _proc_status_bytes(field: str) -> int | None:
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:
+        return None
+    found = re.search(rf"{field}:\s+(\d+) kB", status)
+    return int(found.group(1)) * 1024 if found else None
+
+
 def reset_memory(device: torch.device) -> None:
+    reset_host_peak()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
 
 
 def peak_memory(device: torch.device) -> dict[str, int | None]:
+    """Device peaks since `reset_memory` (None off CUDA) and the host's peak resident bytes."""
+    host = {"peak_host_rss_bytes": host_peak_rss()}
     if device.type != "cuda":
-        return {"peak_allocated_bytes": None, "peak_reserved_bytes": None}
+        return {"peak_allocated_bytes": None, "peak_reserved_bytes": None, **host}
     return {"peak_allocated_bytes": torch.cuda.max_memory_allocated(device),
-            "peak_reserved_bytes": torch.cuda.max_memory_reserved(device)}
+            "peak_reserved_bytes": torch.cuda.max_memory_reserved(device), **host}
 
 
 def release_memory(device: torch.device) -> None:

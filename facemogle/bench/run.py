@@ -85,6 +85,7 @@ class Options:
     params: Path
     seed: int
     quantization: str = "none"
+    blocks: tuple[int, int] | None = None
 
 
 def _settings(opt: Options, size: BenchSize, model: FaceMoGLE, cfg: TrainConfig
@@ -100,7 +101,7 @@ def _settings(opt: Options, size: BenchSize, model: FaceMoGLE, cfg: TrainConfig
         "sample_batch_sizes": opt.sample_batch_sizes, "sample_steps": opt.sample_steps,
         "sample_guidance": SAMPLE_GUIDANCE, "cache_images": opt.cache_images,
         "cache_batch_size": opt.cache_batch_size, "seed": opt.seed,
-        "quantization": opt.quantization,
+        "quantization": opt.quantization, "blocks": opt.blocks,
         "train": to_dict(cfg), "lora": to_dict(size.lora), "model": to_dict(size.model),
         "transformer": {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg_t.items()
                         if not k.startswith("_") and k != "quantization_config"},
@@ -141,7 +142,7 @@ def _measure_parts(opt: Options, size: BenchSize, run: TrainRun, generator: torc
 def run_benchmark(opt: Options) -> dict[str, Any]:
     """Build the models of `opt.size` on `opt.device` and measure `opt.parts`; the result dict
     that `main` writes."""
-    size = flux_size() if opt.size == "flux" else tiny_size(opt.params)
+    size = flux_size(opt.blocks) if opt.size == "flux" else tiny_size(opt.params)
     model = build_facemogle(size, opt.device, opt.dtype, opt.seed, opt.quantization)
     config = dict(model.transformer.config)
     text_dim, pooled_dim = config["joint_attention_dim"], config["pooled_projection_dim"]
@@ -213,6 +214,14 @@ def _int_list(text: str) -> list[int]:
     return values
 
 
+def _blocks(text: str) -> tuple[int, int]:
+    values = _int_list(text)
+    if len(values) != 2:
+        raise argparse.ArgumentTypeError(f"expected two positive integers DOUBLE,SINGLE, got "
+                                         f"{text!r}")
+    return values[0], values[1]
+
+
 def _parts(text: str) -> tuple[str, ...]:
     parts = tuple(p.strip() for p in text.split(",") if p.strip())
     if not parts or set(parts) - set(PARTS):
@@ -248,13 +257,19 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quantization", choices=["none", "int8", "nf4"], default="none",
                     help="quantize the frozen transformer as params base.quantization does")
+    ap.add_argument("--blocks", type=_blocks, default=None, metavar="DOUBLE,SINGLE",
+                    help="--size flux at full width with this many double and single blocks "
+                         "(19,38 is FLUX.1-dev); shallow models run on a CPU")
     return ap
 
 
 def _check(ap: argparse.ArgumentParser, a: argparse.Namespace, device: torch.device) -> None:
     """Refuse (`ap.error`) a flux run off CUDA and counts out of range."""
-    if a.size == "flux" and device.type != "cuda":
-        ap.error("--size flux needs a CUDA device (11.9 B parameters); use --size tiny on a CPU")
+    if a.size == "flux" and device.type != "cuda" and a.blocks is None:
+        ap.error("--size flux needs a CUDA device (11.9 B parameters); on a CPU use --size tiny, "
+                 "or --blocks 1,1 for FLUX.1-dev's width at a shallow depth")
+    if a.blocks is not None and a.size != "flux":
+        ap.error("--blocks sets the depth of --size flux only")
     for name in ("steps", "sample_steps", "cache_images", "cache_batch_size", "profile_steps"):
         value = getattr(a, name)
         if value is not None and value < 1:
@@ -274,7 +289,8 @@ def parse_args(argv: list[str] | None = None) -> Options:
     return Options(a.size, a.out, device, getattr(torch, pick("dtype")), pick("batch_sizes"),
                    pick("steps"), pick("warmup"), a.sample_batch_sizes, a.sample_steps,
                    pick("cache_images"), a.cache_batch_size, a.checkpointing, a.compile, a.parts,
-                   a.profile, a.profile_steps, a.markdown, a.params, a.seed, a.quantization)
+                   a.profile, a.profile_steps, a.markdown, a.params, a.seed, a.quantization,
+                   a.blocks)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -51,9 +51,13 @@ class BenchSize:
         return (self.latent_size // 2) ** 2
 
 
-def flux_size() -> BenchSize:
-    """FLUX.1-dev at 512 px with the paper's LoRA and MoGLE."""
-    return BenchSize("flux", lambda: FluxTransformer2DModel(**FLUX_DEV_TRANSFORMER),
+def flux_size(blocks: tuple[int, int] | None = None) -> BenchSize:
+    """FLUX.1-dev at 512 px with the paper's LoRA and MoGLE; `blocks` = (double, single) builds
+    it at full width with that many blocks instead of 19 and 38."""
+    config = dict(FLUX_DEV_TRANSFORMER)
+    if blocks is not None:
+        config.update(num_layers=blocks[0], num_single_layers=blocks[1])
+    return BenchSize("flux", lambda: FluxTransformer2DModel(**config),
                      lambda: AutoencoderKL(**FLUX_DEV_VAE), FLUX_RESOLUTION, FLUX_TEXT_TOKENS,
                      DataConfig().captions_per_image, ModelConfig(), LoraConfig())
 
