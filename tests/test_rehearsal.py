@@ -5,7 +5,11 @@ real ones)."""
 
 from __future__ import annotations
 
+import json
+import shutil
+
 import numpy as np
+import pytest
 import torch
 
 from conftest import ROOT, flat_params
@@ -24,6 +28,7 @@ from facemogle.core.config import DataConfig
 from facemogle.core.flux import FLUX_DEV_TRANSFORMER, FLUX_DEV_VAE
 from facemogle.data.readers import open_reader
 from facemogle.masks.face_parsers import load_segformer
+from test_pipeline import DVC, _run, make_smoke_repo
 
 # Every key where params-rehearsal.yaml differs from params-flux.yaml: where the folders are, and
 # how many images, steps and evaluation models; none of them sets a shape.
@@ -61,16 +66,20 @@ TOY_SEGFORMER = {"depths": [1, 1, 1, 1], "hidden_sizes": [8, 8, 8, 8],
                  "num_attention_heads": [1, 1, 1, 1], "decoder_hidden_size": 8}
 
 
+# The rehearsal's folders at toy widths: the same classes and layouts, in seconds.
+TOY_CONFIGS = {
+    "transformer": {**TINY_TRANSFORMER, "joint_attention_dim": 32, "pooled_projection_dim": 32,
+                    "guidance_embeds": True},
+    "vae": TINY_VAE,
+    "clip": {**FLUX_DEV_CLIP_TEXT, "hidden_size": 32, "intermediate_size": 64,
+             "num_hidden_layers": 1, "num_attention_heads": 2, "projection_dim": 32,
+             "vocab_size": 64},
+    "t5": {**FLUX_DEV_T5, "d_model": 32, "d_kv": 8, "d_ff": 64, "num_layers": 1, "num_heads": 2,
+           "vocab_size": 64}}
+
+
 def test_what_the_rehearsal_writes_is_read_by_the_full_settings_loaders(tmp_path):
-    toy = {"transformer": {**TINY_TRANSFORMER, "joint_attention_dim": 32,
-                           "pooled_projection_dim": 32, "guidance_embeds": True},
-           "vae": TINY_VAE,
-           "clip": {**FLUX_DEV_CLIP_TEXT, "hidden_size": 32, "intermediate_size": 64,
-                    "num_hidden_layers": 1, "num_attention_heads": 2, "projection_dim": 32,
-                    "vocab_size": 64},
-           "t5": {**FLUX_DEV_T5, "d_model": 32, "d_kv": 8, "d_ff": 64, "num_layers": 1,
-                  "num_heads": 2, "vocab_size": 64}}
-    out = write_rehearsal(tmp_path / "rehearsal", configs=toy,
+    out = write_rehearsal(tmp_path / "rehearsal", configs=TOY_CONFIGS,
                           segformer={**SEGFORMER_B5, **TOY_SEGFORMER})
     flux = out / "FLUX.1-dev"
     check_flux_dir(flux, "base.flux_path")
@@ -88,3 +97,22 @@ def test_what_the_rehearsal_writes_is_read_by_the_full_settings_loaders(tmp_path
     assert len(entries) >= 2 and {e.split for e in entries} == {"test"}
     image = np.asarray(zeroshot.load(entries[0]).image)  # (H, W, 3)
     assert parser(image).shape == image.shape[:2]
+
+
+@pytest.mark.slow
+def test_the_rehearsal_pipeline_runs_every_stage_at_toy_widths(tmp_path_factory, embedded_base):
+    """The shortened rehearsal: `dvc repro` with params-rehearsal.yaml as it is (512 px, 512 T5
+    tokens, the full setting's readers, parser path and stages) on its folders written at toy
+    widths. The real rehearsal (FLUX.1-dev's widths) takes about an hour on 2 cores."""
+    repo = make_smoke_repo(tmp_path_factory.mktemp("rehearsal") / "repo", embedded_base, {})
+    shutil.copy2(ROOT / "params-rehearsal.yaml", repo / "params.yaml")
+    write_rehearsal(repo / "data" / "rehearsal", configs=TOY_CONFIGS,
+                    segformer={**SEGFORMER_B5, **TOY_SEGFORMER})
+    _run(["git", "commit", "-qam", "rehearsal params"], repo)
+    _run(DVC + ["repro"], repo, timeout=1800)
+    for mode in ("multimodal", "mask2face", "text2face", "base"):
+        metrics = json.loads((repo / "metrics" / "eval" / f"{mode}.json").read_text())
+        assert metrics["mask_miou"] is not None
+        assert len(list((repo / "data" / "samples" / mode).glob("*.png"))) == 2
+    assert len(list((repo / "data" / "zeroshot" / "samples" / "text2face").glob("*.png"))) == 2
+    assert _run(DVC + ["status"], repo).stdout.strip().endswith("up to date.")

@@ -34,7 +34,7 @@ from facemogle.base.segmenter import load_parser
 from facemogle.cache.store import load_cache
 from facemogle.core import flow, labels
 from facemogle.core.config import load_params
-from facemogle.core.io import read_jsonl, read_rgb, write_json
+from facemogle.core.io import read_json, read_jsonl, read_rgb, write_json
 from facemogle.core.machine import machine
 from facemogle.data import layout
 from facemogle.evaluation.evaluate import parser_metrics
@@ -117,8 +117,12 @@ def run(args) -> dict[str, Any]:
     result: dict[str, Any] = {"machine": machine(), "images": len(rows), "modes": args.modes,
                               "sample": {"steps": cfg.steps, "cfg_scale": cfg.cfg_scale,
                                          "batch_size": cfg.batch_size}, "options": {}}
+    if args.resume and args.out.exists():
+        result["options"] = resumed_options(read_json(args.out), result, args.out)
     first: dict[str, list[np.ndarray]] = {}
     for name, option in options(args.thresholds, args.seeds, args.compile):
+        if name in result["options"]:
+            continue
         if option.get("compile"):
             condition.enable_compile()
         entry: dict[str, Any] = {"option": option, "modes": {}}
@@ -137,17 +141,33 @@ def run(args) -> dict[str, Any]:
                 first[key] = images
             print(f"{name} {mode}: {entry['modes'][mode]}", file=sys.stderr)
         result["options"][name] = entry
+        write_json(args.out, result)  # a cut run keeps its finished options (--resume)
     return summarise(result, args.seeds)
 
 
+def resumed_options(previous: dict[str, Any], result: dict[str, Any], path: Path
+                    ) -> dict[str, Any]:
+    """The options of an earlier run's result at `path`, when it measured the same images,
+    modes and sampler settings (`--resume`); anything else is refused by name."""
+    for key in ("images", "modes", "sample"):
+        if previous.get(key) != result[key]:
+            raise SystemExit(f"{path}: --resume needs the same {key} as this run "
+                             f"({previous.get(key)!r} there, {result[key]!r} here)")
+    if previous["machine"]["cpu"] != result["machine"]["cpu"]:
+        raise SystemExit(f"{path}: measured on {previous['machine']['cpu']}, this machine is "
+                         f"{result['machine']['cpu']}; speed-ups across machines do not compare")
+    return previous["options"]
+
+
 def summarise(result: dict[str, Any], seeds: int) -> dict[str, Any]:
-    """Speed-up over the reference (seed +0) and whether each option's quality is within the
-    reference seeds' spread, per mode."""
+    """Speed-up over the reference (the median loop time of its seeds, which run the same
+    computation) and whether each option's quality is within the reference seeds' spread, per
+    mode."""
     options_ = result["options"]
     reference = [options_[f"before, seed +{k}"] for k in range(seeds)]
     for mode in result["modes"]:
         spread = {q: [r["modes"][mode][q] for r in reference] for q in QUALITY}
-        before = reference[0]["modes"][mode]["loop_s"]
+        before = float(np.median([r["modes"][mode]["loop_s"] for r in reference]))
         for entry in options_.values():
             figures = entry["modes"][mode]
             figures["speedup"] = before / figures["loop_s"]
@@ -171,6 +191,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-compile", dest="compile", action="store_false",
                         help="leave out the torch.compile option (about a minute of compiling)")
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the options --out already holds and run only the missing ones "
+                             "(for example more reference seeds with a larger --seeds)")
     args = parser.parse_args(argv)
     result = run(args)
     write_json(args.out, result)
