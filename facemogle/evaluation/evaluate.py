@@ -182,16 +182,16 @@ def evaluate_mode(mode: str, samples_dir: Path, data_dir: Path, labels_dir: Path
         table = {r["id"]: r["attributes"] for r in read_jsonl(attributes_path)}
         attributes = [table[i] for i in ids]  # every mode is scored against the caption
     values: list[MetricValue] = []
-    per_image: dict[str, Any] = {}
     if parser is None:
+        reason = "no face parser (base stage output has no parser/)"
         values += skip_all(["mask_miou", "fd_parser", "kid_parser_x1000", "attribute_acc",
-                            "accessory_acc"],
-                           "parser", "no face parser (base stage output has no parser/)")
+                            "accessory_acc"], "parser", reason)
+        per_image: dict[str, Any] = {"ids": ids, "skipped": reason}
     else:
-        parsed, per_image = parser_metrics(parser, gen_images, ref_images, masks, attributes,
-                                           cfg, seed=seed, backend=parser_name)
+        parsed, counts = parser_metrics(parser, gen_images, ref_images, masks, attributes,
+                                        cfg, seed=seed, backend=parser_name)
         values += parsed + list(ceilings)
-        per_image = {"ids": ids, **per_image}
+        per_image = {"ids": ids, **counts}
     prompts = [captions[i] for i in ids]  # every mode, like the attributes above
     values += suite.evaluate(gen_images, ref_images, prompts, seed=seed)
     values += small_detector_metrics(ref_images, gen_images, cfg, seed=seed)
@@ -219,7 +219,8 @@ def evaluate(samples_dir: str | Path, data_dir: str | Path, labels_dir: str | Pa
              vae=None, parser_name: str = "face parser") -> dict[str, dict]:
     """Write `out_dir/<mode>.json` for each mode (`stages.report` lays them out as tables), and
     `out_dir/per_image/<mode>.json`: the test ids and per-image counts behind mIoU and attribute
-    accuracy (`facemogle.evaluation.uncertainty` resamples them).
+    accuracy (`facemogle.evaluation.uncertainty` resamples them); without a face parser, the
+    ids and why there are no counts (the stage's declared output exists either way).
 
     `samples_dir/<mode>/<id>.png` are the sample stage's images or any other method's (PNG,
     JPEG or WebP named by test id, at `data.resolution`), paired with the test images by id.
@@ -242,8 +243,7 @@ def evaluate(samples_dir: str | Path, data_dir: str | Path, labels_dir: str | Pa
                                           parser_name=parser_name, ceilings=ceilings)
         results[mode] = metrics_json(values)
         write_json(out_dir / f"{mode}.json", results[mode])
-        if per_image:
-            write_json(out_dir / PER_IMAGE / f"{mode}.json", per_image)
+        write_json(out_dir / PER_IMAGE / f"{mode}.json", per_image)
         ran = [v.name for v in values if v.skipped is None]
         skipped = {v.name: v.skipped for v in values if v.skipped is not None}
         log.info("%s: computed %s", mode, ", ".join(ran))
