@@ -20,9 +20,8 @@ from facemogle.models.condition import ResidualCache
 from facemogle.models.facemogle import FaceMoGLE
 
 # `sample.cache_threshold` of the CLI's --fast: the fastest measured threshold whose mIoU,
-# attribute accuracy and fd_parser stay within the sampling-seed spread in the multimodal mode;
-# in mask2face and text2face it keeps mIoU but fd_parser rises 5-10% past that spread
-# (docs/speed.md).
+# attribute accuracy and fd_parser stay within the spread of six sampling seeds of the exact
+# sampler in all four modes (docs/speed.md).
 FAST_CACHE_THRESHOLD = 0.3
 
 
