@@ -20,6 +20,7 @@ command's exit status is returned.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import subprocess
 import sys
@@ -107,8 +108,11 @@ def run(command: list[str], out: Path, interval: float = 0.2, echo=sys.stdout) -
     """Run `command`, write the per-stage record to `out` and return its exit status."""
     log = StageLog()
     origin = time.perf_counter()
+    # Unbuffered: DVC's "Running stage" lines must arrive when the stage starts, not when an
+    # 8 KiB pipe buffer fills (the stages' own output is not held back either way).
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True, bufsize=1)
+                               text=True, bufsize=1,
+                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
     reader = threading.Thread(target=follow, args=(process.stdout, log, echo), daemon=True)
     reader.start()
     root = psutil.Process(process.pid)
