@@ -133,7 +133,7 @@ def test_the_24gb_profile_is_the_full_setting_quantized_at_the_papers_global_bat
     small = flat_params(root / "params-flux-24gb.yaml")
     assert small.keys() == flux.keys()
     assert {k for k in flux if flux[k] != small[k]} == {
-        "base.quantization", "train.batch_size", "train.grad_accum"}
+        "base.quantization", "train.batch_size", "train.grad_accum", "cache.batch_size"}
     params = load_params(root / "params-flux-24gb.yaml")
     assert params.base.quantization == "int8"
     assert params.train.batch_size * params.train.grad_accum * params.train.num_processes == 8
