@@ -45,3 +45,17 @@ def test_an_ablation_queued_and_run_by_dvc_is_collected(tmp_path, embedded_base)
     assert (record["gating"], record["experts"], record["seed"]) == ("none", "global_local", 3)
     assert len(record["per_image"]["multimodal"]["ids"]) == QUEUE["data"]["num_test"]
     assert 0.0 <= record["metrics"]["mask2face"]["mask_miou"] <= 1.0
+
+
+def test_queue_skips_only_the_runs_recorded_in_the_chosen_results_folder(tmp_path, capsys):
+    from facemogle.evaluation.ablations import main
+
+    old, new = tmp_path / "previous-default", tmp_path / "current-default"
+    old.mkdir()
+    for variant in VARIANTS:  # a whole seed-0 grid of another default
+        result_path(variant, 0, old).write_text("{}")
+    main(["--results", str(old), "queue", "--seeds", "0"])
+    assert capsys.readouterr().out.strip() == ""
+    main(["--results", str(new), "queue", "--seeds", "0"])
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == len(VARIANTS) and all("dvc exp run --queue" in ln for ln in lines)

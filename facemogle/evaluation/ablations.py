@@ -410,6 +410,11 @@ def intervals(per_image_dir: Path) -> str:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--results", type=Path, default=RESULTS,
+                        help="folder of the run records that queue, collect and table use "
+                             f"(default {RESULTS}); a grid on another default or base gets its "
+                             "own folder, so that records of the old one are neither skipped "
+                             "over nor mixed in")
     sub = parser.add_subparsers(dest="command", required=True)
     queue_cmd = sub.add_parser("queue", help="print the dvc exp run --queue line of every "
                                "variant x seed not recorded yet")
@@ -440,7 +445,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"wrote {args.out}")
         return 0
     if args.command == "table":
-        found = load_results()
+        found = load_results(args.results)
         text = report(found)
         if args.plot:
             with atomic_path(args.plot) as tmp:
@@ -451,9 +456,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(text, end="")
         return 0
     if args.command == "queue":
-        print("\n".join(queue_commands(args.seeds)))
+        print("\n".join(queue_commands(args.seeds, args.results)))
         return 0
-    for path in collect():
+    for path in collect(results=args.results):
         print(f"wrote {path}")
     return 0
 
