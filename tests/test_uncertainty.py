@@ -241,6 +241,10 @@ def test_intervals_of_one_evaluated_run(tmp_path):
     assert expected.low < expected.value < expected.high
     with pytest.raises(InputError, match="no per-image files"):
         intervals(tmp_path / "empty")
+    # a run evaluated without a face parser (the full setting) has ids and a reason, no counts
+    write_json(tmp_path / "base.json", {"ids": ["a", "b"], "skipped": "no face parser"})
+    row = next(line for line in intervals(tmp_path).splitlines() if line.startswith("| base |"))
+    assert row == "| base | 2 | skipped: no face parser | - |"
 
 
 # ----------------------------------------------------------------------------------------------

@@ -77,7 +77,8 @@ def host_peak_rss() -> int | None:
 
 
 def reset_host_peak() -> None:
-    """Set the peak resident mark to the current resident size (Linux: clear_refs 5)."""
+    """Set the peak resident mark to the current resident size (Linux: clear_refs 5); where the
+    system refuses, the mark keeps counting from the process's start."""
     try:
         Path("/proc/self/clear_refs").write_text("5")
     except OSError:
@@ -101,7 +102,8 @@ def reset_memory(device: torch.device) -> None:
 
 
 def peak_memory(device: torch.device) -> dict[str, int | None]:
-    """Device peaks since `reset_memory` (None off CUDA) and the host's peak resident bytes."""
+    """Device peaks since `reset_memory` (None off CUDA) and the host's peak resident bytes
+    (since `reset_memory` on Linux; see `reset_host_peak`)."""
     host = {"peak_host_rss_bytes": host_peak_rss()}
     if device.type != "cuda":
         return {"peak_allocated_bytes": None, "peak_reserved_bytes": None, **host}

@@ -176,7 +176,15 @@ def markdown_table(result: dict[str, Any]) -> str:
     dev = result["device"]["name"]
     pct = lambda x: "n/a" if x is None else f"{100 * x:.1f}%"  # noqa: E731
     gib = lambda b: "n/a" if b is None else f"{b / 2 ** 30:.1f} GiB"  # noqa: E731
-    lines = [f"Face-MoGLE, size `{result['settings']['size']}`, {dev} "
+
+    def peak(r: dict[str, Any]) -> str:  # device memory; host memory where there is none
+        if r.get("peak_allocated_bytes") is None and r.get("peak_host_rss_bytes") is not None:
+            return f"{gib(r['peak_host_rss_bytes'])} (host)"
+        return gib(r.get("peak_allocated_bytes"))
+
+    blocks = result["settings"].get("blocks")
+    depth = "" if blocks is None else f" with {blocks[0]} + {blocks[1]} blocks"
+    lines = [f"Face-MoGLE, size `{result['settings']['size']}`{depth}, {dev} "
              f"({result['settings']['dtype']}, gradient checkpointing "
              f"{'on' if result['settings']['gradient_checkpointing'] else 'off'})", "",
              "| measurement | batch | time | throughput | peak memory | MFU |",
@@ -186,7 +194,7 @@ def markdown_table(result: dict[str, Any]) -> str:
             lines.append(f"| training step | {r['batch_size']} | {r['status']} | | | |")
             continue
         lines.append(f"| training step | {r['batch_size']} | {r['step_s']:.3f} s | "
-                     f"{r['samples_per_s']:.2f} samples/s | {gib(r['peak_allocated_bytes'])} | "
+                     f"{r['samples_per_s']:.2f} samples/s | {peak(r)} | "
                      f"{pct(r['mfu'])} |")
     for r in result.get("sample", []):
         if r["status"] != "ok":
@@ -194,13 +202,13 @@ def markdown_table(result: dict[str, Any]) -> str:
             continue
         lines.append(f"| sampling, {r['steps']} steps | {r['batch_size']} | "
                      f"{r['s_per_image']:.3f} s/image | {1 / r['s_per_image']:.2f} images/s | "
-                     f"{gib(r['peak_allocated_bytes'])} | {pct(r['mfu'])} |")
+                     f"{peak(r)} | {pct(r['mfu'])} |")
     if "cache" in result:
         c = result["cache"]
         lines.append(f"| latent caching (1 + 20 encodes) | {c['batch_size']} | | "
                      f"{c['images_per_s']:.2f} images/s, "
                      f"{c['shard']['total_bytes'] / 2 ** 20:.2f} MiB/image | "
-                     f"{gib(c['peak_allocated_bytes'])} | |")
+                     f"{peak(c)} | |")
     return "\n".join(lines) + "\n"
 
 

@@ -20,6 +20,7 @@ changes the process, `torch.compile` of the blocks.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import time
@@ -34,7 +35,7 @@ from facemogle.base.segmenter import load_parser
 from facemogle.cache.store import load_cache
 from facemogle.core import flow, labels
 from facemogle.core.config import load_params
-from facemogle.core.io import read_json, read_jsonl, read_rgb, write_json
+from facemogle.core.io import file_sha256, read_json, read_jsonl, read_rgb, write_json
 from facemogle.core.machine import machine
 from facemogle.data import layout
 from facemogle.evaluation.evaluate import parser_metrics
@@ -116,9 +117,13 @@ def run(args) -> dict[str, Any]:
     ids = [cache.ids[r] for r in rows]
     result: dict[str, Any] = {"machine": machine(), "images": len(rows), "modes": args.modes,
                               "sample": {"steps": cfg.steps, "cfg_scale": cfg.cfg_scale,
-                                         "batch_size": cfg.batch_size}, "options": {}}
-    if args.resume and args.out.exists():
-        result["options"] = resumed_options(read_json(args.out), result, args.out)
+                                         "batch_size": cfg.batch_size},
+                              "model_sha256": model_digest(args.model), "options": {}}
+    progress = partial_path(args.out)
+    if args.resume:
+        earlier = next((p for p in (progress, args.out) if p.exists()), None)
+        if earlier is not None:
+            result["options"] = resumed_options(read_json(earlier), result, earlier)
     first: dict[str, list[np.ndarray]] = {}
     for name, option in options(args.thresholds, args.seeds, args.compile):
         if name in result["options"]:
@@ -141,15 +146,29 @@ def run(args) -> dict[str, Any]:
                 first[key] = images
             print(f"{name} {mode}: {entry['modes'][mode]}", file=sys.stderr)
         result["options"][name] = entry
-        write_json(args.out, result)  # a cut run keeps its finished options (--resume)
+        write_json(progress, result)  # a cut run keeps its finished options (--resume)
     return summarise(result, args.seeds)
+
+
+def partial_path(out: Path) -> Path:
+    """Where a run keeps its finished options until it writes `out` (so that a cut run never
+    replaces a complete result)."""
+    return out.with_name(f"{out.stem}.partial.json")
+
+
+def model_digest(model_dir: Path) -> str:
+    """SHA-256 over the trained model's safetensors files (names and contents)."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(model_dir).glob("*.safetensors")):
+        digest.update(path.name.encode() + bytes.fromhex(file_sha256(path)))
+    return digest.hexdigest()
 
 
 def resumed_options(previous: dict[str, Any], result: dict[str, Any], path: Path
                     ) -> dict[str, Any]:
-    """The options of an earlier run's result at `path`, when it measured the same images,
-    modes and sampler settings (`--resume`); anything else is refused by name."""
-    for key in ("images", "modes", "sample"):
+    """The options of an earlier run's result at `path`, when it measured the same model,
+    images, modes and sampler settings (`--resume`); anything else is refused by name."""
+    for key in ("model_sha256", "images", "modes", "sample"):
         if previous.get(key) != result[key]:
             raise SystemExit(f"{path}: --resume needs the same {key} as this run "
                              f"({previous.get(key)!r} there, {result[key]!r} here)")
@@ -192,11 +211,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="leave out the torch.compile option (about a minute of compiling)")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--resume", action="store_true",
-                        help="keep the options --out already holds and run only the missing ones "
+                        help="keep the options a cut run (<out>.partial.json) or --out already "
+                             "holds, measured on the same model, and run only the missing ones "
                              "(for example more reference seeds with a larger --seeds)")
     args = parser.parse_args(argv)
     result = run(args)
     write_json(args.out, result)
+    partial_path(args.out).unlink(missing_ok=True)
     print(json.dumps({n: {m: {k: f[k] for k in ("loop_s", "speedup", "within_spread", *QUALITY)}
                           for m, f in e["modes"].items()}
                       for n, e in result["options"].items()}, indent=1))

@@ -401,6 +401,10 @@ def intervals(per_image_dir: Path) -> str:
     lines = ["| mode | images | mIoU | Attr |", "|---|---:|---|---|"]
     for path in files:
         per_image = read_json(path)
+        if "skipped" in per_image:  # evaluated without a face parser: no counts to resample
+            lines.append(f"| {path.stem} | {len(per_image['ids'])} | skipped: "
+                         f"{per_image['skipped']} | - |")
+            continue
         cells = [_fmt(metric_interval(per_image, metric)) if metric != "attribute_acc"
                  or "attributes" in per_image else "-" for metric in ("mask_miou",
                                                                       "attribute_acc")]
@@ -413,8 +417,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--results", type=Path, default=RESULTS,
                         help="folder of the run records that queue, collect and table use "
                              f"(default {RESULTS}); a grid on another default or base gets its "
-                             "own folder, so that records of the old one are neither skipped "
-                             "over nor mixed in")
+                             "own folder, so that queue does not skip runs recorded for the old "
+                             "one and table reads only this folder (collect records every "
+                             "ablation experiment of the repository into it)")
     sub = parser.add_subparsers(dest="command", required=True)
     queue_cmd = sub.add_parser("queue", help="print the dvc exp run --queue line of every "
                                "variant x seed not recorded yet")
