@@ -115,15 +115,8 @@ def run(args) -> dict[str, Any]:
     parser = load_parser(parts_dir(args.base, read_manifest(args.base)) / "parser").eval()
     rows = list(range(min(args.images, len(cache.ids))))
     ids = [cache.ids[r] for r in rows]
-    result: dict[str, Any] = {"machine": machine(), "images": len(rows), "modes": args.modes,
-                              "sample": {"steps": cfg.steps, "cfg_scale": cfg.cfg_scale,
-                                         "batch_size": cfg.batch_size},
-                              "model_sha256": model_digest(args.model), "options": {}}
+    result = start_result(args, len(rows), cfg)
     progress = partial_path(args.out)
-    if args.resume:
-        earlier = next((p for p in (progress, args.out) if p.exists()), None)
-        if earlier is not None:
-            result["options"] = resumed_options(read_json(earlier), result, earlier)
     first: dict[str, list[np.ndarray]] = {}
     for name, option in options(args.thresholds, args.seeds, args.compile):
         if name in result["options"]:
@@ -148,6 +141,20 @@ def run(args) -> dict[str, Any]:
         result["options"][name] = entry
         write_json(progress, result)  # a cut run keeps its finished options (--resume)
     return summarise(result, args.seeds)
+
+
+def start_result(args, images: int, cfg) -> dict[str, Any]:
+    """The result's header (machine, images, modes, sampler settings, model digest) and, with
+    `--resume`, the options a cut run or `--out` already holds."""
+    result: dict[str, Any] = {"machine": machine(), "images": images, "modes": args.modes,
+                              "sample": {"steps": cfg.steps, "cfg_scale": cfg.cfg_scale,
+                                         "batch_size": cfg.batch_size},
+                              "model_sha256": model_digest(args.model), "options": {}}
+    if args.resume:
+        earlier = next((p for p in (partial_path(args.out), args.out) if p.exists()), None)
+        if earlier is not None:
+            result["options"] = resumed_options(read_json(earlier), result, earlier)
+    return result
 
 
 def partial_path(out: Path) -> Path:
