@@ -32,22 +32,17 @@ def test_summary_compares_every_option_with_the_reference_seeds_spread():
 
 def test_resume_refuses_a_result_of_other_settings_or_another_processor():
     mine = {"images": 128, "modes": ["multimodal"], "sample": {"steps": 28},
-            "model_sha256": "ab", "machine": {"cpu": "AMD EPYC"}, "options": {}}
+            "model_fingerprint": "ab", "machine": {"cpu": "AMD EPYC"}, "options": {}}
     earlier = {**mine, "options": {"before, seed +0": {}}}
     assert sampling.resumed_options(earlier, mine, Path("r.json")) == {"before, seed +0": {}}
     with pytest.raises(SystemExit, match="r.json: --resume needs the same modes"):
         sampling.resumed_options({**earlier, "modes": ["base"]}, mine, Path("r.json"))
-    with pytest.raises(SystemExit, match="r.json: --resume needs the same model_sha256"):
-        sampling.resumed_options({**earlier, "model_sha256": "cd"}, mine, Path("r.json"))
+    with pytest.raises(SystemExit, match="r.json: --resume needs the same model_fingerprint"):
+        sampling.resumed_options({**earlier, "model_fingerprint": "cd"}, mine, Path("r.json"))
     with pytest.raises(SystemExit, match="measured on Intel"):
         sampling.resumed_options({**earlier, "machine": {"cpu": "Intel Xeon"}}, mine,
                                  Path("r.json"))
 
 
-def test_model_digest_follows_the_weights(tmp_path):
-    (tmp_path / "lora.safetensors").write_bytes(b"a")
-    (tmp_path / "mogle.safetensors").write_bytes(b"b")
-    first = sampling.model_digest(tmp_path)
-    (tmp_path / "mogle.safetensors").write_bytes(b"c")
-    assert sampling.model_digest(tmp_path) != first
+def test_progress_file_sits_beside_the_result():
     assert sampling.partial_path(Path("m/x.json")) == Path("m/x.partial.json")

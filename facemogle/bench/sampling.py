@@ -20,7 +20,6 @@ changes the process, `torch.compile` of the blocks.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 import time
@@ -32,10 +31,11 @@ import torch
 
 from facemogle.base.loader import load_base, parts_dir, read_manifest
 from facemogle.base.segmenter import load_parser
+from facemogle.cache.build import folder_fingerprint
 from facemogle.cache.store import load_cache
 from facemogle.core import flow, labels
 from facemogle.core.config import load_params
-from facemogle.core.io import file_sha256, read_json, read_jsonl, read_rgb, write_json
+from facemogle.core.io import read_json, read_jsonl, read_rgb, write_json
 from facemogle.core.machine import machine
 from facemogle.data import layout
 from facemogle.evaluation.evaluate import parser_metrics
@@ -144,12 +144,12 @@ def run(args) -> dict[str, Any]:
 
 
 def start_result(args, images: int, cfg) -> dict[str, Any]:
-    """The result's header (machine, images, modes, sampler settings, model digest) and, with
-    `--resume`, the options a cut run or `--out` already holds."""
+    """The result's header (machine, images, modes, sampler settings, the model folder's
+    fingerprint) and, with `--resume`, the options a cut run or `--out` already holds."""
     result: dict[str, Any] = {"machine": machine(), "images": images, "modes": args.modes,
                               "sample": {"steps": cfg.steps, "cfg_scale": cfg.cfg_scale,
                                          "batch_size": cfg.batch_size},
-                              "model_sha256": model_digest(args.model), "options": {}}
+                              "model_fingerprint": folder_fingerprint(args.model), "options": {}}
     if args.resume:
         earlier = next((p for p in (partial_path(args.out), args.out) if p.exists()), None)
         if earlier is not None:
@@ -163,19 +163,11 @@ def partial_path(out: Path) -> Path:
     return out.with_name(f"{out.stem}.partial.json")
 
 
-def model_digest(model_dir: Path) -> str:
-    """SHA-256 over the trained model's safetensors files (names and contents)."""
-    digest = hashlib.sha256()
-    for path in sorted(Path(model_dir).glob("*.safetensors")):
-        digest.update(path.name.encode() + bytes.fromhex(file_sha256(path)))
-    return digest.hexdigest()
-
-
 def resumed_options(previous: dict[str, Any], result: dict[str, Any], path: Path
                     ) -> dict[str, Any]:
     """The options of an earlier run's result at `path`, when it measured the same model,
     images, modes and sampler settings (`--resume`); anything else is refused by name."""
-    for key in ("model_sha256", "images", "modes", "sample"):
+    for key in ("model_fingerprint", "images", "modes", "sample"):
         if previous.get(key) != result[key]:
             raise SystemExit(f"{path}: --resume needs the same {key} as this run "
                              f"({previous.get(key)!r} there, {result[key]!r} here)")
