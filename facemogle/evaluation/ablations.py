@@ -92,19 +92,21 @@ def result_path(variant: str, seed: int, results: Path = RESULTS) -> Path:
     return results / f"{variant}-seed{seed}.json"
 
 
-def queue_commands(seeds: Sequence[int], results: Path = RESULTS) -> list[str]:
-    """One `dvc exp run --queue` per variant and training seed with no record in `results`
-    yet, seed by seed (a DVC experiment is named `<variant>-seed<k>`)."""
+def queue_commands(seeds: Sequence[int], results: Path = RESULTS,
+                   variants: Mapping[str, Mapping[str, str]] = VARIANTS) -> list[str]:
+    """One `dvc exp run --queue` per variant (its params, keys dotted below the top level)
+    and training seed with no record in `results` yet, seed by seed (a DVC experiment is
+    named `<variant>-seed<k>`)."""
     def command(variant: str, seed: int) -> str:
-        sets = {"seed": seed, **VARIANTS[variant]}
+        sets = {"seed": seed, **variants[variant]}
         return shlex.join(["dvc", "exp", "run", "--queue", "-n", f"{variant}-seed{seed}",
                            *(a for k, v in sets.items() for a in ("-S", f"{k}={v}")), TARGET])
 
-    return [command(v, s) for s in seeds for v in VARIANTS
+    return [command(v, s) for s in seeds for v in variants
             if not result_path(v, s, results).exists()]
 
 
-EXPERIMENT = re.compile(r"^(?P<variant>[a-z-]+)-seed(?P<seed>\d+)$")
+EXPERIMENT = re.compile(r"^(?P<variant>[a-z0-9-]+)-seed(?P<seed>\d+)$")
 
 
 def _git(repo: Path, *args: str) -> str:
@@ -112,28 +114,38 @@ def _git(repo: Path, *args: str) -> str:
                           check=True).stdout
 
 
-def experiments(repo: Path = Path(".")) -> dict[str, str]:
+def experiments(repo: Path = Path("."),
+                variants: Mapping[str, Mapping[str, str]] = VARIANTS) -> dict[str, str]:
     """name -> commit of every DVC experiment in `repo` (the git refs `refs/exps/...`) whose
-    name is `<variant>-seed<k>` of a known variant."""
+    name is `<variant>-seed<k>` of a variant in `variants`."""
     refs = _git(repo, "for-each-ref", "--format=%(refname) %(objectname)", "refs/exps")
     found = {}
     for line in refs.splitlines():
         ref, commit = line.split()
         name = ref.rsplit("/", 1)[-1]
         match = EXPERIMENT.match(name)
-        if match and match["variant"] in VARIANTS:
+        if match and match["variant"] in variants:
             found[name] = commit
     return found
 
 
-def experiment_record(repo: Path, name: str, commit: str) -> dict:
+def _param(params: Mapping, key: str):
+    """The value of a dotted key (`base.quantization`) in a params tree, None if absent."""
+    for part in key.split("."):
+        params = params.get(part) if isinstance(params, Mapping) else None
+    return params
+
+
+def experiment_record(repo: Path, name: str, commit: str,
+                      variants: Mapping[str, Mapping[str, str]] = VARIANTS,
+                      modes: Sequence[str] = MODES) -> dict:
     """The record of experiment `name` at `commit`: its variant and seed (checked against its
-    params), the `evaluate` stage's metrics and per-image counts of every mode in `MODES`."""
+    params), the `evaluate` stage's metrics and per-image counts of every mode in `modes`."""
     match = EXPERIMENT.match(name)
     variant, seed = match["variant"], int(match["seed"])
     params = yaml.safe_load(_git(repo, "show", f"{commit}:params.yaml"))
-    wanted = {"seed": seed, **VARIANTS[variant]}
-    found = {k: params.get(k) for k in wanted}
+    wanted = {"seed": seed, **variants[variant]}
+    found = {k: _param(params, k) for k in wanted}
     if found != wanted:
         raise InputError(f"experiment {name} ({commit[:7]}): its params {found} are not those "
                          f"its name stands for, {wanted}")
@@ -141,18 +153,21 @@ def experiment_record(repo: Path, name: str, commit: str) -> dict:
     def metrics(path: str) -> dict:
         return json.loads(_git(repo, "show", f"{commit}:metrics/eval/{path}"))
 
-    return {"variant": variant, "seed": seed, **VARIANTS[variant],
+    return {"variant": variant, "seed": seed, **variants[variant],
             "experiment": name, "commit": commit,
             "metrics": {m: {k: v for k, v in metrics(f"{m}.json").items()
-                            if isinstance(v, float)} for m in MODES},
-            "per_image": {m: metrics(f"per_image/{m}.json") for m in MODES}}
+                            if isinstance(v, float)} for m in modes},
+            "per_image": {m: metrics(f"per_image/{m}.json") for m in modes}}
 
 
-def collect(repo: Path = Path("."), results: Path = RESULTS) -> list[Path]:
-    """Write the record of every ablation experiment of `repo` that `results` lacks."""
+def collect(repo: Path = Path("."), results: Path = RESULTS,
+            variants: Mapping[str, Mapping[str, str]] = VARIANTS,
+            modes: Sequence[str] = MODES) -> list[Path]:
+    """Write the record of every experiment of `repo` named for a variant of `variants` that
+    `results` lacks."""
     written = []
-    for name, commit in experiments(repo).items():
-        record = experiment_record(repo, name, commit)
+    for name, commit in experiments(repo, variants).items():
+        record = experiment_record(repo, name, commit, variants, modes)
         path = result_path(record["variant"], record["seed"], results)
         if not path.exists():
             write_json(path, record)
@@ -160,17 +175,18 @@ def collect(repo: Path = Path("."), results: Path = RESULTS) -> list[Path]:
     return written
 
 
-def load_results(results: Path = RESULTS) -> dict[str, dict[int, dict]]:
+def load_results(results: Path = RESULTS, variants: Mapping[str, Mapping[str, str]] = VARIANTS
+                 ) -> dict[str, dict[int, dict]]:
     """variant -> training seed -> record, from every `<variant>-seed<k>.json`; variants in
-    the order of `VARIANTS` (the main model first)."""
+    the order of `variants` (the main model first)."""
     found: dict[str, dict[int, dict]] = {}
     for path in sorted(results.glob("*-seed*.json")):
         record = read_json(path)
-        if record.get("variant") not in VARIANTS:
+        if record.get("variant") not in variants:
             raise InputError(f"{path}: unknown variant {record.get('variant')!r}; "
-                             f"expected one of {list(VARIANTS)}")
+                             f"expected one of {list(variants)}")
         found.setdefault(record["variant"], {})[int(record["seed"])] = record
-    return {v: found[v] for v in VARIANTS if v in found}
+    return {v: found[v] for v in variants if v in found}
 
 
 def _fmt(interval) -> str:
