@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -25,6 +28,8 @@ from facemogle.core.io import InputError, read_json  # noqa: E402
 from facemogle.models.lora import lora_parameters  # noqa: E402
 from facemogle.training.checkpoint import load_trained  # noqa: E402
 from flux_standin import save_flux_standin  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _linear_weights(transformer) -> list:
@@ -94,15 +99,21 @@ def test_model_trained_on_an_int8_base_loads_on_the_unquantized_base(trained_run
     """train on the int8 embedded base: LoRA stays fp32 and trains, the frozen int8 weights do
     not move, and the saved model applies to the float32 base."""
     from stages import base as base_stage
-    from stages import train
 
     params = params_file(tmp_path / "params.yaml", {"base": {"quantization": "int8"}},
                          str(trained_run.params))
     base_dir, model_dir = tmp_path / "base", tmp_path / "model"
     p = ["--params", str(params)]
     assert base_stage.main(["--out", str(base_dir), *p]) == 0
-    assert train.main(["--latents", str(trained_run.latents), "--base", str(base_dir), "--out",
-                       str(model_dir), "--metrics-dir", str(tmp_path / "metrics"), *p]) == 0
+    # Through torchrun, as the pipeline runs it: accelerate wraps the model in DDP, which must
+    # not broadcast the frozen int8 weights.
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "torchrun"), "--standalone", "--nproc_per_node", "1",
+         "-m", "stages.train", "--latents", str(trained_run.latents), "--base", str(base_dir),
+         "--out", str(model_dir), "--metrics-dir", str(tmp_path / "metrics"), *p],
+        cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True,
+        timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
     quantized = load_base(base_dir, load_text_encoder=False).transformer
     plain = load_base(trained_run.base, load_text_encoder=False).transformer
     loaded = load_params(params)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from facemogle.cache.store import LatentCache
@@ -118,6 +119,11 @@ def _prepare(model: FaceMoGLE, cache: LatentCache, params: Params,
     optimizer = make_optimizer(trainable, cfg)
     if cfg.compile:
         enable_compile()
+    # Under torchrun, DDP broadcasts rank 0's parameters when it wraps the model. Every process
+    # loads the frozen base from the same files, and a quantized base's weights (torchao's
+    # Int8Tensor) cannot be broadcast at all, so DDP leaves the frozen parameters alone.
+    DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
+        model, [name for name, p in model.named_parameters() if not p.requires_grad])
     model, optimizer = accelerator.prepare(model, optimizer)
     inner = accelerator.unwrap_model(model)
     generator = torch.Generator().manual_seed(params.seed)  # shared by every process
