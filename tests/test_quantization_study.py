@@ -70,3 +70,15 @@ def test_an_unknown_arm_in_the_results_folder_is_refused_by_name(tmp_path):
     write_json(tmp_path / "nf4-seed0.json", _record("nf4", 0, 0.4))
     with pytest.raises(InputError, match="nf4-seed0.json: unknown variant 'nf4'"):
         quantization.load(tmp_path)
+
+
+def test_the_loss_plot_draws_each_arm_in_its_colour(tmp_path):
+    found = {"main": {0: _record("main", 0, 0.4)}, "int8": {0: _record("int8", 0, 0.4)}}
+    for arm in found:  # 40 logged intervals, the int8 arm 0.05 above
+        shift = 0.05 if arm == "int8" else 0.0
+        found[arm][0]["loss"] = [[10.0 * k, 0.6 - 0.005 * k + shift] for k in range(1, 41)]
+    pixels = np.asarray(quantization.loss_plot(found, smooth=5)).reshape(-1, 3)
+    colours = {tuple(p) for p in pixels}
+    assert quantization.COLOURS["main"] in colours and quantization.COLOURS["int8"] in colours
+    with pytest.raises(InputError, match="no record holds a loss curve"):
+        quantization.loss_plot({"main": {0: {**_record("main", 0, 0.4), "loss": []}}})

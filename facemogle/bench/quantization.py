@@ -31,12 +31,13 @@ from pathlib import Path
 import numpy as np
 import torch
 from dvc.api import DVCFileSystem
+from PIL import Image, ImageDraw, ImageFont
 
 from facemogle.base.loader import load_base, parts_dir, read_manifest
 from facemogle.base.segmenter import load_parser
 from facemogle.cache.store import load_cache
 from facemogle.core.config import load_params
-from facemogle.core.io import InputError, read_json, write_json, write_text
+from facemogle.core.io import InputError, atomic_path, read_json, write_json, write_text
 from facemogle.evaluation import ablations
 from facemogle.evaluation.uncertainty import seed_t_test
 from facemogle.sampling.sampler import sample_rows
@@ -201,6 +202,42 @@ def report(found: Mapping[str, Mapping[int, dict]]) -> str:
         f"{sum(checks)} of {len(checks)} runs.", ""])
 
 
+COLOURS = {"main": (31, 119, 180), "int8": (230, 120, 20)}
+
+
+def loss_plot(found: Mapping[str, Mapping[int, dict]], smooth: int = 10,
+              size: tuple[int, int] = (640, 360)) -> Image.Image:
+    """Training loss against step, one line per training seed (a moving mean over `smooth`
+    logged intervals), blue for none and orange for int8."""
+    curves = {(arm, s): np.array(r["loss"]) for arm in ARMS
+              for s, r in sorted(found.get(arm, {}).items()) if r.get("loss")}
+    if not curves:
+        raise InputError("no record holds a loss curve: nothing to plot")
+    smoothed = {k: (c[smooth - 1:, 0], np.convolve(c[:, 1], np.ones(smooth) / smooth, "valid"))
+                for k, c in curves.items()}
+    left, top, width, height = 60, 30, size[0] - 80, size[1] - 70
+    x_max = max(float(x[-1]) for x, _ in smoothed.values())
+    lows, highs = zip(*((float(y.min()), float(y.max())) for _, y in smoothed.values()))
+    y_low, y_high = min(lows), max(highs)
+    canvas = Image.new("RGB", size, (255, 255, 255))
+    draw, font = ImageDraw.Draw(canvas), ImageFont.load_default()
+
+    def point(x: float, y: float) -> tuple[float, float]:
+        return (left + x / x_max * width, top + (y_high - y) / (y_high - y_low) * height)
+
+    for (arm, _), (x, y) in smoothed.items():
+        draw.line([point(a, b) for a, b in zip(x, y)], fill=COLOURS[arm], width=1)
+    draw.rectangle([left, top, left + width, top + height], outline=(120, 120, 120))
+    draw.text((4, 8), f"training loss (moving mean of {smooth} logged intervals), one line per "
+              "training seed: blue none, orange int8", fill=(0, 0, 0), font=font)
+    for y in (y_low, y_high):
+        draw.text((4, point(0, y)[1] - 6), f"{y:.3f}", fill=(0, 0, 0), font=font)
+    draw.text((left, top + height + 8), "step 0", fill=(0, 0, 0), font=font)
+    draw.text((left + width - 60, top + height + 8), f"step {x_max:.0f}", fill=(0, 0, 0),
+              font=font)
+    return canvas
+
+
 def load(results: Path = RESULTS) -> dict[str, dict[int, dict]]:
     return ablations.load_results(results, ARMS)
 
@@ -219,6 +256,7 @@ def _parser() -> argparse.ArgumentParser:
         transfer_cmd.add_argument(f"--{name}", type=Path, default=Path(default))
     table_cmd = sub.add_parser("table", help="the comparison from the records")
     table_cmd.add_argument("--out", default=None)
+    table_cmd.add_argument("--plot", default=None, help="and the loss curves (PNG) here")
     return parser
 
 
@@ -232,10 +270,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif args.command == "transfer":
         for path in transfer(args):
             print(f"transferred {path}")
-    elif args.out:
-        write_text(args.out, report(load(args.results)))
     else:
-        print(report(load(args.results)), end="")
+        found = load(args.results)
+        if args.plot:
+            with atomic_path(args.plot) as tmp:
+                loss_plot(found).save(tmp, format="PNG")
+        if args.out:
+            write_text(args.out, report(found))
+        else:
+            print(report(found), end="")
     return 0
 
 
