@@ -24,6 +24,8 @@ int8 - none, and whether each int8 seed lies inside the none seeds' range.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -98,6 +100,18 @@ def _sample_and_score(base_dir: Path, model_dir: Path, params, cache, args) -> d
     return out
 
 
+@contextlib.contextmanager
+def _fetched(fs: DVCFileSystem, path: str, to: Path):
+    """The output folder `path` of an experiment copied to `to` (replaced if there; fsspec
+    copies a folder's contents only into a path that does not exist), removed afterwards."""
+    shutil.rmtree(to, ignore_errors=True)
+    try:
+        fs.get(path, str(to), recursive=True)
+        yield to
+    finally:
+        shutil.rmtree(to, ignore_errors=True)
+
+
 def transfer_one(path: Path, args) -> None:
     """Add to the int8 record at `path` the scores of its model on its own int8 base and on
     the unquantized base of `args.base`."""
@@ -107,10 +121,9 @@ def transfer_one(path: Path, args) -> None:
                          "unquantized base (run the base stage with base.quantization: none)")
     fs = DVCFileSystem(str(args.repo), rev=record["commit"])
     # The int8 base sits beside data/base: its manifest finds the embedded base at ../../
-    with tempfile.TemporaryDirectory(dir=Path(args.base).parent, prefix=".int8-") as int8_base, \
-            tempfile.TemporaryDirectory() as work:
-        fs.get("data/base", int8_base, recursive=True)
-        fs.get("data/model", f"{work}/model", recursive=True)
+    int8_base = Path(args.base).parent / f".int8-base-{record['commit'][:12]}"
+    with _fetched(fs, "data/base", int8_base), tempfile.TemporaryDirectory() as work:
+        fs.get("data/model", f"{work}/model", recursive=True)  # a new folder: its contents
         Path(f"{work}/params.yaml").write_text(ablations._git(args.repo, "show",
                                                               f"{record['commit']}:params.yaml"))
         params = load_params(f"{work}/params.yaml")
