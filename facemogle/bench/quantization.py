@@ -157,7 +157,7 @@ def _row(found: Mapping[str, Mapping[int, dict]], mode: str, metric: str, higher
     for values in (none, int8):
         v = list(values.values())
         cells.append(f"{np.mean(v):.4f} ± {np.std(v, ddof=1):.4f} (n={len(v)})" if len(v) > 1
-                     else "-")
+                     else f"{v[0]:.4f} (n=1)" if v else "-")
     cells.append(f"[{min(none.values()):.4f}, {max(none.values()):.4f}]" if none else "-")
     if len(shared) > 1:
         test = seed_t_test([int8[s] - none[s] for s in shared])
