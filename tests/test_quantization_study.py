@@ -19,7 +19,9 @@ def _record(arm: str, seed: int, miou: float, **extra) -> dict:
     metrics = {"mask_miou": miou, "attribute_acc": 0.7, "fd_parser": 0.02}
     return {"variant": arm, "seed": seed, "experiment": f"{arm}-seed{seed}", "commit": "0" * 40,
             "metrics": {m: dict(metrics) for m in quantization.MODES},
-            "loss": [[10.0, 0.5], [1800.0, 0.3 + seed / 100]], **extra}
+            "loss": [[10.0, 0.5], [1800.0, 0.3 + seed / 100]],
+            "seconds_per_step_median": 0.1 + seed / 100 + (0.1 if arm == "int8" else 0.0),
+            **extra}
 
 
 def _transfer(seed: int) -> dict:
@@ -63,6 +65,7 @@ def test_the_report_pairs_the_arms_by_training_seed(tmp_path):
     transfer = next(line for line in text.splitlines()
                     if line.startswith("| mask_miou multimodal | +0.0100, +0.0200, +0.0300"))
     assert "+0.0200 [" in transfer
+    assert "main 0.110 (runs 0.100 to 0.120), int8 0.210 (runs 0.200 to 0.220)" in text
     assert "seed 2 0.3200" in text and "reproduces the stage's multimodal mIoU in 2 of 3" in text
 
 

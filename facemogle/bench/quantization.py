@@ -59,25 +59,28 @@ TRANSFER_MODES = ("multimodal", "mask2face")
 METRICS = (("multimodal", "mask_miou", True), ("mask2face", "mask_miou", True),
            ("multimodal", "attribute_acc", True), ("text2face", "attribute_acc", True),
            ("multimodal", "fd_parser", False), ("mask2face", "fd_parser", False))
-LOSS = "metrics/train/plots/metrics/loss.tsv"
+TRAIN_LOGS = "metrics/train/plots/metrics"
 
 
-def loss_curve(repo: Path, commit: str) -> list[list[float]]:
-    """[step, loss] rows of the train stage's loss log at `commit` (DVCLive's TSV)."""
-    text = DVCFileSystem(str(repo), rev=commit).read_text(LOSS)
+def train_log(repo: Path, commit: str, name: str) -> list[list[float]]:
+    """[step, value] rows of the train stage's DVCLive log `name` (loss, seconds_per_step) at
+    `commit`, read from the DVC cache."""
+    text = DVCFileSystem(str(repo), rev=commit).read_text(f"{TRAIN_LOGS}/{name}.tsv")
     lines = [line.split("\t") for line in text.splitlines() if line.strip()]
     header = lines[0]
-    return [[float(row[header.index("step")]), float(row[header.index("loss")])]
+    return [[float(row[header.index("step")]), float(row[header.index(name)])]
             for row in lines[1:]]
 
 
 def collect(repo: Path = Path("."), results: Path = RESULTS) -> list[Path]:
     """Record every `main-seed<k>` / `int8-seed<k>` experiment that `results` lacks, with its
-    loss curve."""
+    loss curve and median seconds per training step."""
     written = ablations.collect(repo, results, ARMS, MODES)
     for path in written:
         record = read_json(path)
-        write_json(path, {**record, "loss": loss_curve(repo, record["commit"])})
+        pace = [v for _, v in train_log(repo, record["commit"], "seconds_per_step")]
+        write_json(path, {**record, "loss": train_log(repo, record["commit"], "loss"),
+                          "seconds_per_step_median": float(np.median(pace))})
     return written
 
 
@@ -200,6 +203,8 @@ def _loss_summary(found: Mapping[str, Mapping[int, dict]], window: int = 200) ->
 def report(found: Mapping[str, Mapping[int, dict]]) -> str:
     checks = [r["transfer"]["int8_reproduces_stage"] for r in found.get("int8", {}).values()
               if "transfer" in r]
+    pace = {arm: [r["seconds_per_step_median"] for r in found.get(arm, {}).values()
+                  if "seconds_per_step_median" in r] for arm in ARMS}
     return "\n".join([
         "# int8 frozen base against none", "",
         "| metric | none: mean ± sd over seeds | int8: mean ± sd | none: range over seeds | "
@@ -207,6 +212,9 @@ def report(found: Mapping[str, Mapping[int, dict]]) -> str:
         "|---|---|---|---|---|---|",
         *(_row(found, mode, metric, higher) for mode, metric, higher in METRICS), "",
         "Training loss, mean of the last 200 steps:", "", *_loss_summary(found), "",
+        "Median seconds per training step: " + ", ".join(
+            f"{arm} {np.mean(v):.3f} (runs {min(v):.3f} to {max(v):.3f})"
+            for arm, v in pace.items() if v) + ".", "",
         "The int8-trained model sampled on the unquantized base, minus on its own int8 base "
         "(per training seed; 95% t-interval over seeds):", "",
         "| metric | per seed | mean [95% t-interval], p |", "|---|---|---|",
