@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
 
 import pytest
 import torch
@@ -54,3 +55,28 @@ def test_bad_sigmas_are_refused_by_name(sigmas, capsys):
         diagnostics.main(["--model", "m", "--base", "b", "--latents", "l", "--labels", "x",
                           "--out", "o.json", "--sigmas", sigmas])
     assert "--sigmas must" in capsys.readouterr().err
+
+
+def test_an_experiment_is_found_by_its_git_ref_and_refused_by_name_when_absent(tmp_path):
+    from facemogle.core.io import InputError
+    from facemogle.evaluation.ablations import experiment_commit
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(tmp_path), *args], check=True,
+                              capture_output=True, text=True).stdout.strip()
+
+    git("init", "-q")
+    (tmp_path / "params.yaml").write_text("seed: 0\n")
+    git("add", "params.yaml")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "baseline")
+    head = git("rev-parse", "HEAD")
+    git("update-ref", "refs/exps/ab/cdef/gating-none-seed3", head)  # where DVC keeps one
+    assert experiment_commit(tmp_path, "gating-none-seed3") == head
+    with pytest.raises(InputError, match="no DVC experiment named 'gating-none-seed4'"):
+        experiment_commit(tmp_path, "gating-none-seed4")
+
+
+def test_model_and_experiment_are_exclusive(capsys):
+    with pytest.raises(SystemExit):
+        diagnostics.main(["--base", "b", "--latents", "l", "--labels", "x", "--out", "o"])
+    assert "give either --model (with --params) or --experiment" in capsys.readouterr().err

@@ -4,6 +4,11 @@ depends on the position after `x_embedder`, and where the gate puts its weight.
     python -m facemogle.app.diagnostics --model data/model --params params.yaml \
         --base data/base --latents data/latents --labels data/labels \
         --out metrics/diagnostics/main.json
+    python -m facemogle.app.diagnostics --experiment gating-none-seed0 --base data/base \
+        --latents data/latents --labels data/labels --out metrics/diagnostics/gating-none-0.json
+
+(`--experiment`: a DVC experiment of the repository, such as a run of the ablation grid; its
+model comes from the DVC cache and its params from its commit.)
 
 For the first `--images` test faces (multimodal conditions: caption and mask) and each flow time
 in `--sigmas`, the face's latent is noised to that time with a seeded draw and MoGLE runs once.
@@ -26,7 +31,9 @@ Run it on each variant's model to compare them (`gating`, `experts` come from `-
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +48,7 @@ from facemogle.core import flow, labels
 from facemogle.core.config import load_params
 from facemogle.core.io import InputError, write_json
 from facemogle.data.layout import mask_path
+from facemogle.evaluation.ablations import experiment_commit, experiment_params, fetched_output
 from facemogle.models.condition import embed_condition
 from facemogle.sampling.sampler import mode_conditions
 from facemogle.training.checkpoint import load_trained
@@ -111,9 +119,14 @@ def measure(model, cache, label_dir: Path, sigmas: tuple[float, ...], count: int
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    for name in ("model", "base", "latents", "labels", "out"):
+    for name in ("base", "latents", "labels", "out"):
         parser.add_argument(f"--{name}", required=True)
+    parser.add_argument("--model", default=None, help="a trained model folder (or --experiment)")
     parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--experiment", default=None,
+                        help="a DVC experiment of this repository (e.g. gating-none-seed0): its "
+                             "data/model from the DVC cache and its params.yaml, in place of "
+                             "--model and --params")
     parser.add_argument("--images", type=int, default=32)
     parser.add_argument("--sigmas", default=",".join(map(str, SIGMAS)),
                         help="comma-separated flow times in [0, 1]")
@@ -124,14 +137,30 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--sigmas must be comma-separated numbers in [0, 1], got {args.sigmas!r}")
     if not all(0.0 <= s <= 1.0 for s in sigmas):
         parser.error(f"--sigmas must lie in [0, 1], got {args.sigmas}")
-    params = load_params(args.params, sections=("seed", "gating", "experts", "model", "lora"))
-    base = load_base(args.base, device=torch.device("cpu"), load_text_encoder=False)
-    model = load_trained(base.transformer, args.model, params)
+    if (args.model is None) == (args.experiment is None):
+        parser.error("give either --model (with --params) or --experiment")
+    with _model_and_params(args) as (model_dir, params_path):
+        params = load_params(params_path, sections=("seed", "gating", "experts", "model", "lora"))
+        base = load_base(args.base, device=torch.device("cpu"), load_text_encoder=False)
+        model = load_trained(base.transformer, model_dir, params)
     result = measure(model, load_cache(args.latents, "test"), Path(args.labels), sigmas,
                      args.images, params.seed)
-    write_json(args.out, {"model": str(args.model), "gating": params.gating,
+    write_json(args.out, {"model": args.experiment or str(args.model), "gating": params.gating,
                           "experts": params.experts, **result})
     return 0
+
+
+@contextlib.contextmanager
+def _model_and_params(args):
+    """(model folder, params file): as given, or those of the experiment `args.experiment`."""
+    if args.experiment is None:
+        yield Path(args.model), Path(args.params)
+        return
+    commit = experiment_commit(Path("."), args.experiment)
+    with tempfile.TemporaryDirectory() as work, \
+            fetched_output(Path("."), commit, "data/model", Path(work) / "model") as model:
+        Path(work, "params.yaml").write_text(experiment_params(Path("."), commit))
+        yield model, Path(work, "params.yaml")
 
 
 if __name__ == "__main__":

@@ -24,8 +24,6 @@ int8 - none, and whether each int8 seed lies inside the none seeds' range.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -103,18 +101,6 @@ def _sample_and_score(base_dir: Path, model_dir: Path, params, cache, args) -> d
     return out
 
 
-@contextlib.contextmanager
-def _fetched(fs: DVCFileSystem, path: str, to: Path):
-    """The output folder `path` of an experiment copied to `to` (replaced if there; fsspec
-    copies a folder's contents only into a path that does not exist), removed afterwards."""
-    shutil.rmtree(to, ignore_errors=True)
-    try:
-        fs.get(path, str(to), recursive=True)
-        yield to
-    finally:
-        shutil.rmtree(to, ignore_errors=True)
-
-
 def transfer_one(path: Path, args) -> None:
     """Add to the int8 record at `path` the scores of its model on its own int8 base and on
     the unquantized base of `args.base`."""
@@ -122,14 +108,14 @@ def transfer_one(path: Path, args) -> None:
     if read_manifest(args.base).get("quantization", "none") != "none":
         raise InputError(f"{args.base}: base.quantization is not none; transfer samples on the "
                          "unquantized base (run the base stage with base.quantization: none)")
-    fs = DVCFileSystem(str(args.repo), rev=record["commit"])
+    commit = record["commit"]
     # The int8 base sits beside data/base: its manifest finds the embedded base at ../../
-    int8_base = Path(args.base).parent / f".int8-base-{record['commit'][:12]}"
-    with _fetched(fs, "data/base", int8_base), tempfile.TemporaryDirectory() as work:
-        fs.get("data/model", f"{work}/model", recursive=True)  # a new folder: its contents
-        Path(f"{work}/params.yaml").write_text(ablations._git(args.repo, "show",
-                                                              f"{record['commit']}:params.yaml"))
-        params = load_params(f"{work}/params.yaml")
+    int8_base = Path(args.base).parent / f".int8-base-{commit[:12]}"
+    with tempfile.TemporaryDirectory() as work, \
+            ablations.fetched_output(args.repo, commit, "data/base", int8_base), \
+            ablations.fetched_output(args.repo, commit, "data/model", Path(work) / "model"):
+        Path(work, "params.yaml").write_text(ablations.experiment_params(args.repo, commit))
+        params = load_params(Path(work, "params.yaml"))
         cache = load_cache(args.latents, "test")
         scores = {name: _sample_and_score(Path(base), Path(f"{work}/model"), params, cache, args)
                   for name, base in (("int8", int8_base), ("none", args.base))}

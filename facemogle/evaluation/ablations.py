@@ -28,15 +28,18 @@ difference.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import re
 import shlex
+import shutil
 import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import yaml
+from dvc.api import DVCFileSystem
 from PIL import Image, ImageDraw, ImageFont
 
 from facemogle.core.io import InputError, atomic_path, read_json, write_json, write_text
@@ -114,6 +117,35 @@ def _git(repo: Path, *args: str) -> str:
                           check=True).stdout
 
 
+def experiment_commit(repo: Path, name: str) -> str:
+    """The commit of the DVC experiment `name` of `repo` (its git ref under `refs/exps`)."""
+    refs = _git(repo, "for-each-ref", "--format=%(refname) %(objectname)", "refs/exps")
+    for line in refs.splitlines():
+        ref, commit = line.split()
+        if ref.rsplit("/", 1)[-1] == name:
+            return commit
+    raise InputError(f"no DVC experiment named {name!r} in {repo} (dvc exp list --all-commits "
+                     "lists them)")
+
+
+def experiment_params(repo: Path, commit: str) -> str:
+    """The text of `params.yaml` at an experiment's commit."""
+    return _git(repo, "show", f"{commit}:params.yaml")
+
+
+@contextlib.contextmanager
+def fetched_output(repo: Path, commit: str, path: str, to: Path):
+    """The output folder `path` (e.g. data/model) of the experiment at `commit`, copied from
+    the DVC cache to `to` (replaced if there: fsspec copies a folder's contents only into a path
+    that does not exist), removed afterwards."""
+    shutil.rmtree(to, ignore_errors=True)
+    try:
+        DVCFileSystem(str(repo), rev=commit).get(path, str(to), recursive=True)
+        yield to
+    finally:
+        shutil.rmtree(to, ignore_errors=True)
+
+
 def experiments(repo: Path = Path("."),
                 variants: Mapping[str, Mapping[str, str]] = VARIANTS) -> dict[str, str]:
     """name -> commit of every DVC experiment in `repo` (the git refs `refs/exps/...`) whose
@@ -143,7 +175,7 @@ def experiment_record(repo: Path, name: str, commit: str,
     params), the `evaluate` stage's metrics and per-image counts of every mode in `modes`."""
     match = EXPERIMENT.match(name)
     variant, seed = match["variant"], int(match["seed"])
-    params = yaml.safe_load(_git(repo, "show", f"{commit}:params.yaml"))
+    params = yaml.safe_load(experiment_params(repo, commit))
     wanted = {"seed": seed, **variants[variant]}
     found = {k: _param(params, k) for k in wanted}
     if found != wanted:
