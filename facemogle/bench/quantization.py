@@ -39,7 +39,7 @@ from facemogle.cache.store import load_cache
 from facemogle.core.config import load_params
 from facemogle.core.io import InputError, atomic_path, read_json, write_json, write_text
 from facemogle.evaluation import ablations
-from facemogle.evaluation.uncertainty import seed_t_test
+from facemogle.evaluation.uncertainty import SeedTest, holm, seed_t_test
 from facemogle.sampling.sampler import sample_rows
 from facemogle.sampling.sheets import to_uint8
 from facemogle.training.checkpoint import load_trained
@@ -139,22 +139,35 @@ def _values(records: Mapping[int, dict], mode: str, metric: str) -> dict[int, fl
             if metric in r["metrics"][mode]}
 
 
-def _row(found: Mapping[str, Mapping[int, dict]], mode: str, metric: str, higher: bool) -> str:
+def _tests(found: Mapping[str, Mapping[int, dict]]) -> dict[tuple[str, str], SeedTest]:
+    """Per metric of METRICS with two or more training seeds in both arms: the paired t-test
+    over those seeds of int8 - none."""
+    out = {}
+    for mode, metric, _ in METRICS:
+        none, int8 = (_values(found.get(a, {}), mode, metric) for a in ("main", "int8"))
+        shared = sorted(set(none) & set(int8))
+        if len(shared) > 1:
+            out[mode, metric] = seed_t_test([int8[s] - none[s] for s in shared])
+    return out
+
+
+def _row(found: Mapping[str, Mapping[int, dict]], mode: str, metric: str, higher: bool,
+         test: SeedTest | None, adjusted: float | None) -> str:
     none, int8 = (_values(found.get(a, {}), mode, metric) for a in ("main", "int8"))
-    shared = sorted(set(none) & set(int8))
     cells = [f"{metric} {mode}" + ("" if higher else " ↓")]
     for values in (none, int8):
         v = list(values.values())
         cells.append(f"{np.mean(v):.4f} ± {np.std(v, ddof=1):.4f} (n={len(v)})" if len(v) > 1
                      else f"{v[0]:.4f} (n=1)" if v else "-")
-    cells.append(f"[{min(none.values()):.4f}, {max(none.values()):.4f}]" if none else "-")
-    if len(shared) > 1:
-        test = seed_t_test([int8[s] - none[s] for s in shared])
-        inside = sum(min(none.values()) <= int8[s] <= max(none.values()) for s in int8)
-        cells += [f"{test.value:+.4f} [{test.low:+.4f}, {test.high:+.4f}], p {test.p:.3f}",
-                  f"{inside} of {len(int8)}"]
-    else:
-        cells += ["-", "-"]
+    if not none:
+        return "| " + " | ".join(cells + ["-"] * 4) + " |"
+    low, high = min(none.values()), max(none.values())
+    margin = (high - low) / 2
+    cells.append(f"[{low:.4f}, {high:.4f}]")
+    inside = sum(low - margin <= v <= high + margin for v in int8.values())
+    cells.append(f"{inside} of {len(int8)}" if int8 else "-")
+    cells.append("-" if test is None else f"{test.value:+.4f} [{test.low:+.4f}, "
+                 f"{test.high:+.4f}], p {test.p:.3f}, Holm p {adjusted:.3f}")
     return "| " + " | ".join(cells) + " |"
 
 
@@ -189,14 +202,18 @@ def _loss_summary(found: Mapping[str, Mapping[int, dict]], window: int = 200) ->
 def report(found: Mapping[str, Mapping[int, dict]]) -> str:
     checks = [r["transfer"]["int8_reproduces_stage"] for r in found.get("int8", {}).values()
               if "transfer" in r]
+    tests = _tests(found)
+    adjusted = holm({k: t.p for k, t in tests.items()})
     pace = {arm: [r["seconds_per_step_median"] for r in found.get(arm, {}).values()
                   if "seconds_per_step_median" in r] for arm in ARMS}
     return "\n".join([
         "# int8 frozen base against none", "",
         "| metric | none: mean ± sd over seeds | int8: mean ± sd | none: range over seeds | "
-        "int8 - none, paired over seeds [95% t-interval] | int8 seeds inside none's range |",
+        "int8 seeds inside none's range widened by half its width | int8 - none, paired over "
+        "seeds [95% t-interval], p, Holm p over the metrics |",
         "|---|---|---|---|---|---|",
-        *(_row(found, mode, metric, higher) for mode, metric, higher in METRICS), "",
+        *(_row(found, mode, metric, higher, tests.get((mode, metric)),
+               adjusted.get((mode, metric))) for mode, metric, higher in METRICS), "",
         "Training loss, mean of the last 200 steps:", "", *_loss_summary(found), "",
         "Median seconds per training step: " + ", ".join(
             f"{arm} {np.mean(v):.3f} (runs {min(v):.3f} to {max(v):.3f})"
