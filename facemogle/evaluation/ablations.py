@@ -39,7 +39,6 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-from dvc.api import DVCFileSystem
 from PIL import Image, ImageDraw, ImageFont
 
 from facemogle.core.io import InputError, atomic_path, read_json, write_json, write_text
@@ -138,6 +137,8 @@ def fetched_output(repo: Path, commit: str, path: str, to: Path):
     """The output folder `path` (e.g. data/model) of the experiment at `commit`, copied from
     the DVC cache to `to` (replaced if there: fsspec copies a folder's contents only into a path
     that does not exist), removed afterwards."""
+    from dvc.api import DVCFileSystem  # here: importing dvc costs a second, few callers need it
+
     shutil.rmtree(to, ignore_errors=True)
     try:
         DVCFileSystem(str(repo), rev=commit).get(path, str(to), recursive=True)
