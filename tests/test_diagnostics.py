@@ -3,6 +3,7 @@ condition tokens after x_embedder, and the gate's weights, per noise level."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import subprocess
@@ -25,6 +26,25 @@ def test_noise_level_splits_tokens_into_constant_and_position_parts():
     assert m["constant_norm"] == pytest.approx(5.0) and m["position_norm"] == pytest.approx(1.0)
     assert m["mogle_norm"] == pytest.approx(2.0) and m["weight_sum"] == pytest.approx(1.0)
     assert m["gate_entropy"] == pytest.approx(math.log(2) / 2)
+    assert m["expert_weight"] == pytest.approx([0.75, 0.25])
+
+
+def _run(name: str, weights: list[float], norm: float) -> dict:
+    level = {"mogle_norm": norm, "position_norm": norm / 2, "constant_norm": 1.0,
+             "gate_entropy": 0.5, "weight_sum": sum(weights), "expert_weight": weights}
+    return {"model": name, "images": 4, "sigmas": [1.0], "experts": ["global", "skin"],
+            "x_embedder_bias_norm": 1.1, "gate_entropy_max": 1.0, "levels": [level]}
+
+
+def test_summary_averages_each_variant_over_its_seeds_main_first():
+    runs = [_run("gating-none-seed0", [1.0, 1.0], 20.0), _run("main-seed0", [0.2, 0.8], 4.0),
+            _run("main-seed1", [0.4, 0.6], 6.0)]
+    lines = diagnostics.summary(runs).splitlines()
+    rows = [line for line in lines if line.startswith("| main") or line.startswith("| gating")]
+    assert rows[0] == "| main | 2 | 1.10 | 5.00; 2.50; 1.00 |"
+    assert rows[1] == "| gating-none | 1 | 1.10 | 20.00; 10.00; 1.00 |"
+    assert rows[2] == "| main | 0.50; skin 0.70 |"  # mean share of the weight, not of the sum
+    assert rows[3] == "| gating-none | 0.50; global 0.50 |"
 
 
 def test_diagnostics_of_a_trained_model(trained_run, tmp_path):
@@ -41,12 +61,34 @@ def test_diagnostics_of_a_trained_model(trained_run, tmp_path):
         assert level["weight_sum"] == pytest.approx(1.0, abs=1e-5)  # the convex gate
         assert 0 <= level["gate_entropy"] <= r["gate_entropy_max"] + 1e-6
         assert level["mogle_norm"] > 0 and level["position_norm"] > 0
+        assert sum(level["expert_weight"]) == pytest.approx(level["weight_sum"], abs=1e-5)
     assert r["x_embedder_bias_norm"] > 0
     assert torch.tensor(r["mean_weight"]).shape == (3, 20)
     per_region = r["per_region"]
     assert len(per_region) == 3 and len(per_region[0]) == 20 and len(per_region[0][0]) == 19
     # the gate depends on z_t and the time: its weights differ between noise levels
     assert r["mean_weight"][0] != r["mean_weight"][2]
+
+
+def test_records_are_diagnosed_once_each_and_summarised(trained_run, tmp_path, monkeypatch):
+    @contextlib.contextmanager
+    def from_run(model, params, experiment):
+        assert experiment == "main-seed0"  # the record's experiment, not its file name alone
+        yield trained_run.model, trained_run.params
+
+    monkeypatch.setattr(diagnostics, "_model_and_params", from_run)
+    records = tmp_path / "records"
+    records.mkdir()
+    (records / "main-seed0.json").write_text(json.dumps({"experiment": "main-seed0"}))
+    args = ["--records", str(records), "--base", str(trained_run.base), "--latents",
+            str(trained_run.latents), "--labels", str(trained_run.labels), "--images", "2",
+            "--sigmas", "1.0,0.1"]
+    assert diagnostics.main(args) == 0
+    written = records / "diagnostics" / "main-seed0.json"
+    assert json.loads(written.read_text())["model"] == "main-seed0"
+    assert "| main | 1 |" in (records / "diagnostics" / "summary.md").read_text()
+    before = written.stat().st_mtime_ns
+    assert diagnostics.main(args) == 0 and written.stat().st_mtime_ns == before  # not redone
 
 
 @pytest.mark.parametrize("sigmas", ["0.5,x", "1.5"])
@@ -79,4 +121,5 @@ def test_an_experiment_is_found_by_its_git_ref_and_refused_by_name_when_absent(t
 def test_model_and_experiment_are_exclusive(capsys):
     with pytest.raises(SystemExit):
         diagnostics.main(["--base", "b", "--latents", "l", "--labels", "x", "--out", "o"])
-    assert "give either --model (with --params) or --experiment" in capsys.readouterr().err
+    assert "give one of --model (with --params), --experiment or --records" in (
+        capsys.readouterr().err)

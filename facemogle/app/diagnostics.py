@@ -7,8 +7,14 @@ depends on the position after `x_embedder`, and where the gate puts its weight.
     python -m facemogle.app.diagnostics --experiment gating-none-seed0 --base data/base \
         --latents data/latents --labels data/labels --out metrics/diagnostics/gating-none-0.json
 
+    python -m facemogle.app.diagnostics --records metrics/ablations/varied --base data/base \
+        --latents data/latents --labels data/labels
+
 (`--experiment`: a DVC experiment of the repository, such as a run of the ablation grid; its
-model comes from the DVC cache and its params from its commit.)
+model comes from the DVC cache and its params from its commit. `--records`: every run recorded
+in that folder (`<variant>-seed<k>.json`, as the ablation and study tools write them) that has
+no `diagnostics/<variant>-seed<k>.json` there yet, then `diagnostics/summary.md`: per variant
+the means over its seeds.)
 
 For the first `--images` test faces (multimodal conditions: caption and mask) and each flow time
 in `--sigmas`, the face's latent is noised to that time with a seeded draw and MoGLE runs once.
@@ -22,6 +28,7 @@ Per noise level the JSON holds:
   nats; `gate_entropy_max` = log of the number of experts is a uniform gate);
 - `weight_sum`: the mean sum of a token's weights (1 for a convex gate, the number of experts for
   a plain sum);
+- `expert_weight`: each expert's mean weight per token at that noise level;
 - `per_region`: each expert's mean weight over the tokens of each face region (a token counts in
   proportion to the region's share of its pixels), and `mean_weight` over all tokens.
 
@@ -46,9 +53,14 @@ from facemogle.base.loader import load_base
 from facemogle.cache.store import load_cache
 from facemogle.core import flow, labels
 from facemogle.core.config import load_params
-from facemogle.core.io import InputError, write_json
+from facemogle.core.io import InputError, read_json, write_json, write_text
 from facemogle.data.layout import mask_path
-from facemogle.evaluation.ablations import experiment_commit, experiment_params, fetched_output
+from facemogle.evaluation.ablations import (
+    EXPERIMENT,
+    experiment_commit,
+    experiment_params,
+    fetched_output,
+)
 from facemogle.models.condition import embed_condition
 from facemogle.sampling.sampler import mode_conditions
 from facemogle.training.checkpoint import load_trained
@@ -62,6 +74,7 @@ class NoiseLevel:
     def __init__(self) -> None:
         self.sums = {"mogle_norm": 0.0, "position_norm": 0.0, "constant_norm": 0.0,
                      "gate_entropy": 0.0, "weight_sum": 0.0}
+        self.expert = torch.zeros(0)  # (E,) summed weight per expert
         self.tokens = 0
 
     def add(self, out: torch.Tensor, embedded: torch.Tensor, weights: torch.Tensor) -> None:
@@ -75,10 +88,13 @@ class NoiseLevel:
         self.sums["constant_norm"] += constant.norm(dim=-1).sum().item() * out.shape[1]
         self.sums["gate_entropy"] += entropy.sum().item()
         self.sums["weight_sum"] += weights.sum(-1).sum().item()
+        per_expert = weights.sum(dim=(0, 1)).double()
+        self.expert = per_expert if self.expert.numel() == 0 else self.expert + per_expert
         self.tokens += n
 
-    def means(self) -> dict[str, float]:
-        return {k: v / self.tokens for k, v in self.sums.items()}
+    def means(self) -> dict:
+        return {**{k: v / self.tokens for k, v in self.sums.items()},
+                "expert_weight": (self.expert / self.tokens).tolist()}
 
 
 @torch.no_grad()
@@ -117,16 +133,19 @@ def measure(model, cache, label_dir: Path, sigmas: tuple[float, ...], count: int
             "per_region": nan_to_none(regions.per_region().tolist())}
 
 
-def main(argv: list[str] | None = None) -> int:
+def _arguments(argv: list[str] | None) -> tuple[argparse.Namespace, tuple[float, ...]]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    for name in ("base", "latents", "labels", "out"):
+    for name in ("base", "latents", "labels"):
         parser.add_argument(f"--{name}", required=True)
-    parser.add_argument("--model", default=None, help="a trained model folder (or --experiment)")
+    parser.add_argument("--out", default=None, help="the JSON (with --model or --experiment)")
+    parser.add_argument("--model", default=None, help="a trained model folder (with --params)")
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--experiment", default=None,
                         help="a DVC experiment of this repository (e.g. gating-none-seed0): its "
                              "data/model from the DVC cache and its params.yaml, in place of "
                              "--model and --params")
+    parser.add_argument("--records", type=Path, default=None,
+                        help="a folder of run records: diagnose each recorded experiment")
     parser.add_argument("--images", type=int, default=32)
     parser.add_argument("--sigmas", default=",".join(map(str, SIGMAS)),
                         help="comma-separated flow times in [0, 1]")
@@ -137,30 +156,111 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--sigmas must be comma-separated numbers in [0, 1], got {args.sigmas!r}")
     if not all(0.0 <= s <= 1.0 for s in sigmas):
         parser.error(f"--sigmas must lie in [0, 1], got {args.sigmas}")
-    if (args.model is None) == (args.experiment is None):
-        parser.error("give either --model (with --params) or --experiment")
-    with _model_and_params(args) as (model_dir, params_path):
-        params = load_params(params_path, sections=("seed", "gating", "experts", "model", "lora"))
-        base = load_base(args.base, device=torch.device("cpu"), load_text_encoder=False)
-        model = load_trained(base.transformer, model_dir, params)
-    result = measure(model, load_cache(args.latents, "test"), Path(args.labels), sigmas,
-                     args.images, params.seed)
-    write_json(args.out, {"model": args.experiment or str(args.model), "gating": params.gating,
-                          "experts": params.experts, **result})
+    if sum(a is not None for a in (args.model, args.experiment, args.records)) != 1:
+        parser.error("give one of --model (with --params), --experiment or --records")
+    if args.records is None and args.out is None:
+        parser.error("--out is needed with --model or --experiment")
+    return args, sigmas
+
+
+def diagnose(model_dir: Path, params_path: Path, args, sigmas: tuple[float, ...], cache,
+             name: str) -> dict:
+    """The figures of the module docstring for the model of `model_dir` trained with the params
+    of `params_path` (`gating`, `experts`), on the base of `args.base`."""
+    params = load_params(params_path, sections=("seed", "gating", "experts", "model", "lora"))
+    base = load_base(args.base, device=torch.device("cpu"), load_text_encoder=False)
+    model = load_trained(base.transformer, model_dir, params)
+    result = measure(model, cache, Path(args.labels), sigmas, args.images, params.seed)
+    return {"model": name, "gating": params.gating, "experts": params.experts, **result}
+
+
+def diagnose_records(args, sigmas: tuple[float, ...], cache) -> list[Path]:
+    """Diagnose the experiment of every run record in `args.records` that has no
+    `diagnostics/<experiment>.json` there yet; the paths written."""
+    written = []
+    for path in sorted(args.records.glob("*-seed*.json")):
+        name = read_json(path)["experiment"]
+        out = args.records / "diagnostics" / f"{name}.json"
+        if not out.exists():
+            with _model_and_params(None, None, name) as (model_dir, params_path):
+                write_json(out, diagnose(model_dir, params_path, args, sigmas, cache, name))
+            written.append(out)
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, sigmas = _arguments(argv)
+    cache = load_cache(args.latents, "test")
+    if args.records is not None:
+        for path in diagnose_records(args, sigmas, cache):
+            print(f"wrote {path}")
+        runs = [read_json(p) for p in sorted((args.records / "diagnostics").glob("*-seed*.json"))]
+        write_text(args.records / "diagnostics" / "summary.md", summary(runs))
+        return 0
+    with _model_and_params(args.model, args.params, args.experiment) as (model_dir, params_path):
+        write_json(args.out, diagnose(model_dir, params_path, args, sigmas, cache,
+                                      args.experiment or str(args.model)))
     return 0
 
 
+def _by_variant(runs: list[dict]) -> dict[str, list[dict]]:
+    """Diagnostics of runs named `<variant>-seed<k>`, grouped by variant (`main` first)."""
+    groups: dict[str, list[dict]] = {}
+    for run in sorted(runs, key=lambda r: not Path(r["model"]).name.startswith("main-")):
+        match = EXPERIMENT.match(Path(run["model"]).name)
+        groups.setdefault(match["variant"] if match else run["model"], []).append(run)
+    return groups
+
+
+def _level_mean(runs: list[dict], k: int, key: str) -> float:
+    return float(np.mean([run["levels"][k][key] for run in runs]))
+
+
+def summary(runs: list[dict]) -> str:
+    """Markdown: per variant (the mean over its seeds) and noise level, MoGLE's token norm and
+    the position-dependent and constant parts after x_embedder; then the gate's entropy as a
+    share of a uniform gate's and the expert with the largest share of a token's weight."""
+    groups = _by_variant(runs)
+    sigmas = runs[0]["sigmas"] if runs else []
+    head = " | ".join(f"sigma {s:g}" for s in sigmas)
+    scale = ["| variant | seeds | x_embedder bias norm | " + head + " |",
+             "|---|---:|---:|" + "---|" * len(sigmas)]
+    gate = ["| variant | " + head + " |", "|---|" + "---|" * len(sigmas)]
+    for variant, group in groups.items():
+        bias = np.mean([r["x_embedder_bias_norm"] or 0.0 for r in group])
+        scale.append(f"| {variant} | {len(group)} | {bias:.2f} | " + " | ".join(
+            "; ".join(f"{_level_mean(group, k, key):.2f}"
+                      for key in ("mogle_norm", "position_norm", "constant_norm"))
+            for k in range(len(sigmas))) + " |")
+        cells = []
+        for k in range(len(sigmas)):
+            share = np.mean([np.array(r["levels"][k]["expert_weight"])
+                             / r["levels"][k]["weight_sum"] for r in group], axis=0)
+            entropy = np.mean([r["levels"][k]["gate_entropy"] / r["gate_entropy_max"]
+                               for r in group])
+            cells.append(f"{entropy:.2f}; {group[0]['experts'][int(share.argmax())]} "
+                         f"{share.max():.2f}")
+        gate.append(f"| {variant} | " + " | ".join(cells) + " |")
+    return "\n".join([
+        "# What MoGLE hands the transformer, per noise level", "",
+        f"Means over each variant's seeds ({runs[0]['images'] if runs else 0} test faces, "
+        "multimodal conditions). Per noise level: MoGLE's mean output norm per token; the "
+        "position-dependent part; the constant part (after x_embedder):", "", *scale, "",
+        "Per noise level: the gate's entropy as a share of a uniform gate's; the expert with "
+        "the largest mean share of a token's weight, and that share:", "", *gate, ""])
+
+
 @contextlib.contextmanager
-def _model_and_params(args):
-    """(model folder, params file): as given, or those of the experiment `args.experiment`."""
-    if args.experiment is None:
-        yield Path(args.model), Path(args.params)
+def _model_and_params(model: str | None, params: str | None, experiment: str | None):
+    """(model folder, params file): as given, or those of the DVC experiment `experiment`."""
+    if experiment is None:
+        yield Path(model), Path(params)
         return
-    commit = experiment_commit(Path("."), args.experiment)
+    commit = experiment_commit(Path("."), experiment)
     with tempfile.TemporaryDirectory() as work, \
-            fetched_output(Path("."), commit, "data/model", Path(work) / "model") as model:
+            fetched_output(Path("."), commit, "data/model", Path(work) / "model") as model_dir:
         Path(work, "params.yaml").write_text(experiment_params(Path("."), commit))
-        yield model, Path(work, "params.yaml")
+        yield model_dir, Path(work, "params.yaml")
 
 
 if __name__ == "__main__":
