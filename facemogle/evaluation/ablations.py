@@ -263,19 +263,23 @@ def _verdict_cell(word: str, seeds: int) -> str:
     return f"{'variant ' if word != 'not resolved' else ''}{word} (n={seeds} seeds)"
 
 
-def ablation_table(found: Mapping[str, Mapping[int, dict]]) -> str:
-    """Markdown: per variant the seeds, per column the mean over seeds with its 95% interval
-    (seeds and test images resampled; descriptive) and the seeds' standard deviation, and the
-    paired test against the main model on the primary metric: the per-seed differences, their
-    mean with its t-interval over seeds, the Holm-adjusted p-value and the verdict."""
-    headers = ["variant", "gating", "experts", "seeds"] + [c for c, _, _ in COLUMNS] + [
+def ablation_table(found: Mapping[str, Mapping[int, dict]],
+                   keys: Sequence[str] = ("gating", "experts")) -> str:
+    """Markdown: per variant its params `keys` (as its records hold them) and seeds, per column
+    the mean over seeds with its 95% interval (seeds and test images resampled; descriptive)
+    and the seeds' standard deviation, and the paired test against the main model on the
+    primary metric: the per-seed differences, their mean with its t-interval over seeds, the
+    Holm-adjusted p-value and the verdict."""
+    headers = ["variant", *keys, "seeds"] + [c for c, _, _ in COLUMNS] + [
         f"{SEED_ONLY[0]} (seeds)", "vs main: mIoU mm difference (per seed) [95% t-interval]",
         "Holm p", "verdict"]
-    lines = ["| " + " | ".join(headers) + " |", "|---|---|---|---:|" + "---|" * (len(headers) - 4)]
+    lines = ["| " + " | ".join(headers) + " |",
+             "|---|" + "---|" * len(keys) + "---:|" + "---|" * (len(headers) - len(keys) - 2)]
     tests = seed_tests(found)
     judged = holm_verdicts(tests)
     for variant, records in found.items():
-        cells = [variant, VARIANTS[variant]["gating"], VARIANTS[variant]["experts"],
+        first = records[min(records)]
+        cells = [variant, *(str(first.get(k, "-")) for k in keys),
                  ",".join(str(s) for s in sorted(records))]
         for _, mode, metric in COLUMNS:
             per_seed = [records[s]["metrics"][mode].get(metric) for s in sorted(records)]
@@ -306,7 +310,7 @@ def other_columns_table(found: Mapping[str, Mapping[int, dict]]) -> str:
     lines = ["| variant | " + " | ".join(f"{name}: difference [95% t-interval], Holm p"
                                           for name, _, _ in columns) + " |",
              "|---|" + "---|" * len(columns)]
-    for variant in [v for v in VARIANTS if any(v in t for t in tests.values())]:
+    for variant in [v for v in found if any(v in t for t in tests.values())]:
         cells = [f"{tests[n][variant].value:+.3f} [{tests[n][variant].low:+.3f}, "
                  f"{tests[n][variant].high:+.3f}], {judged[n][variant][0]:.3f}"
                  if variant in tests[n] else "-" for n, _, _ in columns]
@@ -360,9 +364,7 @@ def resolution(found: Mapping[str, Mapping[int, dict]]) -> str:
     return (f"Resolution ({metric} {mode}): the per-seed differences to the main model scatter "
             f"with a pooled standard deviation of {sd:.4f} ({len(tests)} variants, {dof} "
             f"degrees of freedom), so a 95% t-interval excludes 0 only for a mean difference "
-            f"beyond t(0.975, n - 1) x SD / sqrt(n): {steps}. {have} seeds per variant resolve "
-            f"only large effects; at least 5 per variant are needed for smaller ones (not run "
-            f"here).")
+            f"beyond t(0.975, n - 1) x SD / sqrt(n): {steps}.")
 
 
 def difference_plot(found: Mapping[str, Mapping[int, dict]]) -> Image.Image:
@@ -370,7 +372,7 @@ def difference_plot(found: Mapping[str, Mapping[int, dict]]) -> Image.Image:
     model (mean of the per-seed differences, a dot; each seed, a tick) with its 95% t-interval
     over seeds, coloured by the Holm-adjusted verdict; left of the zero line is worse than main."""
     panels = [(name, seed_tests(found, mode, metric)) for name, mode, metric in COLUMNS]
-    variants = [v for v in VARIANTS if any(v in t for _, t in panels)]
+    variants = [v for v in found if any(v in t for _, t in panels)]
     if not variants:
         raise InputError("no variant shares a training seed with the main model: nothing to plot")
     width, row, left, top = 260, 22, 110, 34
