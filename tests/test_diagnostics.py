@@ -45,6 +45,11 @@ def test_summary_averages_each_variant_over_its_seeds_main_first():
     assert rows[1] == "| gating-none | 1 | 1.10 | 20.00; 10.00; 1.00 |"
     assert rows[2] == "| main | 0.50; skin 0.70 |"  # mean share of the weight, not of the sum
     assert rows[3] == "| gating-none | 0.50; global 0.50 |"
+    assert "(no input norms recorded)" in lines
+    norms = {"image_latent_norm": 7.0, "global_slot_norm": 11.0, "local_slot_norm": 9.0}
+    assert "a clean image latent 7.00 (what the frozen x_embedder was trained on), the global " \
+           "mask slot 11.00, a local mask slot 9.00." in diagnostics.summary(
+               [{**run, **norms} for run in runs])
 
 
 def test_diagnostics_of_a_trained_model(trained_run, tmp_path):
@@ -63,6 +68,7 @@ def test_diagnostics_of_a_trained_model(trained_run, tmp_path):
         assert level["mogle_norm"] > 0 and level["position_norm"] > 0
         assert sum(level["expert_weight"]) == pytest.approx(level["weight_sum"], abs=1e-5)
     assert r["x_embedder_bias_norm"] > 0
+    assert min(r["image_latent_norm"], r["global_slot_norm"], r["local_slot_norm"]) > 0
     assert torch.tensor(r["mean_weight"]).shape == (3, 20)
     per_region = r["per_region"]
     assert len(per_region) == 3 and len(per_region[0]) == 20 and len(per_region[0][0]) == 19

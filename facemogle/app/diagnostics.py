@@ -29,6 +29,9 @@ Per noise level the JSON holds:
 - `weight_sum`: the mean sum of a token's weights (1 for a convex gate, the number of experts for
   a plain sum);
 - `expert_weight`: each expert's mean weight per token at that noise level;
+- (once per run) `image_latent_norm`, `global_slot_norm`, `local_slot_norm`: the mean norm of
+  a clean image latent token and of a raw VAE token of the global and of the local mask slots,
+  the scales of MoGLE's input and of what the frozen `x_embedder` was trained on;
 - `per_region`: each expert's mean weight over the tokens of each face region (a token counts in
   proportion to the region's share of its pixels), and `mean_weight` over all tokens.
 
@@ -106,11 +109,15 @@ def measure(model, cache, label_dir: Path, sigmas: tuple[float, ...], count: int
         raise InputError("diagnostics: the latent cache's test split holds no image")
     grid = (cache.latent_size // 2, cache.latent_size // 2)
     levels, regions = [NoiseLevel() for _ in sigmas], RegionAverage()
+    inputs = {"image_latent_norm": 0.0, "global_slot_norm": 0.0, "local_slot_norm": 0.0}
     for start in tqdm(range(0, count, batch_size), desc="diagnostics"):
         rows = torch.arange(start, min(start + batch_size, count))
         ids = [cache.ids[int(r)] for r in rows]
         slots = mode_conditions(cache, rows, "multimodal", torch.device("cpu")).cond_latents
         x0 = cache.image[rows].float()  # (B, L, C)
+        inputs["image_latent_norm"] += x0.norm(dim=-1).mean(-1).sum().item()
+        inputs["global_slot_norm"] += slots[:, 0].norm(dim=-1).mean(-1).sum().item()
+        inputs["local_slot_norm"] += slots[:, 1:].norm(dim=-1).mean((-1, -2)).sum().item()
         noise = torch.stack([torch.randn(x0.shape[1:], generator=g)
                              for g in flow.generators_for(ids, seed)])  # (B, L, C)
         batch_weights = []
@@ -127,6 +134,7 @@ def measure(model, cache, label_dir: Path, sigmas: tuple[float, ...], count: int
     return {"images": count, "sigmas": list(sigmas),
             "experts": [expert_name(s) for s in slots_read], "regions": list(labels.LABELS),
             "x_embedder_bias_norm": None if bias is None else bias.norm().item(),
+            **{k: v / count for k, v in inputs.items()},
             "gate_entropy_max": math.log(len(slots_read)),
             "levels": [lv.means() for lv in levels],
             "mean_weight": regions.mean().tolist(),
@@ -242,12 +250,23 @@ def summary(runs: list[dict]) -> str:
                          f"{share.max():.2f}")
         gate.append(f"| {variant} | " + " | ".join(cells) + " |")
     return "\n".join([
-        "# What MoGLE hands the transformer, per noise level", "",
+        "# What MoGLE hands the transformer, per noise level", "", _input_line(runs), "",
         f"Means over each variant's seeds ({runs[0]['images'] if runs else 0} test faces, "
         "multimodal conditions). Per noise level: MoGLE's mean output norm per token; the "
         "position-dependent part; the constant part (after x_embedder):", "", *scale, "",
         "Per noise level: the gate's entropy as a share of a uniform gate's; the expert with "
         "the largest mean share of a token's weight, and that share:", "", *gate, ""])
+
+
+def _input_line(runs: list[dict]) -> str:
+    """The scales MoGLE starts from: clean image latent tokens and raw mask slot tokens."""
+    keys = ("image_latent_norm", "global_slot_norm", "local_slot_norm")
+    if not runs or any(k not in runs[0] for k in keys):
+        return "(no input norms recorded)"
+    image, glob, local = (runs[0][k] for k in keys)  # the same test faces in every run
+    return (f"Mean token norms of the inputs: a clean image latent {image:.2f} (what the frozen "
+            f"x_embedder was trained on), the global mask slot {glob:.2f}, a local mask slot "
+            f"{local:.2f}.")
 
 
 @contextlib.contextmanager
