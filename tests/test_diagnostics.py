@@ -41,8 +41,8 @@ def test_summary_averages_each_variant_over_its_seeds_main_first():
             _run("main-seed1", [0.4, 0.6], 6.0)]
     lines = diagnostics.summary(runs).splitlines()
     rows = [line for line in lines if line.startswith("| main") or line.startswith("| gating")]
-    assert rows[0] == "| main | 2 | 1.10 | 5.00; 2.50; 1.00 |"
-    assert rows[1] == "| gating-none | 1 | 1.10 | 20.00; 10.00; 1.00 |"
+    assert rows[0] == "| main | 2 | 1.00 | 1.10 | 5.00; 2.50; 1.00 |"
+    assert rows[1] == "| gating-none | 1 | 2.00 | 1.10 | 20.00; 10.00; 1.00 |"
     assert rows[2] == "| main | 0.50; skin 0.70 |"  # mean share of the weight, not of the sum
     assert rows[3] == "| gating-none | 0.50; global 0.50 |"
     assert "(no input norms recorded)" in lines

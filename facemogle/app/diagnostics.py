@@ -231,12 +231,13 @@ def summary(runs: list[dict]) -> str:
     groups = _by_variant(runs)
     sigmas = runs[0]["sigmas"] if runs else []
     head = " | ".join(f"sigma {s:g}" for s in sigmas)
-    scale = ["| variant | seeds | x_embedder bias norm | " + head + " |",
-             "|---|---:|---:|" + "---|" * len(sigmas)]
+    scale = ["| variant | seeds | weight sum | x_embedder bias norm | " + head + " |",
+             "|---|---:|---:|---:|" + "---|" * len(sigmas)]
     gate = ["| variant | " + head + " |", "|---|" + "---|" * len(sigmas)]
     for variant, group in groups.items():
         bias = np.mean([r["x_embedder_bias_norm"] or 0.0 for r in group])
-        scale.append(f"| {variant} | {len(group)} | {bias:.2f} | " + " | ".join(
+        total = np.mean([level["weight_sum"] for r in group for level in r["levels"]])
+        scale.append(f"| {variant} | {len(group)} | {total:.2f} | {bias:.2f} | " + " | ".join(
             "; ".join(f"{_level_mean(group, k, key):.2f}"
                       for key in ("mogle_norm", "position_norm", "constant_norm"))
             for k in range(len(sigmas))) + " |")
@@ -253,7 +254,9 @@ def summary(runs: list[dict]) -> str:
         "# What MoGLE hands the transformer, per noise level", "", _input_line(runs), "",
         f"Means over each variant's seeds ({runs[0]['images'] if runs else 0} test faces, "
         "multimodal conditions). Per noise level: MoGLE's mean output norm per token; the "
-        "position-dependent part; the constant part (after x_embedder):", "", *scale, "",
+        "position-dependent part; the constant part (after x_embedder). Weight sum: a token's "
+        "summed gate weight (1 for a convex gate, the number of experts for the plain sum):",
+        "", *scale, "",
         "Per noise level: the gate's entropy as a share of a uniform gate's; the expert with "
         "the largest mean share of a token's weight, and that share:", "", *gate, ""])
 
