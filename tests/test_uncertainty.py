@@ -162,6 +162,19 @@ def test_ablation_table_and_verdicts_from_recorded_runs(tmp_path):
     assert red_x.size and red_x.max() < 110 + 130
 
 
+def test_a_claim_is_contradicted_by_one_better_variant_even_with_runs_missing(tmp_path):
+    from facemogle.core.io import write_json
+    from facemogle.evaluation.ablations import claim_verdicts, load_results, result_path
+
+    for seed in (0, 1, 2):
+        write_json(result_path("main", seed, tmp_path), _record("main", seed, 0.5))
+        write_json(result_path("gating-none", seed, tmp_path), _record("gating-none", seed, 0.1))
+    lines = claim_verdicts(load_results(tmp_path))  # the claim's experts-none is absent
+    assert lines[2].startswith("- Experts and gating are needed: removing the gate or the experts "
+                               "hurts (Table 5): **contradicted** (main vs gating-none: worse")
+    assert "**not resolved (runs missing)**" in lines[0]
+
+
 def test_the_queue_is_one_dvc_exp_run_per_missing_variant_and_seed(tmp_path):
     import shlex
 

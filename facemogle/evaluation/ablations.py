@@ -331,12 +331,12 @@ def claim_verdicts(found: Mapping[str, Mapping[int, dict]]) -> list[str]:
         # main vs variant: the opposite of the variant's verdict against main
         outcomes = {v: flipped.get(judged[v][1], judged[v][1]) for v in variants if v in judged}
         seeds = "/".join(str(n) for n in sorted({tests[v].seeds for v in outcomes})) or "0"
-        if len(outcomes) < len(variants):
+        if any(o == "worse" for o in outcomes.values()):
+            word = "contradicted"  # one variant beating main is enough, whatever is missing
+        elif len(outcomes) < len(variants):
             word = "not resolved (runs missing)"
         elif all(o == "better" for o in outcomes.values()):
             word = "reproduced"
-        elif any(o == "worse" for o in outcomes.values()):
-            word = "contradicted"
         else:
             word = f"not resolved with {seeds} seeds"
         detail = ", ".join(f"main vs {v}: {o} (Holm p {judged[v][0]:.3f})"
