@@ -175,6 +175,21 @@ def test_a_claim_is_contradicted_by_one_better_variant_even_with_runs_missing(tm
     assert "**not resolved (runs missing)**" in lines[0]
 
 
+def test_the_controls_compare_the_scaled_gate_with_the_plain_sum_not_with_main(tmp_path):
+    from facemogle.core.io import write_json
+    from facemogle.evaluation.ablations import control_answers, load_results, result_path
+
+    for seed in (0, 1, 2):
+        for variant, noise in (("main", 0.1), ("gating-none", 0.1),
+                               ("gating-matrix-scaled", 0.5)):
+            write_json(result_path(variant, seed, tmp_path), _record(variant, seed, noise))
+    lines = control_answers(load_results(tmp_path))
+    assert len(lines) == 1  # experts-local-only has no runs: its two questions stay unasked
+    assert lines[0].startswith("- Does the matrix gate beat the plain sum once the scales "
+                               "match? gating-matrix-scaled - gating-none: -")
+    assert lines[0].endswith("Holm p 0.000 over 1 questions: variant worse (n=3 seeds)")
+
+
 def test_the_queue_is_one_dvc_exp_run_per_missing_variant_and_seed(tmp_path):
     import shlex
 

@@ -88,6 +88,15 @@ CLAIMS: tuple[tuple[str, tuple[str, ...]], ...] = (
      ("gating-none", "experts-none")),
 )
 PRIMARY = ("multimodal", "mask_miou")  # the metric a verdict rests on
+# What the controls ask: (question, variant, the variant it is compared with).
+CONTROL_QUESTIONS: tuple[tuple[str, str, str], ...] = (
+    ("Does the matrix gate beat the plain sum once the scales match?",
+     "gating-matrix-scaled", "gating-none"),
+    ("Do local experts with no global information follow the mask as well as the main model?",
+     "experts-local-only", MAIN),
+    ("Does the gate's view of the global colour mask matter to local experts?",
+     "experts-local-only", "experts-local"),
+)
 
 
 def result_path(variant: str, seed: int, results: Path = RESULTS) -> Path:
@@ -347,6 +356,24 @@ def claim_verdicts(found: Mapping[str, Mapping[int, dict]]) -> list[str]:
     return out
 
 
+def control_answers(found: Mapping[str, Mapping[int, dict]]) -> list[str]:
+    """One line per question of CONTROL_QUESTIONS whose two variants share training seeds: the
+    paired t-test over those seeds of variant - reference on the primary metric, Holm over the
+    questions answered."""
+    mode, metric = PRIMARY
+    tests = {}
+    for question, variant, reference in CONTROL_QUESTIONS:
+        a, b = found.get(variant, {}), found.get(reference, {})
+        shared = sorted(set(a) & set(b))
+        if shared:
+            tests[question] = paired_t_over_seeds(
+                [(a[s]["per_image"][mode], b[s]["per_image"][mode]) for s in shared], metric)
+    adjusted = holm({q: t.p for q, t in tests.items()})
+    words = {q: _verdict_cell(seed_verdict(t, adjusted[q]), t.seeds) for q, t in tests.items()}
+    return [f"- {q} {v} - {r}: {_fmt_test(tests[q])}, Holm p {adjusted[q]:.3f} over "
+            f"{len(tests)} questions: {words[q]}" for q, v, r in CONTROL_QUESTIONS if q in tests]
+
+
 def resolution(found: Mapping[str, Mapping[int, dict]]) -> str:
     """How large a difference the seeds can resolve: the pooled standard deviation of the
     per-seed differences on the primary metric, and the smallest mean difference a 95%
@@ -437,7 +464,10 @@ def report(found: Mapping[str, Mapping[int, dict]]) -> str:
     if runs > len(walls):
         timing += f"; {runs - len(walls)} from DVC experiments, which record no wall time"
     return "\n".join(["# Ablations with error bars", "", ablation_table(found),
-                      *claim_verdicts(found), "", resolution(found), "",
+                      *claim_verdicts(found), "",
+                      f"The controls ({PRIMARY[1]} {PRIMARY[0]}, paired t-test over the training "
+                      "seeds the two variants share):", "", *control_answers(found), "",
+                      resolution(found), "",
                       "The other columns, paired t-test over training seeds (Holm over the "
                       "variants of each column):", "", other_columns_table(found),
                       f"Runs: {timing}.", ""])
