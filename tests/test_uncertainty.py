@@ -188,6 +188,13 @@ def test_the_controls_compare_the_scaled_gate_with_the_plain_sum_not_with_main(t
     assert lines[0].startswith("- Does the matrix gate beat the plain sum once the scales "
                                "match? gating-matrix-scaled - gating-none: -")
     assert lines[0].endswith("Holm p 0.000 over 1 questions: variant worse (n=3 seeds)")
+    # in the table a control is shown against main but not judged, nor counted in the family
+    from facemogle.evaluation.ablations import ablation_table, claim_verdicts
+
+    found = load_results(tmp_path)
+    row = next(r for r in ablation_table(found).splitlines() if r.startswith("| gating-matrix"))
+    assert row.endswith("| - | control, questions below (n=3 seeds) |")
+    assert "Holm over 1 comparisons)" in claim_verdicts(found)[2]
 
 
 def test_the_queue_is_one_dvc_exp_run_per_missing_variant_and_seed(tmp_path):

@@ -88,6 +88,8 @@ CLAIMS: tuple[tuple[str, tuple[str, ...]], ...] = (
      ("gating-none", "experts-none")),
 )
 PRIMARY = ("multimodal", "mask_miou")  # the metric a verdict rests on
+# The controls (not the paper's variants): judged by their own questions, not in the claims' family.
+CONTROLS: tuple[str, ...] = ("gating-matrix-scaled", "experts-local-only")
 # What the controls ask: (question, variant, the variant it is compared with).
 CONTROL_QUESTIONS: tuple[tuple[str, str, str], ...] = (
     ("Does the matrix gate beat the plain sum once the scales match?",
@@ -256,10 +258,18 @@ def seed_tests(found: Mapping[str, Mapping[int, dict]], mode: str = PRIMARY[0],
 
 
 def holm_verdicts(tests: Mapping[str, SeedTest]) -> dict[str, tuple[float, str]]:
-    """Per variant of `tests` (one metric: one family of comparisons) its Holm-adjusted
-    p-value and verdict against the main model: "better", "worse" or "not resolved"."""
-    adjusted = holm({v: t.p for v, t in tests.items()})
-    return {v: (adjusted[v], seed_verdict(tests[v], adjusted[v])) for v in tests}
+    """Per variant of `tests` (one metric) its Holm-adjusted p-value and verdict against the main
+    model: "better", "worse" or "not resolved", Holm over the paper's comparisons (the variants
+    outside CONTROLS: one family); a control gets (nan, "control"), as what it asks is answered
+    by `control_answers`."""
+    paper = {v: t for v, t in tests.items() if v not in CONTROLS}
+    adjusted = holm({v: t.p for v, t in paper.items()})
+    return {v: (adjusted[v], seed_verdict(paper[v], adjusted[v])) if v in paper
+            else (float("nan"), "control") for v in tests}
+
+
+def _p_cell(p: float) -> str:
+    return "-" if np.isnan(p) else f"{p:.3f}"
 
 
 def _fmt_test(test: SeedTest) -> str:
@@ -269,6 +279,8 @@ def _fmt_test(test: SeedTest) -> str:
 
 
 def _verdict_cell(word: str, seeds: int) -> str:
+    if word == "control":
+        return f"control, questions below (n={seeds} seeds)"
     return f"{'variant ' if word != 'not resolved' else ''}{word} (n={seeds} seeds)"
 
 
@@ -300,7 +312,7 @@ def ablation_table(found: Mapping[str, Mapping[int, dict]],
             f" ± {np.std(per_seed, ddof=1):.4f}" if len(per_seed) > 1 else ""))
         if variant in tests:
             p, word = judged[variant]
-            cells += [_fmt_test(tests[variant]), f"{p:.3f}",
+            cells += [_fmt_test(tests[variant]), _p_cell(p),
                       _verdict_cell(word, tests[variant].seeds)]
         else:
             cells += ["-", "-", "-"]
@@ -321,7 +333,7 @@ def other_columns_table(found: Mapping[str, Mapping[int, dict]]) -> str:
              "|---|" + "---|" * len(columns)]
     for variant in [v for v in found if any(v in t for t in tests.values())]:
         cells = [f"{tests[n][variant].value:+.3f} [{tests[n][variant].low:+.3f}, "
-                 f"{tests[n][variant].high:+.3f}], {judged[n][variant][0]:.3f}"
+                 f"{tests[n][variant].high:+.3f}], {_p_cell(judged[n][variant][0])}"
                  if variant in tests[n] else "-" for n, _, _ in columns]
         lines.append(f"| {variant} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -334,6 +346,7 @@ def claim_verdicts(found: Mapping[str, Mapping[int, dict]]) -> list[str]:
     mode, metric = PRIMARY
     tests = seed_tests(found)
     judged = holm_verdicts(tests)
+    family = sum(v not in CONTROLS for v in tests)
     flipped = {"better": "worse", "worse": "better"}
     out = []
     for claim, variants in CLAIMS:
@@ -351,7 +364,7 @@ def claim_verdicts(found: Mapping[str, Mapping[int, dict]]) -> list[str]:
         detail = ", ".join(f"main vs {v}: {o} (Holm p {judged[v][0]:.3f})"
                            for v, o in outcomes.items())
         out.append(f"- {claim}: **{word}** ({detail or 'no paired runs'}; {metric} {mode}, "
-                   f"paired t-test over n={seeds} training seeds, Holm over {len(tests)} "
+                   f"paired t-test over n={seeds} training seeds, Holm over {family} "
                    f"comparisons)")
     return out
 
@@ -380,13 +393,14 @@ def resolution(found: Mapping[str, Mapping[int, dict]]) -> str:
     t-interval (and Holm's first step) can declare non-zero with the seeds at hand, 5 and 10."""
     mode, metric = PRIMARY
     tests = [t for t in seed_tests(found).values() if t.seeds > 1]
+    family = sum(v not in CONTROLS for v in seed_tests(found))
     if not tests:
         return "Resolution: no variant shares two training seeds with the main model."
     dof = sum(t.seeds - 1 for t in tests)
     sd = float(np.sqrt(sum((t.seeds - 1) * np.var(t.per_seed, ddof=1) for t in tests) / dof))
     have = max(t.seeds for t in tests)
     steps = ", ".join(f"{smallest_resolvable(sd, n):.3f} with {n} seeds ("
-                      f"{smallest_resolvable(sd, n, comparisons=len(tests)):.3f} at Holm's "
+                      f"{smallest_resolvable(sd, n, comparisons=max(1, family)):.3f} at Holm's "
                       f"first step)" for n in sorted({have, 5, 10}))
     return (f"Resolution ({metric} {mode}): the per-seed differences to the main model scatter "
             f"with a pooled standard deviation of {sd:.4f} ({len(tests)} variants, {dof} "
