@@ -46,6 +46,9 @@ def test_summary_averages_each_variant_over_its_seeds_main_first():
     assert rows[2] == "| main | 0.50; skin 0.70 |"  # mean share of the weight, not of the sum
     assert rows[3] == "| gating-none | 0.50; global 0.50 |"
     assert "(no input norms recorded)" in lines
+    single = {**_run("experts-global-seed0", [1.0], 3.0), "experts": ["global"],
+              "gate_entropy_max": 0.0}  # one expert: log 1 = 0, no choice to measure
+    assert "| experts-global | -; global 1.00 |" in diagnostics.summary([single])
     norms = {"image_latent_norm": 7.0, "global_slot_norm": 11.0, "local_slot_norm": 9.0}
     assert "a clean image latent 7.00 (what the frozen x_embedder was trained on), the global " \
            "mask slot 11.00, a local mask slot 9.00." in diagnostics.summary(

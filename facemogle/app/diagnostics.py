@@ -245,10 +245,11 @@ def summary(runs: list[dict]) -> str:
         for k in range(len(sigmas)):
             share = np.mean([np.array(r["levels"][k]["expert_weight"])
                              / r["levels"][k]["weight_sum"] for r in group], axis=0)
+            # one expert (experts: global) leaves the gate no choice: no entropy share
             entropy = np.mean([r["levels"][k]["gate_entropy"] / r["gate_entropy_max"]
-                               for r in group])
-            cells.append(f"{entropy:.2f}; {group[0]['experts'][int(share.argmax())]} "
-                         f"{share.max():.2f}")
+                               if r["gate_entropy_max"] > 0 else np.nan for r in group])
+            cells.append(("-" if np.isnan(entropy) else f"{entropy:.2f}") + "; "
+                         f"{group[0]['experts'][int(share.argmax())]} {share.max():.2f}")
         gate.append(f"| {variant} | " + " | ".join(cells) + " |")
     return "\n".join([
         "# What MoGLE hands the transformer, per noise level", "", _input_line(runs), "",
