@@ -7,7 +7,7 @@ depends on the position after `x_embedder`, and where the gate puts its weight.
     python -m facemogle.app.diagnostics --experiment gating-none-seed0 --base data/base \
         --latents data/latents --labels data/labels --out metrics/diagnostics/gating-none-0.json
 
-    python -m facemogle.app.diagnostics --records metrics/ablations/varied --base data/base \
+    python -m facemogle.app.diagnostics --records metrics/ablations --base data/base \
         --latents data/latents --labels data/labels
 
 (`--experiment`: a DVC experiment of the repository, such as a run of the ablation grid; its

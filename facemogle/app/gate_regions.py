@@ -2,7 +2,7 @@
 
     python -m facemogle.app.gate_regions --model data/ablations/main-seed2/model \
         --params data/ablations/main-seed2/params.yaml --base data/base --latents data/latents \
-        --labels data/labels --out metrics/ablations/gate_regions
+        --labels data/labels --out metrics/gate_regions
 
 Samples the test faces in multimodal mode exactly as `sample` does (same seeds, steps and
 guidance), records the gate's weights at every step (`GatingRecorder`), and averages, per step,
