@@ -20,7 +20,8 @@ and git-tracked metrics.
 counts) and writes `metrics/ablations/<variant>-seed<k>.json`; `table` rebuilds everything from
 those files; `intervals` gives the bootstrap intervals of one evaluated run from its per-image
 files. A variant is compared with the main model by a paired t-test whose unit is the training
-seed (one difference per seed), Holm-adjusted over the six variants per metric; `coverage`
+seed (one difference per seed), Holm-adjusted over the six variants per metric, and gives a
+verdict only from MIN_SEEDS (5) seeds on; `coverage`
 checks by simulation how often that interval and the bootstraps over seeds hold a known
 difference.
 """
@@ -88,6 +89,7 @@ CLAIMS: tuple[tuple[str, tuple[str, ...]], ...] = (
      ("gating-none", "experts-none")),
 )
 PRIMARY = ("multimodal", "mask_miou")  # the metric a verdict rests on
+MIN_SEEDS = 5  # fewer training seeds than this give no verdict, whatever the p-value
 # The controls (not the paper's variants): judged by their own questions, not in the claims' family.
 CONTROLS: tuple[str, ...] = ("gating-matrix-scaled", "experts-local-only")
 # What the controls ask: (question, variant, the variant it is compared with).
@@ -264,8 +266,8 @@ def holm_verdicts(tests: Mapping[str, SeedTest]) -> dict[str, tuple[float, str]]
     by `control_answers`."""
     paper = {v: t for v, t in tests.items() if v not in CONTROLS}
     adjusted = holm({v: t.p for v, t in paper.items()})
-    return {v: (adjusted[v], seed_verdict(paper[v], adjusted[v])) if v in paper
-            else (float("nan"), "control") for v in tests}
+    return {v: (adjusted[v], seed_verdict(paper[v], adjusted[v], min_seeds=MIN_SEEDS))
+            if v in paper else (float("nan"), "control") for v in tests}
 
 
 def _p_cell(p: float) -> str:
@@ -281,7 +283,8 @@ def _fmt_test(test: SeedTest) -> str:
 def _verdict_cell(word: str, seeds: int) -> str:
     if word == "control":
         return f"control, questions below (n={seeds} seeds)"
-    return f"{'variant ' if word != 'not resolved' else ''}{word} (n={seeds} seeds)"
+    short = f"; a verdict needs {MIN_SEEDS}" if seeds < MIN_SEEDS else ""
+    return f"{'variant ' if word != 'not resolved' else ''}{word} (n={seeds} seeds{short})"
 
 
 def ablation_table(found: Mapping[str, Mapping[int, dict]],
@@ -382,7 +385,8 @@ def control_answers(found: Mapping[str, Mapping[int, dict]]) -> list[str]:
             tests[question] = paired_t_over_seeds(
                 [(a[s]["per_image"][mode], b[s]["per_image"][mode]) for s in shared], metric)
     adjusted = holm({q: t.p for q, t in tests.items()})
-    words = {q: _verdict_cell(seed_verdict(t, adjusted[q]), t.seeds) for q, t in tests.items()}
+    words = {q: _verdict_cell(seed_verdict(t, adjusted[q], min_seeds=MIN_SEEDS), t.seeds)
+             for q, t in tests.items()}
     return [f"- {q} {v} - {r}: {_fmt_test(tests[q])}, Holm p {adjusted[q]:.3f} over "
             f"{len(tests)} questions: {words[q]}" for q, v, r in CONTROL_QUESTIONS if q in tests]
 
