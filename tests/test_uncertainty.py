@@ -148,7 +148,7 @@ def test_ablation_table_and_verdicts_from_recorded_runs(tmp_path):
     assert lines["gating-static"].rstrip(" |").endswith("| 1.000 | not resolved (n=5 seeds)")
     assert "Matrix gating beats scalar and static gating (Tables 4-5): **not resolved with 5 " \
            "seeds** (main vs gating-scalar: better (Holm p " in text
-    assert "paired t-test over n=5 training seeds, Holm over 2 comparisons)" in text
+    assert "paired t-test over n=5 training seeds, Holm over 6 comparisons)" in text
     assert "Resolution (mask_miou multimodal): " in text
     assert "| variant | mIoU m2f: difference [95% t-interval], Holm p | Attr mm: " in text
     assert "(Table 3): **not resolved (runs missing)**" in text
@@ -187,29 +187,48 @@ def test_the_controls_compare_the_scaled_gate_with_the_plain_sum_not_with_main(t
     assert len(lines) == 1  # experts-local-only has no runs: its two questions stay unasked
     assert lines[0].startswith("- Does the matrix gate beat the plain sum once the scales "
                                "match? gating-matrix-scaled - gating-none: -")
-    assert lines[0].endswith("Holm p 0.000 over 1 questions: variant worse (n=5 seeds)")
+    assert lines[0].endswith("Holm p 0.000 over 3 questions: variant worse (n=5 seeds)")
     # in the table a control is shown against main but not judged, nor counted in the family
     from facemogle.evaluation.ablations import ablation_table, claim_verdicts
 
     found = load_results(tmp_path)
     row = next(r for r in ablation_table(found).splitlines() if r.startswith("| gating-matrix"))
     assert row.endswith("| - | control, questions below (n=5 seeds) |")
-    assert "Holm over 1 comparisons)" in claim_verdicts(found)[2]
+    assert "Holm over 6 comparisons)" in claim_verdicts(found)[2]
 
 
 def test_fewer_than_five_seeds_give_no_verdict_however_small_the_p_value(tmp_path):
     from facemogle.core.io import write_json
-    from facemogle.evaluation.ablations import ablation_table, claim_verdicts, load_results, \
-        result_path
+    from facemogle.evaluation.ablations import (
+        ablation_table,
+        claim_verdicts,
+        load_results,
+        result_path,
+    )
 
     for seed in (0, 1, 2):
         write_json(result_path("main", seed, tmp_path), _record("main", seed, 0.1))
         write_json(result_path("gating-none", seed, tmp_path), _record("gating-none", seed, 0.5))
     found = load_results(tmp_path)
     row = next(r for r in ablation_table(found).splitlines() if r.startswith("| gating-none"))
-    assert row.endswith("| 0.000 | not resolved (n=3 seeds; a verdict needs 5) |")
+    assert row.endswith("| 1.000 | not resolved (n=3 seeds; a verdict needs 5) |")
     assert "**not resolved (runs missing)** (main vs gating-none: not resolved" in \
         claim_verdicts(found)[2]
+
+
+def test_the_holm_family_counts_missing_comparisons_so_verdicts_never_flip():
+    from facemogle.evaluation.ablations import MIN_SEEDS, PAPER, family_holm
+    from facemogle.evaluation.uncertainty import SeedTest
+
+    test = SeedTest(value=-0.01, low=-0.02, high=-0.001, p=0.01,
+                    per_seed=(-0.01,) * MIN_SEEDS)
+    few = SeedTest(value=-0.01, low=-0.02, high=-0.001, p=0.0001,
+                   per_seed=(-0.01,) * (MIN_SEEDS - 1))
+    alone = family_holm({"experts-local": test, "experts-global": few}, PAPER)
+    assert alone["experts-local"] == pytest.approx(0.01 * len(PAPER))  # five others count as 1
+    assert alone["experts-global"] == 1.0  # too few seeds: not yet in the family's evidence
+    complete = family_holm({v: test for v in PAPER}, PAPER)
+    assert all(complete[v] <= alone[v] for v in PAPER)  # more runs only lower the bound
 
 
 def test_the_queue_is_one_dvc_exp_run_per_missing_variant_and_seed(tmp_path):

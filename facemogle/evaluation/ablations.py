@@ -92,6 +92,8 @@ PRIMARY = ("multimodal", "mask_miou")  # the metric a verdict rests on
 MIN_SEEDS = 5  # fewer training seeds than this give no verdict, whatever the p-value
 # The controls (not the paper's variants): judged by their own questions, not in the claims' family.
 CONTROLS: tuple[str, ...] = ("gating-matrix-scaled", "experts-local-only")
+# The paper's comparisons with the main model: one Holm family, all six whether run or not.
+PAPER: tuple[str, ...] = tuple(v for v in VARIANTS if v != MAIN and v not in CONTROLS)
 # What the controls ask: (question, variant, the variant it is compared with).
 CONTROL_QUESTIONS: tuple[tuple[str, str, str], ...] = (
     ("Does the matrix gate beat the plain sum once the scales match?",
@@ -259,13 +261,24 @@ def seed_tests(found: Mapping[str, Mapping[int, dict]], mode: str = PRIMARY[0],
     return out
 
 
-def holm_verdicts(tests: Mapping[str, SeedTest]) -> dict[str, tuple[float, str]]:
+def family_holm(tests: Mapping[str, SeedTest], family: Sequence[str]) -> dict[str, float]:
+    """Holm-adjusted p-values over every member of `family`, run or not: a member with no test
+    or fewer than MIN_SEEDS seeds counts with p = 1. Holm's adjusted p-values only fall as any
+    input falls, so these bound what the complete family will give, and a verdict reached now
+    stands whatever the missing runs show."""
+    pvalues = {v: tests[v].p if v in tests and tests[v].seeds >= MIN_SEEDS else 1.0
+               for v in family}
+    return holm(pvalues)
+
+
+def holm_verdicts(tests: Mapping[str, SeedTest], family: Sequence[str] = PAPER
+                  ) -> dict[str, tuple[float, str]]:
     """Per variant of `tests` (one metric) its Holm-adjusted p-value and verdict against the main
-    model: "better", "worse" or "not resolved", Holm over the paper's comparisons (the variants
-    outside CONTROLS: one family); a control gets (nan, "control"), as what it asks is answered
-    by `control_answers`."""
-    paper = {v: t for v, t in tests.items() if v not in CONTROLS}
-    adjusted = holm({v: t.p for v, t in paper.items()})
+    model: "better", "worse" or "not resolved", Holm over `family` (`family_holm`); a variant
+    outside it (a control) gets (nan, "control"), as what it asks is answered by
+    `control_answers`."""
+    paper = {v: t for v, t in tests.items() if v in family}
+    adjusted = family_holm(tests, family)
     return {v: (adjusted[v], seed_verdict(paper[v], adjusted[v], min_seeds=MIN_SEEDS))
             if v in paper else (float("nan"), "control") for v in tests}
 
@@ -288,7 +301,8 @@ def _verdict_cell(word: str, seeds: int) -> str:
 
 
 def ablation_table(found: Mapping[str, Mapping[int, dict]],
-                   keys: Sequence[str] = ("gating", "experts")) -> str:
+                   keys: Sequence[str] = ("gating", "experts"),
+                   family: Sequence[str] = PAPER) -> str:
     """Markdown: per variant its params `keys` (as its records hold them) and seeds, per column
     the mean over seeds with its 95% interval (seeds and test images resampled; descriptive)
     and the seeds' standard deviation, and the paired test against the main model on the
@@ -300,7 +314,7 @@ def ablation_table(found: Mapping[str, Mapping[int, dict]],
     lines = ["| " + " | ".join(headers) + " |",
              "|---|" + "---|" * len(keys) + "---:|" + "---|" * (len(headers) - len(keys) - 2)]
     tests = seed_tests(found)
-    judged = holm_verdicts(tests)
+    judged = holm_verdicts(tests, family)
     for variant, records in found.items():
         first = records[min(records)]
         cells = [variant, *(str(first.get(k, "-")) for k in keys),
@@ -323,14 +337,15 @@ def ablation_table(found: Mapping[str, Mapping[int, dict]],
     return "\n".join(lines) + "\n"
 
 
-def other_columns_table(found: Mapping[str, Mapping[int, dict]]) -> str:
+def other_columns_table(found: Mapping[str, Mapping[int, dict]],
+                        family: Sequence[str] = PAPER) -> str:
     """Markdown: per variant, for each column beyond the primary one, the paired difference to
     the main model (mean of the per-seed differences, 95% t-interval) and its Holm-adjusted
     p-value over the variants of that column."""
     columns = [(name, mode, metric) for name, mode, metric in COLUMNS
                if (mode, metric) != PRIMARY]
     tests = {name: seed_tests(found, mode, metric) for name, mode, metric in columns}
-    judged = {name: holm_verdicts(t) for name, t in tests.items()}
+    judged = {name: holm_verdicts(t, family) for name, t in tests.items()}
     lines = ["| variant | " + " | ".join(f"{name}: difference [95% t-interval], Holm p"
                                           for name, _, _ in columns) + " |",
              "|---|" + "---|" * len(columns)]
@@ -349,7 +364,7 @@ def claim_verdicts(found: Mapping[str, Mapping[int, dict]]) -> list[str]:
     mode, metric = PRIMARY
     tests = seed_tests(found)
     judged = holm_verdicts(tests)
-    family = sum(v not in CONTROLS for v in tests)
+    family = len(PAPER)
     flipped = {"better": "worse", "worse": "better"}
     out = []
     for claim, variants in CLAIMS:
@@ -374,8 +389,8 @@ def claim_verdicts(found: Mapping[str, Mapping[int, dict]]) -> list[str]:
 
 def control_answers(found: Mapping[str, Mapping[int, dict]]) -> list[str]:
     """One line per question of CONTROL_QUESTIONS whose two variants share training seeds: the
-    paired t-test over those seeds of variant - reference on the primary metric, Holm over the
-    questions answered."""
+    paired t-test over those seeds of variant - reference on the primary metric, Holm over all
+    the questions (`family_holm`: an unanswered one counts with p = 1)."""
     mode, metric = PRIMARY
     tests = {}
     for question, variant, reference in CONTROL_QUESTIONS:
@@ -384,27 +399,27 @@ def control_answers(found: Mapping[str, Mapping[int, dict]]) -> list[str]:
         if shared:
             tests[question] = paired_t_over_seeds(
                 [(a[s]["per_image"][mode], b[s]["per_image"][mode]) for s in shared], metric)
-    adjusted = holm({q: t.p for q, t in tests.items()})
+    adjusted = family_holm(tests, [q for q, _, _ in CONTROL_QUESTIONS])
     words = {q: _verdict_cell(seed_verdict(t, adjusted[q], min_seeds=MIN_SEEDS), t.seeds)
              for q, t in tests.items()}
     return [f"- {q} {v} - {r}: {_fmt_test(tests[q])}, Holm p {adjusted[q]:.3f} over "
-            f"{len(tests)} questions: {words[q]}" for q, v, r in CONTROL_QUESTIONS if q in tests]
+            f"{len(CONTROL_QUESTIONS)} questions: {words[q]}"
+            for q, v, r in CONTROL_QUESTIONS if q in tests]
 
 
-def resolution(found: Mapping[str, Mapping[int, dict]]) -> str:
+def resolution(found: Mapping[str, Mapping[int, dict]], family: Sequence[str] = PAPER) -> str:
     """How large a difference the seeds can resolve: the pooled standard deviation of the
     per-seed differences on the primary metric, and the smallest mean difference a 95%
     t-interval (and Holm's first step) can declare non-zero with the seeds at hand, 5 and 10."""
     mode, metric = PRIMARY
     tests = [t for t in seed_tests(found).values() if t.seeds > 1]
-    family = sum(v not in CONTROLS for v in seed_tests(found))
     if not tests:
         return "Resolution: no variant shares two training seeds with the main model."
     dof = sum(t.seeds - 1 for t in tests)
     sd = float(np.sqrt(sum((t.seeds - 1) * np.var(t.per_seed, ddof=1) for t in tests) / dof))
     have = max(t.seeds for t in tests)
     steps = ", ".join(f"{smallest_resolvable(sd, n):.3f} with {n} seeds ("
-                      f"{smallest_resolvable(sd, n, comparisons=max(1, family)):.3f} at Holm's "
+                      f"{smallest_resolvable(sd, n, comparisons=len(family)):.3f} at Holm's "
                       f"first step)" for n in sorted({have, 5, 10}))
     return (f"Resolution ({metric} {mode}): the per-seed differences to the main model scatter "
             f"with a pooled standard deviation of {sd:.4f} ({len(tests)} variants, {dof} "

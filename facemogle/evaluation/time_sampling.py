@@ -39,6 +39,7 @@ ARMS: dict[str, dict] = {
     "lnm1": {**ablations.VARIANTS[ablations.MAIN], KEY: 1.0},
     "lnm0": {**ablations.VARIANTS[ablations.MAIN], KEY: 0.0},
 }
+FAMILY = tuple(arm for arm in ARMS if arm != ablations.MAIN)  # one Holm family: the two means
 LOW = 0.5  # below this noise level the layout is set and the details are drawn
 
 
@@ -75,10 +76,10 @@ def report(found: Mapping[str, Mapping[int, dict]], std: float, steps: int,
     return "\n".join([
         "# Training's noise levels: logit-normal mean 0, 1 and 2", "",
         *schedule_lines(std, steps, image_tokens), "",
-        ablations.ablation_table(found, keys=(KEY,)),
-        ablations.resolution(found), "",
+        ablations.ablation_table(found, keys=(KEY,), family=FAMILY),
+        ablations.resolution(found, FAMILY), "",
         "The other columns, paired t-test over training seeds (Holm over the arms of each "
-        "column):", "", ablations.other_columns_table(found),
+        "column):", "", ablations.other_columns_table(found, FAMILY),
         "The gate per noise level: `diagnostics/summary.md` (python -m "
         "facemogle.app.diagnostics --records <this folder> ...).", ""])
 
