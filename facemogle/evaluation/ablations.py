@@ -445,7 +445,8 @@ def difference_plot(found: Mapping[str, Mapping[int, dict]]) -> Image.Image:
               f"95% t-interval over n={seeds} training seeds",
               fill=(0, 0, 0), font=font)
     draw.text((4, bottom + 38), "green: variant better, red: variant worse (paired t-test, Holm "
-              "over the variants of each panel); grey: not resolved", fill=(0, 0, 0), font=font)
+              "over the paper's six comparisons); grey: not resolved or a control",
+              fill=(0, 0, 0), font=font)
 
     def x_of(panel: int, value: float) -> int:
         value = float(np.clip(value, -spans[panel], spans[panel]))
