@@ -503,7 +503,7 @@ def report(found: Mapping[str, Mapping[int, dict]]) -> str:
                       "seeds the two variants share):", "", *control_answers(found), "",
                       resolution(found), "",
                       "The other columns, paired t-test over training seeds (Holm over the "
-                      "variants of each column):", "", other_columns_table(found),
+                      "paper's six comparisons of each column):", "", other_columns_table(found),
                       f"Runs: {timing}.", ""])
 
 
