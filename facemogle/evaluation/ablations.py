@@ -279,7 +279,7 @@ def holm_verdicts(tests: Mapping[str, SeedTest], family: Sequence[str] = PAPER
     `control_answers`."""
     paper = {v: t for v, t in tests.items() if v in family}
     adjusted = family_holm(tests, family)
-    return {v: (adjusted[v], seed_verdict(paper[v], adjusted[v], min_seeds=MIN_SEEDS))
+    return {v: (adjusted[v], seed_verdict(paper[v], adjusted[v]))
             if v in paper else (float("nan"), "control") for v in tests}
 
 
@@ -400,7 +400,7 @@ def control_answers(found: Mapping[str, Mapping[int, dict]]) -> list[str]:
             tests[question] = paired_t_over_seeds(
                 [(a[s]["per_image"][mode], b[s]["per_image"][mode]) for s in shared], metric)
     adjusted = family_holm(tests, [q for q, _, _ in CONTROL_QUESTIONS])
-    words = {q: _verdict_cell(seed_verdict(t, adjusted[q], min_seeds=MIN_SEEDS), t.seeds)
+    words = {q: _verdict_cell(seed_verdict(t, adjusted[q]), t.seeds)
              for q, t in tests.items()}
     return [f"- {q} {v} - {r}: {_fmt_test(tests[q])}, Holm p {adjusted[q]:.3f} over "
             f"{len(CONTROL_QUESTIONS)} questions: {words[q]}"

@@ -268,11 +268,10 @@ def holm(pvalues: Mapping[str, float]) -> dict[str, float]:
 
 
 def seed_verdict(test: SeedTest, adjusted_p: float, alpha: float = ALPHA,
-                 higher_is_better: bool = True, min_seeds: int = 1) -> str:
+                 higher_is_better: bool = True) -> str:
     """"better", "worse" or "not resolved": whether the (Holm-)adjusted test rejects a zero
-    difference at `alpha`, and the sign of the mean difference; "not resolved" whatever the
-    p-value while the test has fewer than `min_seeds` seeds."""
-    if test.seeds < min_seeds or not adjusted_p < alpha:
+    difference at `alpha`, and the sign of the mean difference."""
+    if not adjusted_p < alpha:
         return "not resolved"
     return "better" if (test.value > 0) == higher_is_better else "worse"
 
