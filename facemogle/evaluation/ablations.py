@@ -40,9 +40,10 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
 
 from facemogle.core.io import InputError, atomic_path, read_json, write_json, write_text
+from facemogle.evaluation.forest_plot import forest_plot
 from facemogle.evaluation.uncertainty import (
     SeedTest,
     coverage_study,
@@ -435,56 +436,15 @@ def difference_plot(found: Mapping[str, Mapping[int, dict]]) -> Image.Image:
     variants = [v for v in found if any(v in t for _, t in panels)]
     if not variants:
         raise InputError("no variant shares a training seed with the main model: nothing to plot")
-    width, row, left, top = 260, 22, 110, 34
-    spans = [_span(tests.values()) for _, tests in panels]  # each panel its own symmetric scale
-    bottom = top + row * len(variants)
-    canvas = Image.new("RGB", (left + len(panels) * (width + 30), bottom + 54), (255, 255, 255))
-    draw, font = ImageDraw.Draw(canvas), ImageFont.load_default()
     seeds = "/".join(str(n) for n in sorted({t.seeds for _, d in panels for t in d.values()}))
-    draw.text((4, bottom + 24), f"dot: mean of the per-seed differences (ticks: each seed), bar: "
-              f"95% t-interval over n={seeds} training seeds",
-              fill=(0, 0, 0), font=font)
-    draw.text((4, bottom + 38), "green: variant better, red: variant worse (paired t-test, Holm "
-              "over the paper's six comparisons); grey: not resolved or a control",
-              fill=(0, 0, 0), font=font)
-
-    def x_of(panel: int, value: float) -> int:
-        value = float(np.clip(value, -spans[panel], spans[panel]))
-        return left + panel * (width + 30) + round((value / spans[panel] + 1) / 2 * width)
-
-    for k, (name, tests) in enumerate(panels):
-        _plot_axis(draw, font, name, lambda v, k=k: x_of(k, v), spans[k], top, bottom)
-        judged = holm_verdicts(tests)
-        for r, variant in enumerate(variants):
-            if variant not in tests:
-                continue
-            y, t = top + r * row + row // 2, tests[variant]
-            colour = {"better": (0, 120, 0), "worse": (200, 0, 0)}.get(judged[variant][1],
-                                                                       (60, 60, 60))
-            draw.line([(x_of(k, t.low), y), (x_of(k, t.high), y)], fill=colour, width=2)
-            for d in t.per_seed:
-                draw.line([(x_of(k, d), y - 6), (x_of(k, d), y + 6)], fill=colour, width=1)
-            draw.ellipse([x_of(k, t.value) - 3, y - 3, x_of(k, t.value) + 3, y + 3], fill=colour)
-    for r, variant in enumerate(variants):
-        draw.text((4, top + r * row + row // 2 - 6), variant, fill=(0, 0, 0), font=font)
-    return canvas
-
-
-def _span(tests) -> float:
-    """Half-width of a panel's symmetric scale: 1.1 x the largest finite bound or per-seed
-    difference (an interval of one seed is unbounded)."""
-    values = [abs(x) for t in tests for x in (t.low, t.high, *t.per_seed) if np.isfinite(x)]
-    return 1.1 * max(values, default=0.0) or 1.0
-
-
-def _plot_axis(draw, font, name: str, x_of, span: float, top: int, bottom: int) -> None:
-    """A panel's title, zero line and tick labels (-span, 0, +span)."""
-    draw.text((x_of(-span), 4), f"{name}: variant - main", fill=(0, 0, 0), font=font)
-    draw.line([(x_of(0.0), top - 6), (x_of(0.0), bottom)], fill=(150, 150, 150))
-    for tick in (-span, 0.0, span):
-        label = f"{tick:+.3f}" if tick else "0"
-        shift = {-1: 0, 0: -3, 1: -6 * len(label)}[int(np.sign(tick))]
-        draw.text((x_of(tick) + shift, bottom + 6), label, fill=(0, 0, 0), font=font)
+    return forest_plot(
+        [(f"{name}: variant - main", tests, {v: word for v, (_, word) in
+                                             holm_verdicts(tests).items()})
+         for name, tests in panels], variants,
+        [f"dot: mean of the per-seed differences (ticks: each seed), bar: 95% t-interval over "
+         f"n={seeds} training seeds",
+         "green: variant better, red: variant worse (paired t-test, Holm over the paper's six "
+         "comparisons); grey: not resolved or a control"])
 
 
 def report(found: Mapping[str, Mapping[int, dict]]) -> str:
