@@ -81,14 +81,15 @@ def test_diagnostics_of_a_trained_model(trained_run, tmp_path):
 
 def test_records_are_diagnosed_once_each_and_summarised(trained_run, tmp_path, monkeypatch):
     @contextlib.contextmanager
-    def from_run(model, params, experiment):
-        assert experiment == "main-seed0"  # the record's experiment, not its file name alone
+    def from_run(model, params, experiment=None, commit=None):
+        assert commit == "0123abc"  # the record's experiment commit, not a name's lookup
         yield trained_run.model, trained_run.params
 
     monkeypatch.setattr(diagnostics, "_model_and_params", from_run)
     records = tmp_path / "records"
     records.mkdir()
-    (records / "main-seed0.json").write_text(json.dumps({"experiment": "main-seed0"}))
+    (records / "main-seed0.json").write_text(json.dumps({"experiment": "lnm1-seed0",
+                                                         "commit": "0123abc"}))
     args = ["--records", str(records), "--base", str(trained_run.base), "--latents",
             str(trained_run.latents), "--labels", str(trained_run.labels), "--images", "2",
             "--sigmas", "1.0,0.1"]
@@ -108,7 +109,7 @@ def test_bad_sigmas_are_refused_by_name(sigmas, capsys):
     assert "--sigmas must" in capsys.readouterr().err
 
 
-def test_an_experiment_is_found_by_its_git_ref_and_refused_by_name_when_absent(tmp_path):
+def test_an_experiment_is_found_by_its_git_ref_and_refused_when_absent_or_ambiguous(tmp_path):
     from facemogle.core.io import InputError
     from facemogle.evaluation.ablations import experiment_commit
 
@@ -125,6 +126,9 @@ def test_an_experiment_is_found_by_its_git_ref_and_refused_by_name_when_absent(t
     assert experiment_commit(tmp_path, "gating-none-seed3") == head
     with pytest.raises(InputError, match="no DVC experiment named 'gating-none-seed4'"):
         experiment_commit(tmp_path, "gating-none-seed4")
+    git("update-ref", "refs/exps/12/3456/gating-none-seed3", head)  # the name on a second baseline
+    with pytest.raises(InputError, match="2 DVC experiments named 'gating-none-seed3'"):
+        experiment_commit(tmp_path, "gating-none-seed3")
 
 
 def test_model_and_experiment_are_exclusive(capsys):

@@ -18,6 +18,7 @@ INT8_MIOU = {0: 0.41, 1: 0.47, 2: 0.43}
 def _record(arm: str, seed: int, miou: float, **extra) -> dict:
     metrics = {"mask_miou": miou, "attribute_acc": 0.7, "fd_parser": 0.02}
     return {"variant": arm, "seed": seed, "experiment": f"{arm}-seed{seed}", "commit": "0" * 40,
+            "params": {"seed": seed, "base": {"quantization": "none" if arm == "main" else arm}},
             "metrics": {m: dict(metrics) for m in quantization.MODES},
             "loss": [[10.0, 0.5], [1800.0, 0.3 + seed / 100]],
             "seconds_per_step_median": 0.1 + seed / 100 + (0.1 if arm == "int8" else 0.0),

@@ -118,6 +118,7 @@ def _record(variant: str, seed: int, noise: float) -> dict:
     per_image["color_attributes"] = ["hair_color"]
     miou = mask_iou(preds, targets, num_classes=19).mean_iou
     return {"variant": variant, "seed": seed, **VARIANTS[variant], "wall_s": 60.0,
+            "params": {"seed": seed, **VARIANTS[variant], "train": {"steps": 8}},
             "metrics": {m: {"mask_miou": miou, "attribute_acc": 0.5,
                             "fd_parser": 0.01 + 0.001 * seed} for m in MODES},
             "per_image": {m: per_image for m in MODES}}
@@ -256,8 +257,10 @@ def _git(repo, *args):
                         "HOME": str(repo), "PATH": "/usr/bin:/bin"})
 
 
-def _experiment(repo, name: str, record: dict, params: dict) -> None:
-    """A commit with the files a DVC experiment keeps in git, under `refs/exps/.../<name>`."""
+def _experiment(repo, name: str, record: dict, params: dict, baseline: str = "ab/cdef0123"
+                ) -> None:
+    """A commit with the files a DVC experiment keeps in git, under
+    `refs/exps/<baseline>/<name>`."""
     import json
 
     import yaml
@@ -271,10 +274,12 @@ def _experiment(repo, name: str, record: dict, params: dict) -> None:
             json.dumps(per_image))
     _git(repo, "add", "-A")
     _git(repo, "commit", "-qm", name)
-    _git(repo, "update-ref", f"refs/exps/ab/cdef0123/{name}", "HEAD")
+    _git(repo, "update-ref", f"refs/exps/{baseline}/{name}", "HEAD")
 
 
-def test_collect_records_the_ablation_experiments_of_a_repository(tmp_path):
+def test_collect_records_the_experiments_of_the_workspace_settings(tmp_path, capsys):
+    import yaml
+
     from facemogle.core.io import InputError, read_json
     from facemogle.evaluation.ablations import VARIANTS, collect, result_path
 
@@ -282,18 +287,55 @@ def test_collect_records_the_ablation_experiments_of_a_repository(tmp_path):
     repo.mkdir()
     _git(repo, "init", "-q")
     expected = _record("gating-none", 1, 0.2)
+    settings = {"train": {"steps": 8, "logit_normal_mean": 1.0}}
     _experiment(repo, "gating-none-seed1", expected,
-                {"seed": 1, **VARIANTS["gating-none"], "train": {"steps": 8}})
+                {"seed": 1, **VARIANTS["gating-none"], **settings})
     _experiment(repo, "tuning-lr", expected, {"seed": 1})  # not an ablation name: left out
+    # an earlier default's run of another variant, then the workspace back on today's settings
+    _experiment(repo, "gating-scalar-seed1", expected,
+                {"seed": 1, **VARIANTS["gating-scalar"],
+                 "train": {"steps": 8, "logit_normal_mean": 2.0}})
+    (repo / "params.yaml").write_text(yaml.safe_dump({"seed": 42, **VARIANTS["main"],
+                                                      **settings}))
     assert collect(repo, results) == [result_path("gating-none", 1, results)]
+    assert "skipped gating-scalar-seed1" in (err := capsys.readouterr().err)
+    assert "train.logit_normal_mean 2.0 (params.yaml: 1.0)" in err
     written = read_json(result_path("gating-none", 1, results))
     assert written["per_image"] == expected["per_image"]
     assert written["metrics"] == expected["metrics"]
     assert written["experiment"] == "gating-none-seed1"
+    assert written["params"]["train"] == settings["train"]
     assert collect(repo, results) == []  # recorded already
-    _experiment(repo, "main-seed2", expected, {"seed": 2, **VARIANTS["gating-none"]})
-    with pytest.raises(InputError, match="main-seed2.*not those its name stands for"):
+    _experiment(repo, "main-seed2", expected, {"seed": 2, **VARIANTS["gating-none"], **settings})
+    assert collect(repo, results) == []
+    assert "main-seed2" in (err := capsys.readouterr().err) and "not those its name" in err
+    _experiment(repo, "gating-none-seed1", expected,  # the name again, under another baseline
+                {"seed": 1, **VARIANTS["gating-none"], **settings}, baseline="12/3456789a")
+    with pytest.raises(InputError, match="two experiments named gating-none-seed1"):
         collect(repo, results)
+
+
+def test_a_table_never_mixes_runs_of_two_settings(tmp_path):
+    from facemogle.core.io import InputError, write_json
+    from facemogle.evaluation.ablations import load_results, result_path, settings_line
+
+    write_json(result_path("main", 0, tmp_path), _record("main", 0, 0.1))
+    other = _record("gating-none", 0, 0.1)
+    write_json(result_path("gating-none", 0, tmp_path),
+               {**other, "params": {**other["params"], "train": {"steps": 16}}})
+    with pytest.raises(InputError, match=r"main-seed0.json: trained on other settings than "
+                                         r"gating-none-seed0.json: train.steps 8 \(gating"):
+        load_results(tmp_path)
+    write_json(result_path("gating-none", 0, tmp_path), {**other, "params": None})
+    with pytest.raises(InputError, match="no 'params'"):
+        load_results(tmp_path)
+    write_json(result_path("gating-none", 0, tmp_path), other)
+    found = load_results(tmp_path)
+    workspace = tmp_path / "params.yaml"
+    workspace.write_text("seed: 42\ngating: matrix\nexperts: global_local\ntrain: {steps: 8}\n")
+    assert "every run was trained on" in settings_line(found, workspace)
+    workspace.write_text("seed: 42\ngating: matrix\nexperts: global_local\ntrain: {steps: 9}\n")
+    assert settings_line(found, workspace).endswith(f"train.steps 8 ({workspace}: 9).")
 
 
 def test_intervals_of_one_evaluated_run(tmp_path):

@@ -13,7 +13,8 @@ depends on the position after `x_embedder`, and where the gate puts its weight.
 (`--experiment`: a DVC experiment of the repository, such as a run of the ablation grid; its
 model comes from the DVC cache and its params from its commit. `--records`: every run recorded
 in that folder (`<variant>-seed<k>.json`, as the ablation and study tools write them) that has
-no `diagnostics/<variant>-seed<k>.json` there yet, then `diagnostics/summary.md`: per variant
+no `diagnostics/<variant>-seed<k>.json` there yet (its model from the record's experiment
+commit), then `diagnostics/summary.md`: per variant
 the means over its seeds.)
 
 For the first `--images` test faces (multimodal conditions: caption and mask) and each flow time
@@ -183,15 +184,16 @@ def diagnose(model_dir: Path, params_path: Path, args, sigmas: tuple[float, ...]
 
 
 def diagnose_records(args, sigmas: tuple[float, ...], cache) -> list[Path]:
-    """Diagnose the experiment of every run record in `args.records` that has no
-    `diagnostics/<experiment>.json` there yet; the paths written."""
+    """Diagnose every run record `<name>.json` in `args.records` that has no
+    `diagnostics/<name>.json` there yet, its model from the record's experiment commit (a
+    study's name for a run may differ from the experiment's); the paths written."""
     written = []
     for path in sorted(args.records.glob("*-seed*.json")):
-        name = read_json(path)["experiment"]
-        out = args.records / "diagnostics" / f"{name}.json"
+        out = args.records / "diagnostics" / f"{path.stem}.json"
         if not out.exists():
-            with _model_and_params(None, None, name) as (model_dir, params_path):
-                write_json(out, diagnose(model_dir, params_path, args, sigmas, cache, name))
+            commit = read_json(path)["commit"]
+            with _model_and_params(None, None, commit=commit) as (model_dir, params_path):
+                write_json(out, diagnose(model_dir, params_path, args, sigmas, cache, path.stem))
             written.append(out)
     return written
 
@@ -274,12 +276,14 @@ def _input_line(runs: list[dict]) -> str:
 
 
 @contextlib.contextmanager
-def _model_and_params(model: str | None, params: str | None, experiment: str | None):
-    """(model folder, params file): as given, or those of the DVC experiment `experiment`."""
-    if experiment is None:
+def _model_and_params(model: str | None, params: str | None, experiment: str | None = None,
+                      commit: str | None = None):
+    """(model folder, params file): as given, or those of the DVC experiment `experiment` (by
+    name) or at `commit`."""
+    if experiment is None and commit is None:
         yield Path(model), Path(params)
         return
-    commit = experiment_commit(Path("."), experiment)
+    commit = commit or experiment_commit(Path("."), experiment)
     with tempfile.TemporaryDirectory() as work, \
             fetched_output(Path("."), commit, "data/model", Path(work) / "model") as model_dir:
         Path(work, "params.yaml").write_text(experiment_params(Path("."), commit))

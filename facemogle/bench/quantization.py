@@ -207,7 +207,7 @@ def report(found: Mapping[str, Mapping[int, dict]]) -> str:
     pace = {arm: [r["seconds_per_step_median"] for r in found.get(arm, {}).values()
                   if "seconds_per_step_median" in r] for arm in ARMS}
     return "\n".join([
-        "# int8 frozen base against none", "",
+        "# int8 frozen base against none", "", ablations.settings_line(found, variants=ARMS), "",
         "| metric | none: mean ± sd over seeds | int8: mean ± sd | none: range over seeds | "
         "int8 seeds inside none's range widened by half its width | int8 - none, paired over "
         "seeds [95% t-interval], p, Holm p over the metrics |",

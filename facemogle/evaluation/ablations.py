@@ -35,6 +35,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -133,14 +134,19 @@ def _git(repo: Path, *args: str) -> str:
 
 
 def experiment_commit(repo: Path, name: str) -> str:
-    """The commit of the DVC experiment `name` of `repo` (its git ref under `refs/exps`)."""
+    """The commit of the DVC experiment `name` of `repo` (its git ref under `refs/exps`); a
+    name that recurs under several baselines is refused."""
     refs = _git(repo, "for-each-ref", "--format=%(refname) %(objectname)", "refs/exps")
-    for line in refs.splitlines():
-        ref, commit = line.split()
-        if ref.rsplit("/", 1)[-1] == name:
-            return commit
-    raise InputError(f"no DVC experiment named {name!r} in {repo} (dvc exp list --all-commits "
-                     "lists them)")
+    commits = [c for ref, c in (line.split() for line in refs.splitlines())
+               if ref.rsplit("/", 1)[-1] == name]
+    if not commits:
+        raise InputError(f"no DVC experiment named {name!r} in {repo} (dvc exp list "
+                         "--all-commits lists them)")
+    if len(commits) > 1:
+        raise InputError(f"{len(commits)} DVC experiments named {name!r} in {repo} (commits "
+                         f"{', '.join(c[:7] for c in commits)}); give the run's record instead "
+                         "(--records) or remove the others (dvc exp remove)")
+    return commits[0]
 
 
 def experiment_params(repo: Path, commit: str) -> str:
@@ -164,17 +170,18 @@ def fetched_output(repo: Path, commit: str, path: str, to: Path):
 
 
 def experiments(repo: Path = Path("."),
-                variants: Mapping[str, Mapping[str, str]] = VARIANTS) -> dict[str, str]:
-    """name -> commit of every DVC experiment in `repo` (the git refs `refs/exps/...`) whose
-    name is `<variant>-seed<k>` of a variant in `variants`."""
+                variants: Mapping[str, Mapping[str, str]] = VARIANTS) -> list[tuple[str, str]]:
+    """(name, commit) of every DVC experiment in `repo` (the git refs `refs/exps/...`) whose
+    name is `<variant>-seed<k>` of a variant in `variants`; one name may recur under several
+    baseline commits."""
     refs = _git(repo, "for-each-ref", "--format=%(refname) %(objectname)", "refs/exps")
-    found = {}
+    found = []
     for line in refs.splitlines():
         ref, commit = line.split()
         name = ref.rsplit("/", 1)[-1]
         match = EXPERIMENT.match(name)
         if match and match["variant"] in variants:
-            found[name] = commit
+            found.append((name, commit))
     return found
 
 
@@ -185,11 +192,41 @@ def _param(params: Mapping, key: str):
     return params
 
 
+def _leaves(tree: Mapping, prefix: str = "") -> dict[str, object]:
+    """Dotted key -> value of every leaf of a params tree."""
+    out: dict[str, object] = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            out.update(_leaves(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def varied_keys(variants: Mapping[str, Mapping[str, str]]) -> set[str]:
+    """The params a study varies: the training seed and every key a variant sets."""
+    return {"seed", *(k for settings in variants.values() for k in settings)}
+
+
+def settings_differences(params: Mapping, reference: Mapping, ignore: set[str]
+                         ) -> dict[str, tuple]:
+    """Dotted key -> (value in `params`, value in `reference`) of every leaf outside `ignore`
+    where two params trees differ (None where a tree lacks the key)."""
+    a, b = _leaves(params), _leaves(reference)
+    return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b))
+            if k not in ignore and a.get(k) != b.get(k)}
+
+
+def _describe(differences: Mapping[str, tuple], names: tuple[str, str]) -> str:
+    return "; ".join(f"{k} {x!r} ({names[1]}: {y!r})" for k, (x, y) in differences.items())
+
+
 def experiment_record(repo: Path, name: str, commit: str,
                       variants: Mapping[str, Mapping[str, str]] = VARIANTS,
                       modes: Sequence[str] = MODES) -> dict:
     """The record of experiment `name` at `commit`: its variant and seed (checked against its
-    params), the `evaluate` stage's metrics and per-image counts of every mode in `modes`."""
+    params), all its params, the `evaluate` stage's metrics and per-image counts of every mode
+    in `modes`."""
     match = EXPERIMENT.match(name)
     variant, seed = match["variant"], int(match["seed"])
     params = yaml.safe_load(experiment_params(repo, commit))
@@ -203,7 +240,7 @@ def experiment_record(repo: Path, name: str, commit: str,
         return json.loads(_git(repo, "show", f"{commit}:metrics/eval/{path}"))
 
     return {"variant": variant, "seed": seed, **variants[variant],
-            "experiment": name, "commit": commit,
+            "experiment": name, "commit": commit, "params": params,
             "metrics": {m: {k: v for k, v in metrics(f"{m}.json").items()
                             if isinstance(v, float)} for m in modes},
             "per_image": {m: metrics(f"per_image/{m}.json") for m in modes}}
@@ -213,29 +250,78 @@ def collect(repo: Path = Path("."), results: Path = RESULTS,
             variants: Mapping[str, Mapping[str, str]] = VARIANTS,
             modes: Sequence[str] = MODES) -> list[Path]:
     """Write the record of every experiment of `repo` named for a variant of `variants` that
-    `results` lacks."""
+    `results` lacks and that ran on the settings of the workspace's `params.yaml` (outside the
+    keys the study varies). An experiment of other settings (an earlier default) or whose
+    params are not those its name stands for is skipped, with the reason on stderr; two
+    experiments of one name on the workspace's settings are an error."""
+    workspace = yaml.safe_load((repo / "params.yaml").read_text())
+    ignore = varied_keys(variants)
+    chosen: dict[str, str] = {}
+    for name, commit in experiments(repo, variants):
+        params = yaml.safe_load(experiment_params(repo, commit))
+        if differences := settings_differences(params, workspace, ignore):
+            print(f"skipped {name} ({commit[:7]}): other settings than params.yaml: "
+                  f"{_describe(differences, (name, 'params.yaml'))}", file=sys.stderr)
+            continue
+        if name in chosen:
+            raise InputError(f"two experiments named {name} ran on the settings of params.yaml "
+                             f"({chosen[name][:7]}, {commit[:7]}); remove one (dvc exp remove)")
+        chosen[name] = commit
     written = []
-    for name, commit in experiments(repo, variants).items():
-        record = experiment_record(repo, name, commit, variants, modes)
-        path = result_path(record["variant"], record["seed"], results)
-        if not path.exists():
-            write_json(path, record)
-            written.append(path)
+    for name, commit in chosen.items():
+        match = EXPERIMENT.match(name)
+        path = result_path(match["variant"], int(match["seed"]), results)
+        if path.exists():
+            continue
+        try:
+            record = experiment_record(repo, name, commit, variants, modes)
+        except InputError as error:
+            print(f"skipped {error}", file=sys.stderr)
+            continue
+        write_json(path, record)
+        written.append(path)
     return written
 
 
 def load_results(results: Path = RESULTS, variants: Mapping[str, Mapping[str, str]] = VARIANTS
                  ) -> dict[str, dict[int, dict]]:
     """variant -> training seed -> record, from every `<variant>-seed<k>.json`; variants in
-    the order of `variants` (the main model first)."""
+    the order of `variants` (the main model first). The records must share their settings
+    outside the keys the study varies, so that a table never compares runs of two defaults."""
     found: dict[str, dict[int, dict]] = {}
+    first: tuple[Path, dict] | None = None
     for path in sorted(results.glob("*-seed*.json")):
         record = read_json(path)
         if record.get("variant") not in variants:
             raise InputError(f"{path}: unknown variant {record.get('variant')!r}; "
                              f"expected one of {list(variants)}")
+        if not isinstance(record.get("params"), Mapping):
+            raise InputError(f"{path}: no 'params' (the experiment's params.yaml); collect it "
+                             "again from its experiment")
+        if first is None:
+            first = (path, record["params"])
+        elif differences := settings_differences(record["params"], first[1],
+                                                 varied_keys(variants)):
+            raise InputError(f"{path}: trained on other settings than {first[0].name}: "
+                             f"{_describe(differences, (path.name, first[0].name))}; a study's "
+                             "folder holds the runs of one setting")
         found.setdefault(record["variant"], {})[int(record["seed"])] = record
     return {v: found[v] for v in variants if v in found}
+
+
+def settings_line(found: Mapping[str, Mapping[int, dict]], params: Path = Path("params.yaml"),
+                  variants: Mapping[str, Mapping[str, str]] = VARIANTS) -> str:
+    """Where the records' shared settings stand against `params` (the workspace's)."""
+    record = next((r for records in found.values() for r in records.values()), None)
+    if record is None or not params.exists():
+        return "Settings: no records, or no params.yaml to compare them with."
+    differences = settings_differences(record["params"], yaml.safe_load(params.read_text()),
+                                       varied_keys(variants))
+    if not differences:
+        return (f"Settings: every run was trained on {params}'s settings, but for the keys the "
+                "study varies.")
+    return (f"Settings: the runs share settings that differ from {params}'s in "
+            f"{_describe(differences, ('runs', str(params)))}.")
 
 
 def _fmt(interval) -> str:
@@ -457,7 +543,8 @@ def report(found: Mapping[str, Mapping[int, dict]]) -> str:
               if walls else "no run timed")
     if runs > len(walls):
         timing += f"; {runs - len(walls)} from DVC experiments, which record no wall time"
-    return "\n".join(["# Ablations with error bars", "", ablation_table(found),
+    return "\n".join(["# Ablations with error bars", "", settings_line(found), "",
+                      ablation_table(found),
                       *claim_verdicts(found), "",
                       f"The controls ({PRIMARY[1]} {PRIMARY[0]}, paired t-test over the training "
                       "seeds the two variants share):", "", *control_answers(found), "",
