@@ -223,13 +223,14 @@ def _describe(differences: Mapping[str, tuple], names: tuple[str, str]) -> str:
 
 def experiment_record(repo: Path, name: str, commit: str,
                       variants: Mapping[str, Mapping[str, str]] = VARIANTS,
-                      modes: Sequence[str] = MODES) -> dict:
+                      modes: Sequence[str] = MODES, params: Mapping | None = None) -> dict:
     """The record of experiment `name` at `commit`: its variant and seed (checked against its
-    params), all its params, the `evaluate` stage's metrics and per-image counts of every mode
-    in `modes`."""
+    params, read from the commit unless given), all its params, the `evaluate` stage's metrics
+    and per-image counts of every mode in `modes`."""
     match = EXPERIMENT.match(name)
     variant, seed = match["variant"], int(match["seed"])
-    params = yaml.safe_load(experiment_params(repo, commit))
+    if params is None:
+        params = yaml.safe_load(experiment_params(repo, commit))
     wanted = {"seed": seed, **variants[variant]}
     found = {k: _param(params, k) for k in wanted}
     if found != wanted:
@@ -256,7 +257,7 @@ def collect(repo: Path = Path("."), results: Path = RESULTS,
     experiments of one name on the workspace's settings are an error."""
     workspace = yaml.safe_load((repo / "params.yaml").read_text())
     ignore = varied_keys(variants)
-    chosen: dict[str, str] = {}
+    chosen: dict[str, tuple[str, dict]] = {}
     for name, commit in experiments(repo, variants):
         params = yaml.safe_load(experiment_params(repo, commit))
         if differences := settings_differences(params, workspace, ignore):
@@ -265,16 +266,16 @@ def collect(repo: Path = Path("."), results: Path = RESULTS,
             continue
         if name in chosen:
             raise InputError(f"two experiments named {name} ran on the settings of params.yaml "
-                             f"({chosen[name][:7]}, {commit[:7]}); remove one (dvc exp remove)")
-        chosen[name] = commit
+                             f"({chosen[name][0][:7]}, {commit[:7]}); remove one (dvc exp remove)")
+        chosen[name] = (commit, params)
     written = []
-    for name, commit in chosen.items():
+    for name, (commit, params) in chosen.items():
         match = EXPERIMENT.match(name)
         path = result_path(match["variant"], int(match["seed"]), results)
         if path.exists():
             continue
         try:
-            record = experiment_record(repo, name, commit, variants, modes)
+            record = experiment_record(repo, name, commit, variants, modes, params)
         except InputError as error:
             print(f"skipped {error}", file=sys.stderr)
             continue
