@@ -291,15 +291,18 @@ def test_collect_records_the_experiments_of_the_workspace_settings(tmp_path, cap
     _experiment(repo, "gating-none-seed1", expected,
                 {"seed": 1, **VARIANTS["gating-none"], **settings})
     _experiment(repo, "tuning-lr", expected, {"seed": 1})  # not an ablation name: left out
-    # an earlier default's run of another variant, then the workspace back on today's settings
-    _experiment(repo, "gating-scalar-seed1", expected,
-                {"seed": 1, **VARIANTS["gating-scalar"],
-                 "train": {"steps": 8, "logit_normal_mean": 2.0}})
+    # an earlier default's runs of other variants, then the workspace back on today's settings
+    for variant in ("gating-scalar", "gating-static"):
+        _experiment(repo, f"{variant}-seed1", expected,
+                    {"seed": 1, **VARIANTS[variant],
+                     "train": {"steps": 8, "logit_normal_mean": 2.0}})
     (repo / "params.yaml").write_text(yaml.safe_dump({"seed": 42, **VARIANTS["main"],
                                                       **settings}))
     assert collect(repo, results) == [result_path("gating-none", 1, results)]
-    assert "skipped gating-scalar-seed1" in (err := capsys.readouterr().err)
-    assert "train.logit_normal_mean 2.0 (params.yaml: 1.0)" in err
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith("skipped 2 experiment(s) of other settings")
+    assert "train.logit_normal_mean 2.0 (params.yaml: 1.0): gating-" in err[0]
+    assert "gating-scalar-seed1 (" in err[0] and "gating-static-seed1 (" in err[0]
     written = read_json(result_path("gating-none", 1, results))
     assert written["per_image"] == expected["per_image"]
     assert written["metrics"] == expected["metrics"]

@@ -253,21 +253,26 @@ def collect(repo: Path = Path("."), results: Path = RESULTS,
     """Write the record of every experiment of `repo` named for a variant of `variants` that
     `results` lacks and that ran on the settings of the workspace's `params.yaml` (outside the
     keys the study varies). An experiment of other settings (an earlier default) or whose
-    params are not those its name stands for is skipped, with the reason on stderr; two
-    experiments of one name on the workspace's settings are an error."""
+    params are not those its name stands for is skipped, with the reason on stderr (one line
+    per way the settings differ); two experiments of one name on the workspace's settings are
+    an error."""
     workspace = yaml.safe_load((repo / "params.yaml").read_text())
     ignore = varied_keys(variants)
     chosen: dict[str, tuple[str, dict]] = {}
+    other: dict[str, list[str]] = {}  # how the settings differ -> experiments so
     for name, commit in experiments(repo, variants):
         params = yaml.safe_load(experiment_params(repo, commit))
         if differences := settings_differences(params, workspace, ignore):
-            print(f"skipped {name} ({commit[:7]}): other settings than params.yaml: "
-                  f"{_describe(differences, (name, 'params.yaml'))}", file=sys.stderr)
+            other.setdefault(_describe(differences, ("", "params.yaml")), []).append(
+                f"{name} ({commit[:7]})")
             continue
         if name in chosen:
             raise InputError(f"two experiments named {name} ran on the settings of params.yaml "
                              f"({chosen[name][0][:7]}, {commit[:7]}); remove one (dvc exp remove)")
         chosen[name] = (commit, params)
+    for differences, names in other.items():
+        print(f"skipped {len(names)} experiment(s) of other settings than params.yaml, "
+              f"{differences}: {', '.join(names)}", file=sys.stderr)
     written = []
     for name, (commit, params) in chosen.items():
         match = EXPERIMENT.match(name)
