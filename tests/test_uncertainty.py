@@ -471,3 +471,16 @@ def test_coverage_command_writes_every_scenario_and_seed_count(tmp_path):
     for scenario in written["scenarios"].values():
         assert sorted(scenario["coverage"]) == ["3", "5"]
         assert 0.0 <= scenario["coverage"]["3"]["t_interval"] <= 1.0
+
+
+def test_a_variant_with_one_seed_is_shown_without_an_interval(tmp_path):
+    from facemogle.core.io import write_json
+    from facemogle.evaluation.ablations import load_results, report, result_path
+
+    for seed in range(2):
+        write_json(result_path("main", seed, tmp_path), _record("main", seed, 0.1))
+    write_json(result_path("gating-none", 0, tmp_path), _record("gating-none", 0, 0.1))
+    text = report(load_results(tmp_path))
+    row = next(r for r in text.splitlines() if r.startswith("| gating-none | none"))
+    assert "[no interval from one seed] | 1.000 | not resolved (n=1 seeds" in row
+    assert "inf" not in text

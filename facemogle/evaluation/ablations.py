@@ -380,10 +380,17 @@ def _p_cell(p: float) -> str:
     return "-" if np.isnan(p) else f"{p:.3f}"
 
 
+def _t_interval(test: SeedTest) -> str:
+    """`[+low, +high]`, or why there is none (a single seed has no spread to scale by)."""
+    if not np.isfinite(test.low):
+        return "[no interval from one seed]"
+    return f"[{test.low:+.3f}, {test.high:+.3f}]"
+
+
 def _fmt_test(test: SeedTest) -> str:
     """`+mean (+d0, +d1, ...) [+low, +high]`: the per-seed differences and the t-interval."""
     seeds = ", ".join(f"{d:+.3f}" for d in test.per_seed)
-    return f"{test.value:+.3f} ({seeds}) [{test.low:+.3f}, {test.high:+.3f}]"
+    return f"{test.value:+.3f} ({seeds}) {_t_interval(test)}"
 
 
 def _verdict_cell(word: str, seeds: int) -> str:
@@ -443,8 +450,8 @@ def other_columns_table(found: Mapping[str, Mapping[int, dict]],
                                           for name, _, _ in columns) + " |",
              "|---|" + "---|" * len(columns)]
     for variant in [v for v in found if any(v in t for t in tests.values())]:
-        cells = [f"{tests[n][variant].value:+.3f} [{tests[n][variant].low:+.3f}, "
-                 f"{tests[n][variant].high:+.3f}], {_p_cell(judged[n][variant][0])}"
+        cells = [f"{tests[n][variant].value:+.3f} {_t_interval(tests[n][variant])}, "
+                 f"{_p_cell(judged[n][variant][0])}"
                  if variant in tests[n] else "-" for n, _, _ in columns]
         lines.append(f"| {variant} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
